@@ -1,0 +1,15 @@
+"""matrix_p2p: peer-to-peer multi-agent synthetic data generation over NATS JetStream.
+
+The public API for agent authors and embedders; see README.md for the CLI.
+"""
+
+from matrix_p2p.agent import Agent, Context
+from matrix_p2p.envelope import Task, Turn, Usage
+from matrix_p2p.errors import BusError, ConfigError, FailTask, MatrixError, RetryLater
+from matrix_p2p.routing import Done, Failed, Forward, Retry
+
+__all__ = [
+    "Agent", "BusError", "ConfigError", "Context", "Done", "FailTask", "Failed", "Forward",
+    "MatrixError", "Retry", "RetryLater", "Task", "Turn", "Usage",
+]
+__version__ = "0.1.0"

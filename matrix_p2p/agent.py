@@ -1,0 +1,141 @@
+"""What an agent is: a role's ``handle(task, ctx)``, plus the per-hop context it gets.
+
+An agent mutates the task it is given (appends turns through ``ctx.say``,
+updates ``task.state``) and returns. To hand the task back for a later retry
+it raises ``RetryLater``; to end it as failed, ``FailTask``. It never publishes
+or acks: the worker does that after routing decides.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from matrix_p2p.envelope import Task, Turn, Usage
+from matrix_p2p.llm.types import LLMError, LLMResponse, LLMResult
+from matrix_p2p.spec import LLMResource, RoleSpec, WorkflowSpec
+
+
+class ChatClient(Protocol):
+    async def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        role: str | None = ...,
+        sticky_key: str | None = ...,
+        max_tokens: int | None = ...,
+        temperature: float | None = ...,
+        **extra: Any,
+    ) -> LLMResult: ...
+
+
+class Context:
+    """One hop's view of the runtime: the LLM, the spec, a bound logger, the clock."""
+
+    __slots__ = (
+        "_endpoint",
+        "_llm",
+        "_llm_calls",
+        "_recorded",
+        "_started",
+        "_usage",
+        "log",
+        "resource",
+        "role",
+        "spec",
+        "task",
+    )
+
+    def __init__(
+        self,
+        *,
+        task: Task,
+        role: RoleSpec,
+        spec: WorkflowSpec,
+        llm: ChatClient | None,
+        resource: LLMResource | None,
+        log: Any,
+        now: float,
+    ) -> None:
+        self.task = task
+        self.role = role
+        self.spec = spec
+        self.resource = resource
+        self.log = log
+        self._llm = llm
+        self._started = now
+        self._usage = Usage()
+        self._llm_calls = 0
+        self._endpoint: str | None = None
+        self._recorded = False
+
+    async def chat(self, messages: Sequence[dict[str, Any]], **params: Any) -> LLMResult:
+        """Call the role's LLM. Returns ``LLMResponse`` or ``LLMError``, never raises.
+
+        Sticky per task by default (prefix-cache reuse across the task's turns);
+        the workflow's resource gives ``max_tokens`` and ``temperature`` defaults.
+        """
+        if self._llm is None:
+            return LLMError(kind="no_endpoints", message=f"role {self.role.name!r} has no LLM")
+        res = self.resource
+        params.setdefault("max_tokens", res.max_tokens if res else None)
+        params.setdefault("temperature", res.temperature if res else None)
+        params.setdefault("sticky_key", self.task.id if (res is None or res.sticky) else None)
+        result = await self._llm.chat(messages, role=self.role.name, **params)
+        self._llm_calls += 1
+        if isinstance(result, LLMResponse):
+            self._usage = self._usage + Usage(
+                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
+            )
+            self._endpoint = result.endpoint
+        return result
+
+    def say(self, content: str, **meta: Any) -> Turn:
+        """Append this role's turn (with the hop's usage and timing) to the task."""
+        now = time.time()
+        turn = Turn(
+            role=self.role.name,
+            content=content,
+            hop=self.task.hop,
+            usage=self._usage,
+            started_at=self._started,
+            elapsed_s=round(now - self._started, 6),
+            llm_calls=self._llm_calls,
+            endpoint=self._endpoint,
+            meta=meta,
+        )
+        self.task.turns.append(turn)
+        self._usage = Usage()
+        self._llm_calls = 0
+        self._recorded = True
+        return turn
+
+    def finish(self) -> None:
+        """Called by the worker: usage not yet recorded in a turn gets a turn of its own."""
+        if self._llm_calls and not self._recorded:
+            self.say("")
+
+
+class Agent:
+    """Base class for roles. Subclasses override ``handle``; ``setup``/``close`` are optional.
+
+    One instance serves every concurrent task of its role in a worker process,
+    so it must keep no per-task state on ``self``.
+    """
+
+    def __init__(self, role: RoleSpec, spec: WorkflowSpec) -> None:
+        self.role = role
+        self.spec = spec
+        self.log = structlog.get_logger(f"agent.{role.name}")
+
+    async def setup(self) -> None:
+        """Called once per worker before the first task."""
+
+    async def close(self) -> None:
+        """Called once per worker at shutdown."""
+
+    async def handle(self, task: Task, ctx: Context) -> None:
+        raise NotImplementedError

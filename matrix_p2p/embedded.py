@@ -1,0 +1,175 @@
+"""``run``: one machine, everything embedded, one command.
+
+Starts a real nats-server (unless ``--nats`` is given) with a store directory
+that survives the run, a vLLM-compatible simulator (unless LLM endpoints are
+given), workers for every role, the source, the sink and the progress
+display. Ctrl-C stops submitting, drains in-flight hops and writes what has
+finished; running the same command again resumes from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from matrix_p2p import bus as busmod
+from matrix_p2p.broker import EmbeddedNats
+from matrix_p2p.progress import Progress, Snapshot
+from matrix_p2p.resources import open_llms
+from matrix_p2p.sink import Sink
+from matrix_p2p.source import SubmitResult, count_tasks, submit
+from matrix_p2p.spec import WorkflowSpec
+from matrix_p2p.worker import WorkerStats, serve_roles, wait_any
+
+log = structlog.get_logger(__name__)
+
+
+class RunOptions(msgspec.Struct, kw_only=True):
+    limit: int | None = None
+    out: str | None = None
+    nats: busmod.ConnectOptions | None = None  # None: start an embedded broker
+    store: str | None = None
+    sync: str = "always"
+    llm_urls: list[str] = []
+    sim_replicas: int = 1
+    concurrency: int | None = None
+    progress: bool = True
+    drain_timeout_s: float = 30.0
+
+
+class RunResult(msgspec.Struct):
+    out: str
+    rows: int
+    expected: int
+    done: int
+    failed: int
+    elapsed_s: float
+    completion_tokens: int
+    interrupted: bool
+    submit: SubmitResult
+    worker: WorkerStats
+
+
+def default_out(spec: WorkflowSpec) -> Path:
+    return Path(spec.sink.path.format(workflow=spec.name))
+
+
+@contextlib.asynccontextmanager
+async def _broker(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[busmod.ConnectOptions]:
+    if opts.nats is not None:
+        yield opts.nats
+        return
+    store = Path(opts.store or Path(".mx") / spec.name)
+    server = EmbeddedNats(store_dir=store, sync=opts.sync)
+    await asyncio.to_thread(server.start)
+    log.info("broker.started", url=server.url, store=str(server.store_dir), pid=server.pid)
+    try:
+        yield busmod.ConnectOptions(url=server.url, name=f"mx-run-{spec.name}")
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@contextlib.asynccontextmanager
+async def _llm_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[list[str]]:
+    needs_sim = not opts.llm_urls and any(
+        not r.endpoints and not r.endpoints_file for r in spec.resources.llm.values()
+    ) or (not opts.llm_urls and not spec.resources.llm)
+    if not needs_sim:
+        yield list(opts.llm_urls)
+        return
+    from matrix_p2p.sim.config import SimConfig
+    from matrix_p2p.sim.server import start_fleet
+
+    servers = await start_fleet(SimConfig(seed=spec.seed), replicas=opts.sim_replicas,
+                                host="127.0.0.1", base_port=0)
+    log.info("sim.started", urls=[s.url for s in servers])
+    try:
+        yield [s.url for s in servers]
+    finally:
+        for s in servers:
+            await s.stop()
+
+
+async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event) -> RunResult:
+    """Run ``spec`` to completion (or until ``stop``). Returns what was written.
+
+    Error handling: configuration and connection problems raise
+    ``MatrixError`` before any work starts; during the run, failed hops are
+    retried by the workers and tasks that cannot finish end as failed rows.
+    """
+    expected = count_tasks(spec, opts.limit)
+    out = Path(opts.out) if opts.out else default_out(spec)
+    roles = list(spec.roles)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls:
+        bus = await busmod.connect(conn)
+        try:
+            async with open_llms(spec, roles, urls) as llms:
+                sink = Sink(bus, spec, out)
+                stats = WorkerStats()
+                submitted = SubmitResult()
+                stop_workers = asyncio.Event()
+                stop_sink = asyncio.Event()
+                stop_progress = asyncio.Event()
+
+                def snapshot() -> Snapshot:
+                    return Snapshot(done=sink.done, failed=sink.failed, total=expected,
+                                    inflight=stats.inflight, tokens=llms.completion_tokens,
+                                    submitted=submitted.submitted)
+
+                progress = Progress(snapshot)
+                sink_ready = asyncio.Event()
+
+                async def supervise() -> None:
+                    # the run ends when the sink has every task, or on Ctrl-C
+                    await sink_ready.wait()
+                    while sink.count < expected and not stop.is_set():
+                        sink.changed.clear()
+                        await wait_any(sink.changed, stop)
+                    stop_workers.set()
+
+                async def workers_then_sink() -> None:
+                    await serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop_workers,
+                                      concurrency=opts.concurrency, stats=stats,
+                                      drain_timeout=opts.drain_timeout_s)
+                    stop_sink.set()  # after the drain: what finished during it is written too
+
+                async def source() -> None:
+                    await submit(bus, spec, limit=opts.limit, stop=stop_workers,
+                                 progress=submitted)
+
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(sink.run(stop_sink, ready=sink_ready))
+                    tg.create_task(workers_then_sink())
+                    tg.create_task(source())
+                    tg.create_task(supervise())
+                    if opts.progress:
+                        tg.create_task(progress.run(stop_progress))
+                    await stop_sink.wait()
+                    stop_progress.set()
+                tokens = llms.completion_tokens
+        finally:
+            await bus.close()
+    return RunResult(
+        out=str(out), rows=sink.count, expected=expected, done=sink.done, failed=sink.failed,
+        elapsed_s=loop.time() - started, completion_tokens=tokens,
+        interrupted=stop.is_set() and sink.count < expected, submit=submitted, worker=stats,
+    )
+
+
+def summary_line(r: RunResult) -> str:
+    rate = (r.done + r.failed) / max(r.elapsed_s, 1e-9)
+    status = "interrupted: " if r.interrupted else ""
+    return (f"{status}{r.rows}/{r.expected} rows in {r.out} ({r.done} done, {r.failed} failed "
+            f"this run) in {r.elapsed_s:.1f}s: {rate:,.1f} tasks/s, "
+            f"{r.completion_tokens / max(r.elapsed_s, 1e-9):,.0f} generated tok/s")
+
+
+def llm_urls_from(values: Sequence[str] | None) -> list[str]:
+    return [u for v in values or () for u in v.split(",") if u.strip()]

@@ -1,0 +1,72 @@
+"""Typed results of LLM calls. Pure: no I/O.
+
+An agent gets either an ``LLMResponse`` or an ``LLMError`` back from every
+call, never an exception from the transport. ``unwrap()`` turns an error into
+the routing decision the runtime understands (retry the hop later, or fail the
+task), so the simplest agent is ``text = (await ctx.chat(msgs)).unwrap().text``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from matrix_p2p.errors import FailTask, RetryLater
+
+ErrorKind = Literal[
+    "rate_limited",  # 429 from every endpoint tried
+    "unavailable",  # 5xx, connection refused/dropped, circuit open
+    "timeout",  # the request exceeded its deadline
+    "bad_request",  # 4xx other than 429: retrying will not help
+    "bad_response",  # the server answered something we cannot parse
+    "no_endpoints",  # the pool is empty or every endpoint is ejected
+]
+
+TRANSIENT: frozenset[str] = frozenset({"rate_limited", "unavailable", "timeout", "no_endpoints"})
+
+
+class LLMResponse(msgspec.Struct, kw_only=True, frozen=True):
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    endpoint: str = ""
+    model: str = ""
+    latency_s: float = 0.0
+    finish_reason: str | None = None
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    def unwrap(self) -> LLMResponse:
+        return self
+
+
+class LLMError(msgspec.Struct, kw_only=True, frozen=True):
+    kind: ErrorKind
+    message: str
+    endpoint: str = ""
+    status: int | None = None
+    retry_after_s: float | None = None
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return False
+
+    @property
+    def transient(self) -> bool:
+        return self.kind in TRANSIENT
+
+    def unwrap(self) -> LLMResponse:
+        """Raise the routing decision for this error: retry the hop, or fail the task."""
+        where = f" at {self.endpoint}" if self.endpoint else ""
+        reason = f"LLM {self.kind}{where}: {self.message}"
+        if self.transient:
+            raise RetryLater(reason, after_s=self.retry_after_s or 2.0)
+        raise FailTask(reason)
+
+
+LLMResult = LLMResponse | LLMError

@@ -1,0 +1,64 @@
+"""A workflow's LLM resources as live clients: one ``LLMClient`` per resource, shared by roles."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from matrix_p2p.agent import ChatClient
+from matrix_p2p.errors import ConfigError
+from matrix_p2p.llm import FleetState, LLMClient, LLMConfig
+from matrix_p2p.spec import LLMResource, WorkflowSpec
+
+
+class LLMSet:
+    """The clients of one process, and which role uses which."""
+
+    def __init__(self, clients: dict[str, LLMClient], by_role: dict[str, ChatClient | None]) -> None:
+        self.clients = clients
+        self.by_role = by_role
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.total_completion_tokens for c in self.clients.values())
+
+
+def llm_config(res: LLMResource, urls: Sequence[str], where: str) -> LLMConfig:
+    endpoints = list(urls) or list(res.endpoints)
+    if not endpoints and not res.endpoints_file:
+        raise ConfigError(f"{where}: no LLM endpoints (give --llm-url, or endpoints in the file)")
+    return LLMConfig(
+        endpoints=endpoints,
+        endpoints_file=res.endpoints_file,
+        model=res.model,
+        timeout_s=res.timeout_s,
+        max_retries=res.max_retries,
+        initial_limit=res.initial_limit,
+        max_limit=res.max_limit,
+        sticky=res.sticky,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_llms(
+    spec: WorkflowSpec, roles: Sequence[str], urls: Sequence[str] = (),
+    fleet: FleetState | None = None,
+) -> AsyncIterator[LLMSet]:
+    """Start the clients the given roles need; close them on exit.
+
+    ``urls`` (from ``--llm-url``) replace every resource's endpoints.
+    """
+    clients: dict[str, LLMClient] = {}
+    by_role: dict[str, ChatClient | None] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for role in roles:
+            name = spec.roles[role].llm
+            if name is None:
+                by_role[role] = None
+                continue
+            if name not in clients:
+                res = spec.resources.llm.get(name, LLMResource())
+                cfg = llm_config(res, urls, f"{spec.path}: resources.llm.{name}")
+                clients[name] = await stack.enter_async_context(LLMClient(cfg, fleet=fleet))
+            by_role[role] = clients[name]
+        yield LLMSet(clients, by_role)

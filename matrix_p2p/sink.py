@@ -1,0 +1,258 @@
+"""Sinks: finished tasks from the results stream become dataset rows, each task once.
+
+The sink's durable consumer resumes where it stopped. Rows are written and
+flushed to disk (fsync) before their messages are acked; a crash in between
+redelivers them, and the ids already in the output file are skipped. A torn
+last line from a crash mid-write is cut off at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+import structlog
+
+from matrix_p2p import envelope
+from matrix_p2p.bus import Bus
+from matrix_p2p.envelope import EnvelopeError, Task
+from matrix_p2p.errors import BusError, ConfigError
+from matrix_p2p.naming import Names
+from matrix_p2p.spec import WorkflowSpec
+
+log = structlog.get_logger(__name__)
+
+_row_encoder = msgspec.json.Encoder()
+
+
+def to_row(task: Task) -> dict[str, Any]:
+    """The dataset row of a finished task."""
+    by_role: dict[str, float] = {}
+    for t in task.turns:
+        by_role[t.role] = round(by_role.get(t.role, 0.0) + t.elapsed_s, 6)
+    usage = {r: msgspec.structs.asdict(u) for r, u in task.usage_by_role().items()}
+    usage["total"] = msgspec.structs.asdict(task.usage())
+    finished = task.finished_at or 0.0
+    return {
+        "id": task.id,
+        "workflow": task.workflow,
+        "workflow_version": task.workflow_version,
+        "status": task.status,
+        "error": task.error,
+        "source": task.source,
+        "row_index": task.row_index,
+        "trial": task.trial,
+        "input": task.row,
+        "result": task.state,
+        "dialogue": [
+            {
+                "role": t.role,
+                "content": t.content,
+                "hop": t.hop,
+                "usage": msgspec.structs.asdict(t.usage),
+                "elapsed_s": t.elapsed_s,
+                "endpoint": t.endpoint,
+                **({"meta": t.meta} if t.meta else {}),
+            }
+            for t in task.turns
+        ],
+        "usage": usage,
+        "timings": {
+            "created_at": task.created_at,
+            "finished_at": task.finished_at,
+            "elapsed_s": round(finished - task.created_at, 6) if finished else None,
+            "by_role": by_role,
+        },
+        "hops": task.hop,
+    }
+
+
+class _Writer:
+    """Appends JSON lines to a plain or zstd-compressed file; ``commit`` makes them durable."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path = path
+        self.fmt = fmt
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._raw: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed in close()
+        self._zstd: Any = None
+        if fmt == "jsonl.zst":
+            zstandard = _import_zstd()
+            self._cctx = zstandard.ZstdCompressor()
+        self._buf: list[bytes] = []
+
+    def write(self, line: bytes) -> None:
+        self._buf.append(line)
+
+    def commit(self) -> None:
+        if not self._buf:
+            return
+        data = b"".join(self._buf)
+        self._buf.clear()
+        if self.fmt == "jsonl.zst":
+            data = self._cctx.compress(data)  # one frame per commit: frames concatenate
+        self._raw.write(data)
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+
+    def close(self) -> None:
+        self.commit()
+        self._raw.close()
+
+
+def _import_zstd() -> Any:
+    try:
+        import zstandard
+    except ImportError:
+        raise ConfigError("sink format jsonl.zst needs 'zstandard' (pip install 'matrix_p2p[sinks]')"
+                          ) from None
+    return zstandard
+
+
+def _read_lines(path: Path, fmt: str) -> tuple[list[bytes], int]:
+    """The complete lines of an existing output and the byte length they span (plain only)."""
+    raw = path.read_bytes()
+    if fmt == "jsonl.zst":
+        zstandard = _import_zstd()
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True)
+        chunks = []
+        try:
+            while chunk := reader.read(1 << 20):
+                chunks.append(chunk)
+        except zstandard.ZstdError:
+            log.warning("sink.torn_zstd_frame", path=str(path))  # keep the frames before it
+        lines = b"".join(chunks).split(b"\n")
+        return [ln for ln in lines[:-1] if ln.strip()], len(raw)
+    good_end = raw.rfind(b"\n") + 1
+    return [ln for ln in raw[:good_end].split(b"\n") if ln.strip()], good_end
+
+
+def load_written_ids(path: Path, fmt: str = "jsonl") -> set[str]:
+    """Ids already in the output; a torn last line (crash mid-write) is cut off."""
+    if not path.exists():
+        return set()
+    lines, good_end = _read_lines(path, fmt)
+    if fmt == "jsonl" and good_end < path.stat().st_size:
+        log.warning("sink.truncated_torn_line", path=str(path), bytes=path.stat().st_size - good_end)
+        with path.open("r+b") as fh:
+            fh.truncate(good_end)
+    ids: set[str] = set()
+    for ln in lines:
+        try:
+            ids.add(json.loads(ln)["id"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("sink.unreadable_line", path=str(path))
+    return ids
+
+
+def sink_durable(out: Path) -> str:
+    return "sink-" + hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:10]
+
+
+class Sink:
+    """Writes the results of one workflow to ``out``. One instance per output file."""
+
+    def __init__(self, bus: Bus, spec: WorkflowSpec, out: Path, *, fmt: str | None = None,
+                 durable: str | None = None) -> None:
+        self.bus = bus
+        self.spec = spec
+        self.out = out
+        self.fmt = fmt or ("jsonl.zst" if out.suffix == ".zst" else spec.sink.format)
+        if self.fmt == "parquet":
+            self.fmt = "jsonl"  # parquet is written from the JSONL at close (not appendable)
+            self.parquet_out: Path | None = out
+            self.out = out.with_suffix(".jsonl")
+        else:
+            self.parquet_out = None
+        self.names = Names.of(spec)
+        self.durable = durable or sink_durable(self.out)
+        self.written: set[str] = set()
+        self.done = 0
+        self.failed = 0
+        self.duplicates = 0
+        self.changed = asyncio.Event()
+
+    @property
+    def count(self) -> int:
+        return len(self.written)
+
+    async def run(self, stop: asyncio.Event, *, expect: int | None = None,
+                  ready: asyncio.Event | None = None) -> int:
+        """Write results until ``stop`` (or until ``expect`` distinct tasks are written).
+
+        Error handling: an undecodable result is dead-lettered and terminated;
+        bus errors are logged and the fetch retried with backoff; a write error
+        (disk full) propagates, leaving the batch unacked for redelivery.
+        """
+        self.written = load_written_ids(self.out, self.fmt)
+        await self.bus.ensure_streams(self.names)
+        await self.bus.ensure_results_consumer(self.names, self.durable)
+        puller = await self.bus.puller(self.names.results_stream, self.durable)
+        writer = _Writer(self.out, self.fmt)
+        if ready is not None:
+            ready.set()
+        backoff = 0.1
+        try:
+            while not stop.is_set():
+                if expect is not None and self.count >= expect:
+                    break
+                try:
+                    batch = await puller.fetch(512, 1.0)
+                except BusError as exc:
+                    log.warning("sink.fetch_failed", error=str(exc), retry_in_s=backoff)
+                    try:
+                        async with asyncio.timeout(backoff):
+                            await stop.wait()
+                    except TimeoutError:
+                        pass
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                if not batch:
+                    continue
+                keep = []
+                for d in batch:
+                    try:
+                        task = envelope.decode(d.data)
+                    except EnvelopeError as exc:
+                        await self.bus.dead_letter(self.names, d.data, reason=str(exc),
+                                                   subject=d.subject)
+                        await d.term()
+                        continue
+                    if task.id in self.written:
+                        self.duplicates += 1
+                    else:
+                        self.written.add(task.id)
+                        writer.write(_row_encoder.encode(to_row(task)) + b"\n")
+                        if task.status == "done":
+                            self.done += 1
+                        else:
+                            self.failed += 1
+                    keep.append(d)
+                writer.commit()  # durable before the acks
+                for d in keep:
+                    await d.ack()
+                self.changed.set()
+        finally:
+            writer.close()
+            await puller.unsubscribe()
+            if self.parquet_out is not None:
+                write_parquet(self.out, self.parquet_out)
+        return self.count
+
+
+def write_parquet(jsonl: Path, out: Path) -> None:
+    try:
+        import pyarrow.json as pj
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError("sink format parquet needs 'pyarrow' (pip install 'matrix_p2p[sinks]')"
+                          ) from None
+    if jsonl.exists() and jsonl.stat().st_size:
+        pq.write_table(pj.read_json(str(jsonl)), str(out))

@@ -1,0 +1,218 @@
+"""Sources: input rows become tasks, each id derived from (source, row, trial).
+
+Submitting twice creates nothing new: an id already recorded in the
+workflow's "submitted" key-value bucket is skipped. Admission control keeps
+the number of live tasks in the task stream under ``limits.max_inflight``,
+and rows are read lazily, so a million-row file never floods memory or the
+stream. A row that is not valid JSON is not dropped: it becomes a task that
+ends as failed at once, with the file and line in its error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from matrix_p2p import envelope
+from matrix_p2p.bus import Bus
+from matrix_p2p.errors import ConfigError
+from matrix_p2p.naming import Names, hop_msg_id
+from matrix_p2p.spec import WorkflowSpec
+
+log = structlog.get_logger(__name__)
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class Row(msgspec.Struct, frozen=True):
+    source: str
+    index: int
+    key: str
+    data: dict[str, Any] | None
+    error: str | None = None
+
+
+class SubmitResult(msgspec.Struct):
+    submitted: int = 0
+    already: int = 0
+    bad_rows: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.submitted + self.already + self.bad_rows
+
+
+def task_id(key: str, trial: int) -> str:
+    """A readable id, safe as a subject token and KV key; a hash keeps it unique."""
+    safe = _SAFE.sub("_", key)
+    if safe != key or len(safe) > 64:
+        safe = f"{safe[:48]}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    return f"{safe}-t{trial}"
+
+
+def source_files(spec: WorkflowSpec) -> list[Path]:
+    if spec.source.path is None:
+        raise ConfigError(f"{spec.path}: source: no `path` given")
+    pattern = spec.source.path
+    if not Path(pattern).is_absolute():
+        pattern = str(spec.base_dir / pattern)
+    files = sorted(Path(p) for p in glob.glob(pattern))
+    if not files:
+        raise ConfigError(f"{spec.path}: source.path: no file matches {spec.source.path!r}")
+    return files
+
+
+def iter_rows(spec: WorkflowSpec) -> Iterator[Row]:
+    """Rows in a stable order, read lazily."""
+    if spec.source.hf is not None:
+        yield from _iter_hf(spec)
+        return
+    id_field = spec.source.id_field
+    for path in source_files(spec):
+        with path.open("r", encoding="utf-8", errors="replace") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                default_key = f"{path.stem}-{lineno}"
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield Row(str(path), lineno, default_key, None,
+                              error=f"{path}:{lineno}: not valid JSON: {exc.msg}")
+                    continue
+                if not isinstance(data, dict):
+                    yield Row(str(path), lineno, default_key, None,
+                              error=f"{path}:{lineno}: expected a JSON object, got "
+                                    f"{type(data).__name__}")
+                    continue
+                key = default_key
+                if id_field is not None:
+                    if id_field not in data:
+                        yield Row(str(path), lineno, default_key, data,
+                                  error=f"{path}:{lineno}: no {id_field!r} field (source.id_field)")
+                        continue
+                    key = str(data[id_field])
+                yield Row(str(path), lineno, key, data)
+
+
+def _iter_hf(spec: WorkflowSpec) -> Iterator[Row]:
+    hf = spec.source.hf
+    assert hf is not None
+    try:
+        import datasets  # optional extra: matrix_p2p[hf]
+    except ImportError:
+        raise ConfigError(
+            f"{spec.path}: source.hf needs the 'datasets' package (pip install 'matrix_p2p[hf]')"
+        ) from None
+    ds = datasets.load_dataset(hf.dataset, hf.config, split=hf.split, streaming=True)
+    name = f"hf:{hf.dataset}/{hf.split}"
+    for i, data in enumerate(ds):
+        key = str(data[spec.source.id_field]) if spec.source.id_field else f"{hf.split}-{i}"
+        yield Row(name, i, key, dict(data))
+
+
+async def submit(
+    bus: Bus,
+    spec: WorkflowSpec,
+    *,
+    limit: int | None = None,
+    stop: asyncio.Event | None = None,
+    progress: SubmitResult | None = None,
+    window: int | None = None,
+    parallel: int = 256,
+) -> SubmitResult:
+    """Submit the first ``limit`` rows (times ``spec.trials``). Idempotent; resumable.
+
+    Error handling: bus errors propagate (the caller reports them); a bad row
+    becomes a failed task, counted in ``bad_rows``.
+    """
+    from matrix_p2p.worker import ensure_workflow
+
+    names = Names.of(spec)
+    await ensure_workflow(bus, spec)
+    kv = await bus.submitted_kv(names)
+    result = progress or SubmitResult()
+    window = window or spec.limits.max_inflight
+    entry = spec.entry_role()
+    sem = asyncio.Semaphore(parallel)
+
+    async def one(row: Row, trial: int) -> None:
+        tid = task_id(row.key, trial)
+        try:
+            if await kv.exists(tid):
+                result.already += 1
+                return
+            task = envelope.new_task(
+                task_id=tid, workflow=spec.name, workflow_version=spec.version, role=entry,
+                row=row.data or {}, source=row.source, row_index=row.index, trial=trial,
+                seed=spec.seed * 1_000_003 + row.index * 101 + trial,
+            )
+            if row.error is not None:
+                task.status = "failed"
+                task.error = f"bad input row: {row.error}"
+                task.finished_at = task.created_at
+                subject = names.failed
+                result.bad_rows += 1
+                log.warning("source.bad_row", error=row.error, task=tid)
+            else:
+                subject = names.task(entry)
+                result.submitted += 1
+            # publish first, then record: a crash in between republishes (dedup'd by msg-id)
+            await bus.publish(subject, envelope.encode(task), msg_id=hop_msg_id(tid, 0))
+            await kv.create(tid)
+        finally:
+            sem.release()
+
+    rows_seen = 0
+    live = 0
+    async with asyncio.TaskGroup() as tg:
+        for row in iter_rows(spec):
+            if limit is not None and rows_seen >= limit:
+                break
+            rows_seen += 1
+            for trial in range(spec.trials):
+                if stop is not None and stop.is_set():
+                    return result
+                # admission control: live tasks in the stream stay under the window
+                if live >= window or (result.submitted % 256 == 0 and result.submitted):
+                    live = await _wait_for_room(bus, names, window, stop)
+                await sem.acquire()
+                live += 1
+                tg.create_task(one(row, trial))
+    return result
+
+
+async def _wait_for_room(bus: Bus, names: Names, window: int, stop: asyncio.Event | None) -> int:
+    delay = 0.05
+    while True:
+        live = await bus.stream_msgs(names.tasks_stream)
+        if live < window or (stop is not None and stop.is_set()):
+            return live
+        try:
+            async with asyncio.timeout(delay):
+                if stop is not None:
+                    await stop.wait()
+                else:
+                    await asyncio.Event().wait()
+        except TimeoutError:
+            pass
+        delay = min(delay * 2, 1.0)
+
+
+def count_tasks(spec: WorkflowSpec, limit: int | None = None) -> int:
+    """How many tasks ``submit`` would create (reads the source once)."""
+    n = 0
+    for _row in iter_rows(spec):
+        if limit is not None and n >= limit:
+            break
+        n += 1
+    return n * spec.trials

@@ -1,0 +1,52 @@
+"""What a workflow's streams say: per role pending / in flight / redelivered, results."""
+
+from __future__ import annotations
+
+import msgspec
+
+from matrix_p2p.bus import Bus
+from matrix_p2p.naming import Names
+from matrix_p2p.spec import WorkflowSpec
+
+
+class RoleStatus(msgspec.Struct):
+    role: str
+    pending: int  # waiting in the stream for this role
+    in_flight: int  # delivered, not yet acked
+    redelivered: int
+    waiting_pulls: int
+
+
+class WorkflowStatus(msgspec.Struct):
+    workflow: str
+    roles: list[RoleStatus]
+    live_tasks: int  # messages in the task stream
+    done: int
+    failed: int
+    dead_letters: int
+
+
+async def workflow_status(bus: Bus, spec: WorkflowSpec) -> WorkflowStatus:
+    names = Names.of(spec)
+    roles = []
+    for role in spec.roles:
+        c = await bus.consumer_stats(names.tasks_stream, role)
+        roles.append(RoleStatus(
+            role=role, pending=c.pending if c else 0, in_flight=c.ack_pending if c else 0,
+            redelivered=c.redelivered if c else 0, waiting_pulls=c.waiting if c else 0,
+        ))
+    results = await bus.stream_counts(names.results_stream)
+    return WorkflowStatus(
+        workflow=spec.name, roles=roles, live_tasks=await bus.stream_msgs(names.tasks_stream),
+        done=results.get(names.done, 0), failed=results.get(names.failed, 0),
+        dead_letters=await bus.stream_msgs(names.dlq_stream),
+    )
+
+
+def render_status(st: WorkflowStatus) -> str:
+    lines = [f"workflow {st.workflow}: {st.live_tasks} live tasks, {st.done} done, "
+             f"{st.failed} failed, {st.dead_letters} dead letters",
+             f"  {'role':<16}{'pending':>10}{'in flight':>12}{'redelivered':>13}"]
+    for r in st.roles:
+        lines.append(f"  {r.role:<16}{r.pending:>10}{r.in_flight:>12}{r.redelivered:>13}")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""Shared fixtures: a real nats-server per test session, workflows with unique names."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from matrix_p2p import spec as specmod
+from matrix_p2p.broker import EmbeddedNats
+from matrix_p2p.bus import Bus, ConnectOptions, connect
+
+os.environ.setdefault("MX_LOG_LEVEL", "warning")
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """One real nats-server with JetStream on a free 127.0.0.1 port, stopped by PID."""
+    server = EmbeddedNats(store_dir=tmp_path_factory.mktemp("nats"), sync="interval")
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+async def bus(nats_server: EmbeddedNats) -> AsyncIterator[Bus]:
+    b = await connect(ConnectOptions(url=nats_server.url, name="tests"))
+    yield b
+    await b.close()
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def make_spec(tmp_path: Path, yaml_text: str, rows: list[dict[str, Any]] | None = None,
+              name: str | None = None) -> specmod.WorkflowSpec:
+    """A workflow with a unique name (its own streams) whose source is ``rows``."""
+    name = name or f"t{next(_counter)}-{os.getpid()}"
+    if rows is not None:
+        write_rows(tmp_path / "rows.jsonl", rows)
+    wf = tmp_path / f"{name}.yaml"
+    wf.write_text(f"name: {name}\n" + yaml_text, encoding="utf-8")
+    return specmod.load(str(wf))
+
+
+DUMMY_YAML = """
+source: {path: rows.jsonl}
+roles:
+  teacher: {agent: "agents.dummy:Talker", llm: null, concurrency: 200}
+  student: {agent: "agents.dummy:Talker", llm: null, concurrency: 200}
+  judge:   {agent: "agents.dummy:Decider", llm: null, concurrency: 200, options: {p_stop: 0.5}}
+routing: {type: cycle, roles: [teacher, student, judge], stop_when: agreed, max_turns: 30}
+limits: {ack_wait_s: 5, retry_backoff_s: 0.05}
+"""

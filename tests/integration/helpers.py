@@ -1,0 +1,37 @@
+"""Run a workflow in-process against the test broker: workers, source and sink."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from matrix_p2p.bus import Bus
+from matrix_p2p.sink import Sink
+from matrix_p2p.source import SubmitResult, submit
+from matrix_p2p.spec import WorkflowSpec
+from matrix_p2p.worker import WorkerStats, serve_roles
+
+
+async def run_until(bus: Bus, spec: WorkflowSpec, out: Path, expect: int, *,
+                    timeout: float = 60.0, llm_for: dict[str, Any] | None = None,
+                    submit_rows: bool = True, concurrency: int | None = None,
+                    ) -> tuple[Sink, WorkerStats, SubmitResult]:
+    stop = asyncio.Event()
+    stats = WorkerStats()
+    sink = Sink(bus, spec, out)
+    sub = SubmitResult()
+    async with asyncio.timeout(timeout), asyncio.TaskGroup() as tg:
+        workers = tg.create_task(serve_roles(bus, spec, list(spec.roles), llm_for=llm_for or {},
+                                             stop=stop, stats=stats, concurrency=concurrency))
+        if submit_rows:
+            sub = await submit(bus, spec)
+        await sink.run(asyncio.Event(), expect=expect)
+        stop.set()
+        await workers
+    return sink, stats, sub
+
+
+def read_rows(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
