@@ -9,7 +9,7 @@ or acks: the worker does that after routing decides.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -22,9 +22,9 @@ from matrix_p2p.spec import LLMResource, RoleSpec, WorkflowSpec
 class ChatClient(Protocol):
     async def chat(
         self,
-        messages: Sequence[dict[str, Any]],
+        messages: Sequence[Mapping[str, Any]],
         *,
-        role: str | None = ...,
+        role: str = ...,
         sticky_key: str | None = ...,
         max_tokens: int | None = ...,
         temperature: float | None = ...,
@@ -72,7 +72,7 @@ class Context:
         self._endpoint: str | None = None
         self._recorded = False
 
-    async def chat(self, messages: Sequence[dict[str, Any]], **params: Any) -> LLMResult:
+    async def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> LLMResult:
         """Call the role's LLM. Returns ``LLMResponse`` or ``LLMError``, never raises.
 
         Sticky per task by default (prefix-cache reuse across the task's turns);

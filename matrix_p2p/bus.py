@@ -19,6 +19,7 @@ import nats
 import nats.errors
 import nats.js.errors
 import structlog
+from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.js import api
 
@@ -259,7 +260,7 @@ async def _connect_once(kwargs: dict[str, Any], timeout: float) -> Any:
     # nats-py retries the initial connection forever with max_reconnect_attempts=-1;
     # bound the first attempt ourselves, and keep infinite reconnects for later.
     first = dict(kwargs, allow_reconnect=True, max_reconnect_attempts=-1)
-    nc = nats.NATS()
+    nc = NATSClient()
     try:
         async with asyncio.timeout(timeout * 2):
             await nc.connect(**{**first, "max_reconnect_attempts": 0})

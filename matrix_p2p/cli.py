@@ -408,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fsync periodically instead of on every write")
     _add_common(ns)
     ns.set_defaults(fn=cmd_nats_server)
+
+    from matrix_p2p import cli_ops
+
+    cli_ops.add_parsers(sub, _add_nats, _add_common)
     return p
 
 

@@ -27,7 +27,7 @@ class _Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tru
     pass
 
 
-class LLMResource(_Spec):
+class LLMResource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     endpoints: list[str] = []
     endpoints_file: str | None = None
     model: str | None = None
@@ -40,11 +40,11 @@ class LLMResource(_Spec):
     sticky: bool = True
 
 
-class Resources(_Spec):
+class Resources(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     llm: dict[str, LLMResource] = {}
 
 
-class RoleSpec(_Spec):
+class RoleSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     agent: str
     llm: str | None = "default"
     prompt: str = ""
@@ -56,7 +56,8 @@ class RoleSpec(_Spec):
     name: str = ""  # filled from the mapping key
 
 
-class CycleRouting(_Spec, tag="cycle", tag_field="type"):
+class CycleRouting(_Spec, tag="cycle", tag_field="type", frozen=True, forbid_unknown_fields=True,
+                   kw_only=True):
     """Visit ``roles`` in order, round after round, until ``stop_when`` or ``max_turns``."""
 
     roles: list[str]
@@ -65,7 +66,8 @@ class CycleRouting(_Spec, tag="cycle", tag_field="type"):
     on_max_turns: Literal["done", "failed"] = "done"
 
 
-class PythonRouting(_Spec, tag="python", tag_field="type"):
+class PythonRouting(_Spec, tag="python", tag_field="type", frozen=True,
+                    forbid_unknown_fields=True, kw_only=True):
     """A router class (``module:Class``) with ``entry(spec)`` and ``route(task, spec)``."""
 
     router: str
@@ -75,24 +77,24 @@ class PythonRouting(_Spec, tag="python", tag_field="type"):
 Routing = CycleRouting | PythonRouting
 
 
-class HFSource(_Spec):
+class HFSource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     dataset: str
     split: str = "train"
     config: str | None = None
 
 
-class SourceSpec(_Spec):
+class SourceSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     path: str | None = None  # JSONL file or glob, relative to the workflow file
     hf: HFSource | None = None
     id_field: str | None = None  # a stable key in each row; default: the row's position
 
 
-class SinkSpec(_Spec):
+class SinkSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     path: str = "out/{workflow}.jsonl"
     format: Literal["jsonl", "jsonl.zst", "parquet"] = "jsonl"
 
 
-class Limits(_Spec):
+class Limits(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_deliveries: int = 5  # per hop, then the task fails with the reason
     max_hops: int = 200  # a runaway router fails the task instead of looping forever
     ack_wait_s: float = 30.0
@@ -100,7 +102,7 @@ class Limits(_Spec):
     retry_backoff_s: float = 2.0
 
 
-class WorkflowSpec(_Spec):
+class WorkflowSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: str
     roles: dict[str, RoleSpec]
     routing: Routing
