@@ -1,4 +1,4 @@
-"""The broker edge: the only module that imports ``nats``.
+"""The broker edge: the only package that imports ``nats``.
 
 Everything else speaks in our types: ``Bus`` (streams, consumers, publish,
 key-value), ``Puller`` (one durable pull consumer, fetched by one loop) and
