@@ -1,0 +1,205 @@
+"""OpenAI/vLLM request parsing and response shapes. Pure: dicts in, dicts out."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any, Literal
+
+import msgspec
+
+Kind = Literal["chat", "completion"]
+
+_decoder = msgspec.json.Decoder()
+_WORD_RE = re.compile(r"\s*\S+")
+
+#: Extra prompt tokens per chat message, for the chat template.
+CHAT_TEMPLATE_TOKENS = 4
+
+
+class BadRequest(Exception):
+    """The body is not a valid request; answered with 400 and this message."""
+
+
+class SimRequest(msgspec.Struct, kw_only=True, frozen=True):
+    kind: Kind
+    model: str
+    text: str  # what the responder reads: the prompt, or message contents joined by newlines
+    payload: Any  # the messages list or the prompt, hashed for the request's RNG
+    n_messages: int
+    max_tokens: int | None
+    stream: bool
+    include_usage: bool
+    seed: int | None
+
+
+def _content_text(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: keep the text ones
+        return "".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    raise BadRequest(f"{where}: content must be a string or a list of parts")
+
+
+def _int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise BadRequest(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def parse_request(raw: bytes, kind: Kind, default_model: str) -> SimRequest:
+    """Parse a chat or text completion body; raises ``BadRequest`` naming the bad field."""
+    try:
+        body = _decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("messages must be a non-empty list")
+        parts: list[str] = []
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict):
+                raise BadRequest(f"messages[{i}] must be an object")
+            parts.append(_content_text(msg.get("content"), f"messages[{i}]"))
+        text, n_messages = "\n".join(parts), len(messages)
+        payload: Any = messages
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt) and prompt:
+            prompt = "\n".join(prompt)
+        if not isinstance(prompt, str):
+            raise BadRequest("prompt must be a string or a list of strings")
+        text, payload, n_messages = prompt, prompt, 0
+    model = body.get("model") or default_model
+    if not isinstance(model, str):
+        raise BadRequest("model must be a string")
+    stream = body.get("stream") or False
+    options = body.get("stream_options") or {}
+    if not isinstance(stream, bool) or not isinstance(options, dict):
+        raise BadRequest("stream must be a boolean and stream_options an object")
+    return SimRequest(
+        kind=kind,
+        model=model,
+        text=text,
+        payload=payload,
+        n_messages=n_messages,
+        max_tokens=_int_field(body, "max_tokens", 1)
+        or _int_field(body, "max_completion_tokens", 1),
+        stream=stream,
+        include_usage=bool(options.get("include_usage", False)),
+        seed=_int_field(body, "seed", -(2**63)),
+    )
+
+
+def split_tokens(text: str) -> list[str]:
+    """The text as simulator tokens: each word with its leading whitespace."""
+    return _WORD_RE.findall(text)
+
+
+def new_id(kind: Kind) -> str:
+    return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_body(
+    req: SimRequest, rid: str, text: str, finish_reason: str, use: dict[str, int]
+) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0}
+    if req.kind == "chat":
+        choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
+    else:
+        choice["text"] = text
+    choice |= {"logprobs": None, "finish_reason": finish_reason, "stop_reason": None}
+    return {
+        "id": rid,
+        "object": "chat.completion" if req.kind == "chat" else "text_completion",
+        "created": int(time.time()),
+        "model": req.model,
+        "choices": [choice],
+        "usage": use,
+    }
+
+
+def chunk_body(
+    req: SimRequest,
+    rid: str,
+    created: int,
+    *,
+    text: str | None = None,
+    role: bool = False,
+    finish_reason: str | None = None,
+) -> dict[str, Any]:
+    """One streamed chunk: a role announcement, a text delta or the finish."""
+    choice: dict[str, Any] = {"index": 0}
+    if req.kind == "chat":
+        delta: dict[str, Any] = {}
+        if role:
+            delta["role"] = "assistant"
+            delta["content"] = ""
+        if text is not None:
+            delta["content"] = text
+        choice["delta"] = delta
+    else:
+        choice["text"] = text or ""
+    choice |= {"logprobs": None, "finish_reason": finish_reason}
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk" if req.kind == "chat" else "text_completion",
+        "created": created,
+        "model": req.model,
+        "choices": [choice],
+    }
+
+
+def usage_chunk(req: SimRequest, rid: str, created: int, use: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk" if req.kind == "chat" else "text_completion",
+        "created": created,
+        "model": req.model,
+        "choices": [],
+        "usage": use,
+    }
+
+
+def error_body(message: str, kind: str, code: int) -> dict[str, Any]:
+    """vLLM's error shape."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def models_body(model: str, created: int) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": model,
+                "object": "model",
+                "created": created,
+                "owned_by": "vllm",
+                "root": model,
+                "parent": None,
+                "max_model_len": None,
+                "permission": [],
+            }
+        ],
+    }
