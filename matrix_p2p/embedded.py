@@ -87,7 +87,6 @@ async def _llm_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[list[
 
     servers = await start_fleet(SimConfig(seed=spec.seed), replicas=opts.sim_replicas,
                                 host="127.0.0.1", base_port=0)
-    log.info("sim.started", urls=[s.url for s in servers])
     try:
         yield [s.url for s in servers]
     finally:
