@@ -21,6 +21,9 @@ class _ClearLine:
         self.stream = stream
 
     def write(self, text: str) -> int:
+        # print() writes the newline on its own: clearing before it would erase the line
+        if text == "\n":
+            return self.stream.write(text)
         return self.stream.write("\r\x1b[K" + text)
 
     def flush(self) -> None:
