@@ -26,6 +26,7 @@ class ChatClient(Protocol):
         *,
         role: str = ...,
         sticky_key: str | None = ...,
+        sticky_hint: str | None = ...,
         max_tokens: int | None = ...,
         temperature: float | None = ...,
         **extra: Any,
@@ -83,7 +84,12 @@ class Context:
         res = self.resource
         params.setdefault("max_tokens", res.max_tokens if res else None)
         params.setdefault("temperature", res.temperature if res else None)
-        params.setdefault("sticky_key", self.task.id if (res is None or res.sticky) else None)
+        sticky = res is None or res.sticky
+        params.setdefault("sticky_key", self.task.id if sticky else None)
+        if sticky and "sticky_hint" not in params:
+            # the replica that served the task's last turn, maybe in another process
+            params["sticky_hint"] = next(
+                (t.endpoint for t in reversed(self.task.turns) if t.endpoint), None)
         result = await self._llm.chat(messages, role=self.role.name, **params)
         self._llm_calls += 1
         if isinstance(result, LLMResponse):

@@ -13,6 +13,7 @@ loss. ``sync="interval"`` (``--sync-interval``) trades that guarantee for speed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -80,6 +81,9 @@ class EmbeddedNats:
         cluster_port: int | None = None,
         routes: list[str] | None = None,
         max_payload: int = 8 * 1024 * 1024,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
     ) -> None:
         if sync not in ("always", "interval"):
             raise ConfigError(f"--sync: expected 'always' or 'interval', got {sync!r}")
@@ -95,6 +99,11 @@ class EmbeddedNats:
         self.cluster_port = cluster_port
         self.routes = routes or []
         self.max_payload = max_payload
+        # client authorization (either user/password or a token); kept out of logs
+        # and argv: they live only in the 0600 config file in the store directory
+        self.user = user
+        self.password = password
+        self.token = token
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -117,6 +126,14 @@ class EmbeddedNats:
         if self.sync == "always":
             lines.append("  sync_interval: always")
         lines.append("}")
+        if self.user is not None or self.token is not None:
+            lines.append("authorization {")
+            if self.user is not None:
+                lines.append(f"  user: {json.dumps(self.user)}")
+                lines.append(f"  password: {json.dumps(self.password or '')}")
+            if self.token is not None:
+                lines.append(f"  token: {json.dumps(self.token)}")
+            lines.append("}")
         if self.cluster_name:
             lines += [
                 "cluster {",
@@ -131,6 +148,7 @@ class EmbeddedNats:
         binary = find_nats_server()
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / f"nats-{self.server_name}.conf"
+        conf.touch(mode=0o600)
         conf.write_text(self.config_text())
         log_path = self.store_dir / f"nats-{self.server_name}.log"
         with open(log_path, "ab") as log_file:

@@ -58,6 +58,18 @@ def _add_nats(p: argparse.ArgumentParser, *, required: bool) -> None:
     g.add_argument("--tls-key", metavar="FILE", help="client key (MX_NATS_TLS_KEY)")
 
 
+def _add_fleet_state(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-fleet-state", action="store_true",
+                   help="do not share learned LLM endpoint limits with other workers "
+                        "(JetStream key-value bucket MX_LLM_FLEET)")
+
+
+def _add_replicas(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--replicas", type=int, default=None, metavar="R",
+                   help="stream replicas on a JetStream cluster, e.g. 3 (default: keep the "
+                        "existing streams' setting; new streams get 1)")
+
+
 def _conn(args: argparse.Namespace, *, required: bool, name: str) -> Any:
     from matrix_p2p.bus import ConnectOptions
 
@@ -119,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         store=args.store, sync="interval" if args.sync_interval else "always",
         llm_urls=llm_urls_from(args.llm_url), sim_replicas=args.sim_replicas,
         concurrency=args.concurrency, progress=not args.no_progress,
+        fleet_state=not args.no_fleet_state,
     )
 
     async def main() -> int:
@@ -134,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from matrix_p2p import bus as busmod
     from matrix_p2p.embedded import llm_urls_from
-    from matrix_p2p.resources import open_llms
+    from matrix_p2p.resources import open_fleet_state, open_llms
     from matrix_p2p.worker import WorkerStats, parse_roles, serve_roles, summarize
 
     spec = _load_spec(args.workflow)
@@ -147,7 +160,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         bus = await busmod.connect(conn)
         stats = WorkerStats()
         try:
-            async with open_llms(spec, roles, llm_urls_from(args.llm_url)) as llms:
+            async with open_fleet_state(bus, enabled=not args.no_fleet_state) as fleet, \
+                    open_llms(spec, roles, llm_urls_from(args.llm_url), fleet=fleet) as llms:
                 ready = asyncio.Event()
 
                 async def announce() -> None:
@@ -159,7 +173,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                     tg.create_task(announce())
                     tg.create_task(serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop,
                                                concurrency=args.concurrency, stats=stats,
-                                               ready=ready, drain_timeout=args.drain_timeout))
+                                               ready=ready, drain_timeout=args.drain_timeout,
+                                               replicas=args.replicas))
         finally:
             await bus.close()
         log.info("worker.stopped", **summarize(stats))
@@ -180,7 +195,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _install_signals(stop, "stopping submission; re-run to continue")
         bus = await busmod.connect(conn)
         try:
-            r = await submit(bus, spec, limit=args.limit, stop=stop)
+            r = await submit(bus, spec, limit=args.limit, stop=stop, replicas=args.replicas)
         finally:
             await bus.close()
         print(f"submitted {r.submitted} new tasks, {r.already} already submitted, "
@@ -203,7 +218,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         _install_signals(stop, "writing what has arrived")
         bus = await busmod.connect(conn)
-        sink = Sink(bus, spec, Path(args.out), durable=args.durable)
+        sink = Sink(bus, spec, Path(args.out), durable=args.durable, replicas=args.replicas)
         try:
             try:
                 async with asyncio.timeout(args.timeout):
@@ -327,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--concurrency", type=int, metavar="N",
                    help="slots per role (default: the workflow's roles.<r>.concurrency)")
     r.add_argument("--no-progress", action="store_true", help="no progress display")
+    _add_fleet_state(r)
     _add_nats(r, required=False)
     _add_common(r)
     r.set_defaults(fn=cmd_run)
@@ -342,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent tasks per role in this process")
     w.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="on stop, wait this long for in-flight hops, then hand them back")
+    _add_fleet_state(w)
+    _add_replicas(w)
     _add_nats(w, required=True)
     _add_common(w)
     w.set_defaults(fn=cmd_worker)
@@ -352,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
             "limits.max_inflight tasks live in the stream.")
     s.add_argument("workflow", metavar="WORKFLOW")
     s.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
+    _add_replicas(s)
     _add_nats(s, required=True)
     _add_common(s)
     s.set_defaults(fn=cmd_submit)
@@ -365,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--timeout", type=float, metavar="S", help="give up (exit 1) after S seconds")
     k.add_argument("--durable", metavar="NAME",
                    help="consumer name (default derived from the output path)")
+    _add_replicas(k)
     _add_nats(k, required=True)
     _add_common(k)
     k.set_defaults(fn=cmd_sink)

@@ -20,7 +20,7 @@ import structlog
 from matrix_p2p import bus as busmod
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.progress import Progress, Snapshot
-from matrix_p2p.resources import open_llms
+from matrix_p2p.resources import open_fleet_state, open_llms
 from matrix_p2p.sink import Sink
 from matrix_p2p.source import SubmitResult, count_tasks, submit
 from matrix_p2p.spec import WorkflowSpec
@@ -40,6 +40,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
     concurrency: int | None = None
     progress: bool = True
     drain_timeout_s: float = 30.0
+    fleet_state: bool = True  # share learned LLM endpoint limits through JetStream KV
 
 
 class RunResult(msgspec.Struct):
@@ -76,9 +77,9 @@ async def _broker(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[busmod.
 
 @contextlib.asynccontextmanager
 async def _llm_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[list[str]]:
-    needs_sim = not opts.llm_urls and any(
+    needs_sim = (not opts.llm_urls and any(
         not r.endpoints and not r.endpoints_file for r in spec.resources.llm.values()
-    ) or (not opts.llm_urls and not spec.resources.llm)
+    )) or (not opts.llm_urls and not spec.resources.llm)
     if not needs_sim:
         yield list(opts.llm_urls)
         return
@@ -109,7 +110,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls:
         bus = await busmod.connect(conn)
         try:
-            async with open_llms(spec, roles, urls) as llms:
+            async with open_fleet_state(bus, enabled=opts.fleet_state) as fleet, \
+                    open_llms(spec, roles, urls, fleet=fleet) as llms:
                 sink = Sink(bus, spec, out)
                 stats = WorkerStats()
                 submitted = SubmitResult()

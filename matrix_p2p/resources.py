@@ -1,11 +1,14 @@
-"""A workflow's LLM resources as live clients: one ``LLMClient`` per resource, shared by roles."""
+"""A workflow's LLM resources as live clients: one ``LLMClient`` per resource, shared by roles,
+and the fleet-wide endpoint state those clients share with every other worker."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from matrix_p2p.agent import ChatClient
+from matrix_p2p.bus import Bus
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.llm import FleetState, LLMClient, LLMConfig
 from matrix_p2p.spec import LLMResource, WorkflowSpec
@@ -47,6 +50,8 @@ async def open_llms(
     """Start the clients the given roles need; close them on exit.
 
     ``urls`` (from ``--llm-url``) replace every resource's endpoints.
+    ``fleet`` (from ``open_fleet_state``) is shared by every client: what one
+    learns about an endpoint (limit, Retry-After, ejection), the others apply.
     """
     clients: dict[str, LLMClient] = {}
     by_role: dict[str, ChatClient | None] = {}
@@ -62,3 +67,21 @@ async def open_llms(
                 clients[name] = await stack.enter_async_context(LLMClient(cfg, fleet=fleet))
             by_role[role] = clients[name]
         yield LLMSet(clients, by_role)
+
+
+@contextlib.asynccontextmanager
+async def open_fleet_state(
+    bus: Bus | None, *, enabled: bool = True, **options: Any
+) -> AsyncIterator[FleetState | None]:
+    """The LLM endpoint state this process shares with the fleet (a JetStream
+    key-value bucket, see ``bus.fleet_kv``), or ``None`` when disabled.
+
+    Usage: ``async with open_fleet_state(bus) as fleet, open_llms(..., fleet=fleet)``.
+    Error handling: a broker problem never stops the workers: the state is
+    loaded when the bucket can be read, and the watcher retries with backoff.
+    """
+    if bus is None or not enabled:
+        yield None
+        return
+    async with bus.fleet_state(**options) as fleet:
+        yield fleet

@@ -80,7 +80,7 @@ class _Writer:
         self.path = path
         self.fmt = fmt
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._raw: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed in close()
+        self._raw: IO[bytes] = open(path, "ab")
         self._zstd: Any = None
         if fmt == "jsonl.zst":
             zstandard = _import_zstd()
@@ -159,7 +159,7 @@ class Sink:
     """Writes the results of one workflow to ``out``. One instance per output file."""
 
     def __init__(self, bus: Bus, spec: WorkflowSpec, out: Path, *, fmt: str | None = None,
-                 durable: str | None = None) -> None:
+                 durable: str | None = None, replicas: int | None = None) -> None:
         self.bus = bus
         self.spec = spec
         self.out = out
@@ -177,6 +177,7 @@ class Sink:
         self.failed = 0
         self.duplicates = 0
         self.changed = asyncio.Event()
+        self.replicas = replicas
 
     @property
     def count(self) -> int:
@@ -191,7 +192,7 @@ class Sink:
         (disk full) propagates, leaving the batch unacked for redelivery.
         """
         self.written = load_written_ids(self.out, self.fmt)
-        await self.bus.ensure_streams(self.names)
+        await self.bus.ensure_streams(self.names, replicas=self.replicas)
         await self.bus.ensure_results_consumer(self.names, self.durable)
         puller = await self.bus.puller(self.names.results_stream, self.durable)
         writer = _Writer(self.out, self.fmt)
@@ -221,8 +222,13 @@ class Sink:
                     try:
                         task = envelope.decode(d.data)
                     except EnvelopeError as exc:
-                        await self.bus.dead_letter(self.names, d.data, reason=str(exc),
-                                                   subject=d.subject)
+                        try:
+                            await self.bus.dead_letter(self.names, d.data, reason=str(exc),
+                                                       subject=d.subject)
+                        except BusError as exc2:
+                            # not kept yet: leave it for redelivery rather than lose it
+                            log.warning("sink.dead_letter_failed", error=str(exc2))
+                            continue
                         await d.term()
                         continue
                     if task.id in self.written:

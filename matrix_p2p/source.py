@@ -129,6 +129,7 @@ async def submit(
     progress: SubmitResult | None = None,
     window: int | None = None,
     parallel: int = 256,
+    replicas: int | None = None,
 ) -> SubmitResult:
     """Submit the first ``limit`` rows (times ``spec.trials``). Idempotent; resumable.
 
@@ -138,8 +139,8 @@ async def submit(
     from matrix_p2p.worker import ensure_workflow
 
     names = Names.of(spec)
-    await ensure_workflow(bus, spec)
-    kv = await bus.submitted_kv(names)
+    await ensure_workflow(bus, spec, replicas=replicas)
+    kv = await bus.submitted_kv(names, replicas=replicas)
     result = progress or SubmitResult()
     window = window or spec.limits.max_inflight
     entry = spec.entry_role()

@@ -31,6 +31,7 @@ log = structlog.get_logger(__name__)
 
 FETCH_MAX = 256  # per fetch request; bounded again by free slots
 FETCH_TIMEOUT_S = 1.0  # also how long a stop waits for the fetch in flight
+ENVELOPE_HEADROOM = 4096  # bytes under max_payload kept for headers
 
 
 class WorkerStats(msgspec.Struct):
@@ -41,6 +42,7 @@ class WorkerStats(msgspec.Struct):
     done: int = 0
     failed: int = 0
     retried: int = 0
+    redelivered: int = 0
     dead_lettered: int = 0
     publish_errors: int = 0
     inflight: int = 0
@@ -145,12 +147,12 @@ class RoleWorker:
             if self.stats.inflight > self.stats.max_inflight:
                 self.stats.max_inflight = self.stats.inflight
 
-    async def _drain(self, timeout: float) -> None:
+    async def _drain(self, limit_s: float) -> None:
         if not self._inflight:
             return
         self.log.info("worker.draining", inflight=len(self._inflight))
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(limit_s):
                 await self._idle.wait()
         except TimeoutError:
             # Hand the rest back: each cancelled handler naks its message.
@@ -212,6 +214,11 @@ class RoleWorker:
             await self._dead_letter(d, f"task {task.id} is already {task.status}", task_id=task.id)
             return
         self.stats.hops += 1
+        if d.num_delivered > 1:
+            # a crash, a timeout or a nak brought this hop back: say so (chaos runs count these)
+            self.stats.redelivered += 1
+            self.log.info("worker.redelivered", task=task.id, hop=task.hop,
+                          delivery=d.num_delivered)
         exhausted = routing.on_delivery(d.num_delivered, self.spec, task)
         if exhausted is not None:
             await self._carry_out(d, task, exhausted)
@@ -260,8 +267,18 @@ class RoleWorker:
             subject = self.names.done
         else:
             subject = self.names.failed
+        data = envelope.encode(nxt)
+        if len(data) > self.bus.max_payload - ENVELOPE_HEADROOM:
+            # It would be refused on every redelivery: end the task now, with the reason,
+            # in an envelope small enough to publish (the turns' texts are dropped).
+            reason = (f"envelope of {len(data)} bytes after role {self.role.name!r} exceeds the "
+                      f"broker's max_payload of {self.bus.max_payload} bytes")
+            decision = Failed(reason=reason)
+            subject = self.names.failed
+            nxt = routing.advance(_shrunk(task, self.bus.max_payload), decision, now=self.clock())
+            data = envelope.encode(nxt)
         try:
-            await self.bus.publish(subject, envelope.encode(nxt), msg_id=hop_msg_id(nxt.id, nxt.hop))
+            await self.bus.publish(subject, data, msg_id=hop_msg_id(nxt.id, nxt.hop))
         except BusError as exc:
             # Not acked: the input comes back after ack_wait and the hop runs again.
             self.stats.publish_errors += 1
@@ -293,6 +310,15 @@ class RoleWorker:
         await d.term()
 
 
+def _shrunk(task: Task, max_payload: int) -> Task:
+    """The task with its turns' texts (and, if still too big, its row and state) dropped."""
+    turns = [msgspec.structs.replace(t, content="", meta={}) for t in task.turns]
+    small = msgspec.structs.replace(task, turns=turns)
+    if len(envelope.encode(small)) > max_payload - ENVELOPE_HEADROOM:
+        small = msgspec.structs.replace(small, row={}, state={})
+    return small
+
+
 def make_agent(spec: WorkflowSpec, role: RoleSpec) -> Agent:
     cls = routing.import_ref(role.agent, where=f"{spec.path}: roles.{role.name}.agent")
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
@@ -303,10 +329,14 @@ def make_agent(spec: WorkflowSpec, role: RoleSpec) -> Agent:
     return agent
 
 
-async def ensure_workflow(bus: Bus, spec: WorkflowSpec, roles: list[str] | None = None) -> None:
-    """Streams and one durable consumer per role. Safe to run again and from many workers."""
+async def ensure_workflow(bus: Bus, spec: WorkflowSpec, roles: list[str] | None = None, *,
+                          replicas: int | None = None) -> None:
+    """Streams and one durable consumer per role. Safe to run again and from many workers.
+
+    ``replicas``: stream replicas on a JetStream cluster (None keeps what exists, else R1).
+    """
     names = Names.of(spec)
-    await bus.ensure_streams(names)
+    await bus.ensure_streams(names, replicas=replicas)
     for name in roles or list(spec.roles):
         role = spec.roles[name]
         await bus.ensure_role_consumer(
@@ -325,10 +355,11 @@ async def serve_roles(
     stats: WorkerStats | None = None,
     ready: asyncio.Event | None = None,
     drain_timeout: float = 30.0,
+    replicas: int | None = None,
 ) -> WorkerStats:
     """Run the given roles in this process until ``stop``; returns the counters."""
     stats = stats or WorkerStats()
-    await ensure_workflow(bus, spec, roles)
+    await ensure_workflow(bus, spec, roles, replicas=replicas)
     agents = {name: make_agent(spec, spec.roles[name]) for name in roles}
     for agent in agents.values():
         await agent.setup()

@@ -43,7 +43,7 @@ class Proc:
     def __init__(self, args: list[str], log: Path) -> None:
         self.args = args
         self.log = log
-        self._fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self._fh = open(log, "ab")
         self.p = subprocess.Popen([sys.executable, "-m", "matrix_p2p", *args], stdout=self._fh,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env())
 

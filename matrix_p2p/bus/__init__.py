@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats
@@ -26,9 +26,13 @@ from nats.js import api
 from matrix_p2p.errors import BusError
 from matrix_p2p.naming import Names
 
+if TYPE_CHECKING:
+    from matrix_p2p.bus.fleet_kv import KVFleetState
+
 log = structlog.get_logger(__name__)
 
 DUPLICATE_WINDOW_S = 600.0  # hop msg-ids dedup a republish within this window
+DLQ_HEADROOM = 16 * 1024  # bytes left for headers when dead-lettering a near-max message
 
 
 class ConnectOptions(msgspec.Struct, kw_only=True):
@@ -68,6 +72,20 @@ class ConnectOptions(msgspec.Struct, kw_only=True):
         if not sep:
             return self.url
         return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+class PayloadTooLargeError(BusError):
+    """The broker refuses a message this big (its ``max_payload``)."""
+
+
+class StoredMsg(msgspec.Struct, frozen=True):
+    """A message read back from a stream by sequence (dead-letter and replay tools)."""
+
+    seq: int
+    time: float  # when the stream stored it (Unix seconds)
+    subject: str
+    data: bytes
+    headers: dict[str, str]
 
 
 class Delivery:
@@ -120,10 +138,15 @@ class Puller:
         """Up to ``batch`` messages; an empty list when none came within ``timeout``."""
         try:
             msgs = await self._sub.fetch(batch=batch, timeout=timeout)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             return []
         except nats.errors.ConnectionClosedError:
             raise BusError("NATS connection closed") from None
+        except nats.errors.Error as exc:
+            # e.g. 503 while a cluster re-elects the consumer's leader after a node died:
+            # the caller's loop backs off and fetches again
+            raise BusError(f"fetch from {self.stream}/{self.durable} failed: "
+                           f"{_explain(exc)}") from None
         return [Delivery(m) for m in msgs if m.data is not None]
 
     async def unsubscribe(self) -> None:
@@ -156,7 +179,7 @@ class SubmittedKV:
             if "wrong last sequence" in str(exc).lower():
                 return False
             raise BusError(f"key-value create {key!r} failed: {exc}") from None
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             raise BusError(f"key-value create {key!r} timed out") from None
         return True
 
@@ -165,12 +188,19 @@ class SubmittedKV:
             await self._kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return False
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             raise BusError(f"key-value get {key!r} timed out") from None
         return True
 
     async def delete(self, key: str) -> None:
         await self._kv.delete(key)
+
+
+def _stored(m: Any) -> StoredMsg:
+    hdrs = {k: v for k, v in (m.headers or {}).items() if not k.startswith("Nats-")
+            or k == "Nats-Msg-Id"}
+    return StoredMsg(seq=int(m.seq or 0), time=m.time.timestamp() if m.time else 0.0,
+                     subject=m.subject or "", data=m.data or b"", headers=hdrs)
 
 
 def _tls_context(opts: ConnectOptions) -> ssl.SSLContext | None:
@@ -204,10 +234,15 @@ async def connect(
     """
     where = opts.safe_url()
 
-    async def error_cb(exc: Exception) -> None:
-        log.warning("nats.error", url=where, error=_explain(exc))
-
     conn: list[Any] = []  # set once connected: a disconnect during our own close is quiet
+    first_errors: list[BaseException] = []  # before the first connection: reported once, below
+
+    async def error_cb(exc: Exception) -> None:
+        if not conn:
+            first_errors.append(exc)
+            log.debug("nats.connect_error", url=where, error=_explain(exc))
+            return
+        log.warning("nats.error", url=where, error=_explain(exc))
 
     async def disconnected_cb() -> None:
         if conn and (conn[0].is_closed or conn[0].is_draining):
@@ -247,23 +282,29 @@ async def connect(
     for _attempt in range(3):
         try:
             nc = await _connect_once(kwargs, connect_timeout)
-        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
             last = exc
             await asyncio.sleep(0.3)
             continue
         conn.append(nc)
         return Bus(nc)
-    raise BusError(f"cannot connect to NATS at {where}: {_explain(last) if last else 'unknown'}")
+    # nats-py reports the real cause (say, an authorization violation) through error_cb and
+    # then fails with a generic one (no servers, a timeout): name the real cause
+    causes = [_explain(e) for e in first_errors] + ([_explain(last)] if last else [])
+    refused = [c for c in causes if c.startswith("authorization refused")]
+    reason = refused[0] if refused else (causes[-1] if causes else "unknown")
+    raise BusError(f"cannot connect to NATS at {where}: {reason}")
 
 
 async def _connect_once(kwargs: dict[str, Any], timeout: float) -> Any:
-    # nats-py retries the initial connection forever with max_reconnect_attempts=-1;
-    # bound the first attempt ourselves, and keep infinite reconnects for later.
-    first = dict(kwargs, allow_reconnect=True, max_reconnect_attempts=-1)
+    # nats-py retries the initial connection forever unless max_reconnect_attempts > 0
+    # (0 means "no limit" there): try each server twice, bounded in time too, and keep
+    # infinite reconnects for later.
+    first = dict(kwargs, allow_reconnect=True, max_reconnect_attempts=1)
     nc = NATSClient()
     try:
         async with asyncio.timeout(timeout * 2):
-            await nc.connect(**{**first, "max_reconnect_attempts": 0})
+            await nc.connect(**first)
     except BaseException:
         await nc.close()
         raise
@@ -284,8 +325,13 @@ class Bus:
         self.js = nc.jetstream(timeout=10.0)
 
     # ---------------------------------------------------------------- setup
-    async def ensure_streams(self, names: Names, *, replicas: int = 1) -> None:
-        """Create (or update) the task, results and dead-letter streams. Idempotent."""
+    async def ensure_streams(self, names: Names, *, replicas: int | None = None) -> None:
+        """Create (or update) the task, results and dead-letter streams. Idempotent.
+
+        ``replicas`` (R1, R3 ...) applies when a stream is created or when given;
+        None keeps an existing stream's replicas (a sink started without
+        ``--replicas`` must not scale an R3 stream down), and creates R1.
+        """
         await self._ensure_stream(api.StreamConfig(
             name=names.tasks_stream,
             subjects=[f"{names.task_prefix}.>"],
@@ -316,11 +362,17 @@ class Bus:
         except nats.js.errors.BadRequestError as exc:
             if not _is_already_exists(exc):
                 raise BusError(f"cannot create stream {cfg.name}: {exc.description}") from None
+            if cfg.num_replicas is None:
+                try:
+                    info = await self.js.stream_info(cfg.name)
+                except (TimeoutError, nats.errors.Error) as exc2:
+                    raise BusError(f"cannot read stream {cfg.name}: {_explain(exc2)}") from None
+                cfg.num_replicas = info.config.num_replicas
             try:
                 await self.js.update_stream(cfg)
             except nats.js.errors.Error as exc2:
                 raise BusError(f"cannot update stream {cfg.name}: {exc2}") from None
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise BusError(f"cannot create stream {cfg.name}: {_explain(exc)}") from None
 
     async def ensure_role_consumer(
@@ -354,7 +406,7 @@ class Bus:
     async def _ensure_consumer(self, stream: str, cfg: api.ConsumerConfig) -> None:
         try:
             await self.js.add_consumer(stream, cfg)
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise BusError(f"cannot create consumer {cfg.name} on {stream}: {_explain(exc)}") from None
 
     async def puller(self, stream: str, durable: str) -> Puller:
@@ -362,20 +414,27 @@ class Bus:
             sub = await self.js.pull_subscribe_bind(
                 durable=durable, stream=stream, pending_msgs_limit=-1, pending_bytes_limit=-1
             )
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise BusError(f"cannot bind to consumer {durable} on {stream}: {exc}") from None
         return Puller(sub, stream, durable)
 
-    async def submitted_kv(self, names: Names, *, replicas: int = 1) -> SubmittedKV:
+    async def submitted_kv(self, names: Names, *, replicas: int | None = None) -> SubmittedKV:
         try:
             kv = await self.js.create_key_value(
-                bucket=names.submitted_bucket, history=1, replicas=replicas
+                bucket=names.submitted_bucket, history=1, replicas=replicas or 1
             )
         except nats.js.errors.BadRequestError:
             kv = await self.js.key_value(names.submitted_bucket)
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise BusError(f"cannot open key-value bucket {names.submitted_bucket}: {exc}") from None
         return SubmittedKV(kv)
+
+    def fleet_state(self, **options: Any) -> KVFleetState:
+        """LLM endpoint state shared by every worker on this broker (not started:
+        ``async with bus.fleet_state() as fleet``). Options: see ``KVFleetState``."""
+        from matrix_p2p.bus.fleet_kv import KVFleetState
+
+        return KVFleetState(self.js, **options)
 
     # ---------------------------------------------------------------- data path
     async def publish(
@@ -395,9 +454,14 @@ class Bus:
             ack = await self.js.publish(subject, data, timeout=timeout, headers=hdrs or None)
         except nats.js.errors.NoStreamResponseError:
             raise BusError(f"no stream accepts subject {subject!r}") from None
+        except nats.errors.MaxPayloadError:
+            raise PayloadTooLargeError(
+                f"publish to {subject} refused: {len(data)} bytes exceed the broker's "
+                f"max_payload of {self.max_payload} bytes"
+            ) from None
         except nats.js.errors.APIError as exc:
             raise BusError(f"publish to {subject} refused: {exc.description}") from None
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise BusError(f"publish to {subject} failed: {_explain(exc)}") from None
         return bool(ack.duplicate)
 
@@ -408,7 +472,73 @@ class Bus:
         headers = {"Mx-Reason": reason[:1000], "Mx-Subject": subject, **(extra or {})}
         # one line headers only: NATS headers cannot hold CR/LF
         headers = {k: v.replace("\r", " ").replace("\n", " ") for k, v in headers.items()}
+        # A message near max_payload plus our headers would not fit: keep its head and
+        # say so, rather than fail the dead-lettering and redeliver the garbage forever.
+        room = self.max_payload - DLQ_HEADROOM
+        if len(data) > room:
+            headers["Mx-Truncated"] = f"original {len(data)} bytes, kept the first {room}"
+            data = data[:room]
         await self.publish(names.dlq, data, headers=headers)
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the connected server accepts (its INFO ``max_payload``)."""
+        return int(self.nc.max_payload or 1024 * 1024)
+
+    async def delete_msg(self, stream: str, seq: int) -> bool:
+        """Remove one stored message; False if it was not there."""
+        try:
+            return bool(await self.js.delete_msg(stream, seq))
+        except nats.js.errors.NotFoundError:
+            return False
+        except nats.js.errors.APIError as exc:
+            if "no message found" in str(exc).lower() or exc.code == 404:
+                return False
+            raise BusError(f"cannot delete {stream} #{seq}: {exc.description}") from None
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise BusError(f"cannot delete {stream} #{seq}: {_explain(exc)}") from None
+
+    async def next_msg(self, stream: str, seq: int, subject: str = ">") -> StoredMsg | None:
+        """The first stored message at or after ``seq`` matching ``subject``; None past the end."""
+        try:
+            m = await self.js.get_msg(stream, seq=max(1, seq), subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        except nats.js.errors.APIError as exc:
+            if exc.code == 404:
+                return None
+            raise BusError(f"cannot read {stream} from #{seq}: {exc.description}") from None
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise BusError(f"cannot read {stream} from #{seq}: {_explain(exc)}") from None
+        return _stored(m)
+
+    async def stored(self, stream: str, seq: int) -> StoredMsg | None:
+        """One stored message by sequence, with its time; None if it is not there."""
+        try:
+            m = await self.js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        except nats.js.errors.APIError as exc:
+            if exc.code == 404:
+                return None
+            raise BusError(f"cannot read {stream} #{seq}: {exc.description}") from None
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise BusError(f"cannot read {stream} #{seq}: {_explain(exc)}") from None
+        return _stored(m)
+
+    async def iter_stream(
+        self, stream: str, subject: str = ">", *, start: int = 1, end: int | None = None
+    ) -> AsyncIterator[StoredMsg]:
+        """Stored messages in sequence order (gaps from deletions are skipped)."""
+        if end is None:
+            end = (await self.stream_bounds(stream))[1]
+        seq = start
+        while seq <= end:
+            m = await self.next_msg(stream, seq, subject)
+            if m is None or m.seq > end:
+                return
+            yield m
+            seq = m.seq + 1
 
     # ---------------------------------------------------------------- status
     async def stream_counts(self, stream: str) -> dict[str, int]:
@@ -417,7 +547,7 @@ class Bus:
             info = await self.js.stream_info(stream, subjects_filter=">")
         except nats.js.errors.NotFoundError:
             return {}
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise BusError(f"cannot read stream {stream}: {_explain(exc)}") from None
         return dict(info.state.subjects or {})
 
@@ -426,7 +556,7 @@ class Bus:
             info = await self.js.stream_info(stream)
         except nats.js.errors.NotFoundError:
             return 0
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise BusError(f"cannot read stream {stream}: {_explain(exc)}") from None
         return int(info.state.messages)
 
@@ -435,7 +565,7 @@ class Bus:
             info = await self.js.consumer_info(stream, durable)
         except nats.js.errors.NotFoundError:
             return None
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise BusError(f"cannot read consumer {durable}: {_explain(exc)}") from None
         return ConsumerStats(
             pending=int(info.num_pending or 0),
@@ -450,7 +580,7 @@ class Bus:
             m = await self.js.get_msg(stream, seq)
         except nats.js.errors.NotFoundError:
             return None
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise BusError(f"cannot read {stream} #{seq}: {_explain(exc)}") from None
         return m.subject or "", m.data or b"", dict(m.headers or {})
 
@@ -467,5 +597,5 @@ class Bus:
             return
         try:
             await asyncio.wait_for(self.nc.drain(), timeout=10.0)
-        except (nats.errors.Error, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.Error):
             await self.nc.close()

@@ -155,6 +155,7 @@ class LLMClient:
         self._endpoints: dict[str, Endpoint] = {}
         self._sticky = StickyMap(config.sticky_capacity)
         self._waiters: deque[_Waiter] = deque()
+        self._pinned_waiters: dict[str, deque[_Waiter]] = {}  # url -> sticky requests waiting
         self._usage_by_role: dict[str, Usage] = {}
         self.total_completion_tokens = 0
         self.sticky_hits = 0
@@ -222,7 +223,7 @@ class LLMClient:
         self._tasks.clear()
         if self._unsubscribe is not None:
             self._unsubscribe()
-        for w in self._waiters:
+        for w in [*self._waiters, *(w for q in self._pinned_waiters.values() for w in q)]:
             if not w.fut.done():
                 w.fut.set_result(None)
         if self._session is not None:
@@ -238,17 +239,22 @@ class LLMClient:
         *,
         role: str = "default",
         sticky_key: str | None = None,
+        sticky_hint: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
         **extra_body: Any,
     ) -> LLMResult:
-        """One chat completion. ``extra_body`` is merged into the request JSON."""
+        """One chat completion. ``extra_body`` is merged into the request JSON.
+
+        ``sticky_hint`` is the endpoint that served this task before, possibly in
+        another process (the envelope remembers it): it seeds the sticky pin.
+        """
         body: dict[str, Any] = {"messages": list(messages), **extra_body}
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         if temperature is not None:
             body["temperature"] = temperature
-        return await self._call("chat", body, role, sticky_key)
+        return await self._call("chat", body, role, sticky_key, sticky_hint)
 
     async def complete(
         self,
@@ -256,6 +262,7 @@ class LLMClient:
         *,
         role: str = "default",
         sticky_key: str | None = None,
+        sticky_hint: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
         **extra_body: Any,
@@ -266,7 +273,7 @@ class LLMClient:
             body["max_tokens"] = max_tokens
         if temperature is not None:
             body["temperature"] = temperature
-        return await self._call("complete", body, role, sticky_key)
+        return await self._call("complete", body, role, sticky_key, sticky_hint)
 
     def usage_by_role(self) -> dict[str, Usage]:
         return {k: Usage(prompt_tokens=v.prompt_tokens, completion_tokens=v.completion_tokens)
@@ -289,14 +296,18 @@ class LLMClient:
 
     # -- one call: retries ------------------------------------------------------
     async def _call(
-        self, kind: CallKind, body: dict[str, Any], role: str, sticky_key: str | None
+        self, kind: CallKind, body: dict[str, Any], role: str, sticky_key: str | None,
+        sticky_hint: str | None = None,
     ) -> LLMResult:
         if self._session is None or self._closed:
             return LLMError(kind="no_endpoints", message="client is not started or is closed")
+        if sticky_key and sticky_hint and self.config.sticky and self._sticky.get(sticky_key) is None:
+            self._sticky.pin(sticky_key, normalise_url(sticky_hint))
         tried: set[str] = set()
         last: LLMError | None = None
         bad_responses = 0
         attempts = 0
+        pinned_url = self._sticky.get(sticky_key) if sticky_key and self.config.sticky else None
         for retry in range(self.config.max_retries + 1):
             got = await self._acquire(sticky_key, tried)
             if isinstance(got, LLMError):
@@ -318,14 +329,20 @@ class LLMClient:
                     self._sticky.pin(sticky_key, ep.url)
                 return result
             last = result
-            tried.add(ep.url)
+            # Sticky routing holds while the task's endpoint is healthy: a capacity
+            # signal (429/503: it answered) retries there, after its Retry-After or
+            # a backoff; anything else moves the request on to another endpoint.
+            stay = (ep.url == pinned_url and result.status in (429, 503)
+                    and not ep.removed and ep.breaker.healthy)
+            if not stay:
+                tried.add(ep.url)
             if result.kind == "bad_request":
                 break
             if result.kind == "bad_response":
                 bad_responses += 1
                 if bad_responses > 1:
                     break
-            if retry < self.config.max_retries and not self._has_untried(tried):
+            if retry < self.config.max_retries and (stay or not self._has_untried(tried)):
                 if result.retry_after_s is None:
                     await self._sleep(self._backoff.delay(retry))
         assert last is not None
@@ -351,6 +368,12 @@ class LLMClient:
         deadline = self.clock() + budget
         pinned_url = self._sticky.get(sticky_key) if sticky_key and cfg.sticky else None
         pinned = self._endpoints.get(pinned_url) if pinned_url and pinned_url not in tried else None
+        if pinned is not None and pinned_url is not None and cfg.sticky_wait_s > 0:
+            until = min(deadline, self.clock() + cfg.sticky_wait_s)
+            if await self._wait_pinned(pinned, until):
+                self._count_sticky(pinned, pinned_url)
+                return pinned
+            # unhealthy, removed, or busy for too long: any endpoint (the pinned one first)
         waiter: _Waiter | None = None
         loop = asyncio.get_running_loop()
         try:
@@ -394,6 +417,55 @@ class LLMClient:
                 if was_head:
                     self._wake_next()
 
+    async def _wait_pinned(self, ep: Endpoint, until: float) -> bool:
+        """Sticky routing: wait (FIFO among this endpoint's sticky requests) for a
+        slot on the task's endpoint while it stays healthy, at most until ``until``.
+        True when the request was admitted there. Waiting out a short Retry-After
+        or a full batch keeps the task's prefix cache; a stalled or ejected
+        replica lets the task go (``sticky_wait_s``)."""
+        queue = self._pinned_waiters.setdefault(ep.url, deque())
+        waiter: _Waiter | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                now = self.clock()
+                if ep.removed or not ep.breaker.healthy or self._closed:
+                    return False
+                if waiter is None and queue:
+                    waiter = _Waiter(loop)  # others wait already: no barging
+                    queue.append(waiter)
+                if waiter is None or queue[0] is waiter:
+                    if ep.admissible(now):
+                        if waiter is not None:
+                            queue.popleft()
+                            waiter = None
+                        ep.admit(now)
+                        self._wake_pinned(ep.url)
+                        return True
+                    if waiter is None:
+                        waiter = _Waiter(loop)
+                        queue.append(waiter)
+                if now >= until:
+                    return False
+                change = ep.next_change(now)
+                wake_at = until if change is None else min(until, change)
+                if waiter.fut.done():
+                    waiter.fut = loop.create_future()
+                await asyncio.wait([waiter.fut], timeout=max(0.0, wake_at - now))
+        finally:
+            if waiter is not None:
+                was_head = bool(queue) and queue[0] is waiter
+                queue.remove(waiter)
+                if was_head:
+                    self._wake_pinned(ep.url)
+
+    def _wake_pinned(self, url: str) -> None:
+        queue = self._pinned_waiters.get(url)
+        if queue:
+            head = queue[0]
+            if not head.fut.done():
+                head.fut.set_result(None)
+
     def _why_blocked(self, now: float, deadline: float) -> float | LLMError:
         """Nothing is admissible: return when to look again, or the error to give up with."""
         live = [ep for ep in self._endpoints.values() if not ep.removed]
@@ -435,6 +507,7 @@ class LLMClient:
 
     def _release(self, ep: Endpoint) -> None:
         ep.release()
+        self._wake_pinned(ep.url)
         self._wake_next()
 
     # -- one HTTP attempt ------------------------------------------------------

@@ -19,6 +19,10 @@ class LLMConfig(msgspec.Struct, kw_only=True):
     min_limit: int = 1
     max_limit: int = 2048
     sticky: bool = True
+    # How long a sticky request waits for its task's endpoint (full, or under a
+    # Retry-After) before going elsewhere; 0: never wait. An unhealthy endpoint
+    # (circuit open, removed) is left at once.
+    sticky_wait_s: float = 5.0
     endpoints_file: str | None = None  # one URL per line, '#' comments, re-read on change
     endpoints_poll_s: float = 2.0  # how often the file's mtime is checked
     metrics_poll_s: float | None = None  # vLLM /metrics queue depth poller; None: off

@@ -23,7 +23,11 @@ ErrorKind = Literal[
     "no_endpoints",  # the pool is empty or every endpoint is ejected
 ]
 
-TRANSIENT: frozenset[str] = frozenset({"rate_limited", "unavailable", "timeout", "no_endpoints"})
+# bad_response is transient: one replica answering garbage is that replica's fault, so the
+# hop is retried (elsewhere) up to limits.max_deliveries before the task fails
+TRANSIENT: frozenset[str] = frozenset(
+    {"rate_limited", "unavailable", "timeout", "no_endpoints", "bad_response"}
+)
 
 
 class LLMResponse(msgspec.Struct, kw_only=True, frozen=True):

@@ -15,14 +15,14 @@ from matrix_p2p.worker import WorkerStats, serve_roles
 
 
 async def run_until(bus: Bus, spec: WorkflowSpec, out: Path, expect: int, *,
-                    timeout: float = 60.0, llm_for: dict[str, Any] | None = None,
+                    deadline_s: float = 60.0, llm_for: dict[str, Any] | None = None,
                     submit_rows: bool = True, concurrency: int | None = None,
                     ) -> tuple[Sink, WorkerStats, SubmitResult]:
     stop = asyncio.Event()
     stats = WorkerStats()
     sink = Sink(bus, spec, out)
     sub = SubmitResult()
-    async with asyncio.timeout(timeout), asyncio.TaskGroup() as tg:
+    async with asyncio.timeout(deadline_s), asyncio.TaskGroup() as tg:
         workers = tg.create_task(serve_roles(bus, spec, list(spec.roles), llm_for=llm_for or {},
                                              stop=stop, stats=stats, concurrency=concurrency))
         if submit_rows:

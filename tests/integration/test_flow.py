@@ -19,7 +19,7 @@ from tests.integration.helpers import read_rows, run_until
 async def test_every_task_ends_exactly_once(bus: Bus, tmp_path: Path) -> None:
     spec = make_spec(tmp_path, DUMMY_YAML, [{"n": i} for i in range(300)])
     out = tmp_path / "out.jsonl"
-    sink, stats, sub = await run_until(bus, spec, out, expect=300)
+    _, stats, sub = await run_until(bus, spec, out, expect=300)
     rows = read_rows(out)
     ids = Counter(r["id"] for r in rows)
     assert len(ids) == 300 and max(ids.values()) == 1
@@ -100,7 +100,7 @@ async def test_garbage_on_a_role_subject_is_dead_lettered(bus: Bus, tmp_path: Pa
     for seq in range(first, last + 1):
         got = await bus.get_msg(names.dlq_stream, seq)
         assert got is not None
-        subject, data, headers = got
+        _, _, headers = got
         reasons.append(headers["Mx-Reason"])
         assert headers["Mx-Subject"] == names.task("teacher")
     assert reasons[0].startswith("undecodable envelope (9 bytes): MessagePack data is malformed")
