@@ -21,11 +21,13 @@ SIZES = {
     "quick": {"overhead_tasks": 1500, "scaling": [500, 2000, 5000], "scaling_sync": "interval",
               "saturation": [1000, 5000], "sat_warmup": 4.0, "sat_window": 8.0,
               "bl_tasks": 800, "bl_conc": 400, "ray": False,
-              "lc_callers": 2000, "lc_warmup": 4.0, "lc_window": 8.0},
+              "lc_callers": 2000, "lc_warmup": 10.0, "lc_window": 15.0,
+              "lc_all_semaphores": False},
     "full": {"overhead_tasks": 5000, "scaling": [1000, 10000, 100000], "scaling_sync": "interval",
              "saturation": [1000, 5000, 20000], "sat_warmup": 6.0, "sat_window": 12.0,
              "bl_tasks": 2400, "bl_conc": 800, "ray": True,
-             "lc_callers": 2000, "lc_warmup": 5.0, "lc_window": 15.0},
+             "lc_callers": 2000, "lc_warmup": 10.0, "lc_window": 20.0,
+             "lc_all_semaphores": True},
 }
 
 NOTES = Path(__file__).with_name("NOTES.md")
@@ -101,7 +103,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         log(f"[llm_client] {z['lc_callers']} closed-loop callers")
         r["llm_client"] = await llm_client.run_all(callers=z["lc_callers"],
                                                    warmup_s=z["lc_warmup"],
-                                                   window_s=z["lc_window"], log=log)
+                                                   window_s=z["lc_window"], log=log,
+                                                   all_semaphores=z["lc_all_semaphores"])
     return r
 
 

@@ -25,10 +25,11 @@ class LLMConfig(msgspec.Struct, kw_only=True):
     sticky_wait_s: float = 5.0
     endpoints_file: str | None = None  # one URL per line, '#' comments, re-read on change
     endpoints_poll_s: float = 2.0  # how often the file's mtime is checked
-    metrics_poll_s: float | None = None  # vLLM /metrics queue depth poller; None: off
+    metrics_poll_s: float | None = 1.0  # vLLM /metrics queue-depth poller (stops by itself
+    # on an endpoint without vllm:num_requests_waiting); None: off
     breaker_failures: int = 5
     breaker_cooldown_s: float = 5.0
-    latency_tolerance: float | None = 2.0  # recent/baseline time per token = congestion
+    latency_tolerance: float | None = 8.0  # recent/baseline time per token = queueing
     decrease_factor: float = 0.7
     queue_wait_s: float | None = None  # longest wait for a free slot; None: timeout_s
     fleet_publish_interval_s: float = 0.25  # at most this often per endpoint

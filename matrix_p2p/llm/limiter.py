@@ -3,14 +3,26 @@
 The limit is how many requests this client keeps in flight to the endpoint.
 
 - Slow start: +1 per success (the limit doubles per round trip) until the
-  first congestion signal, as TCP does.
+  first congestion signal, as TCP does. After a congestion episode (one or
+  several decreases in a row), the limit grows at that speed again back up to
+  ``decrease_factor`` x the limit where the episode began (TCP's ssthresh), so
+  a slow-start overshoot does not leave it far below capacity for minutes.
 - Then additive increase: +1/limit per success (about +1 per round trip).
 - Increases only count while the limit is actually used (in-flight at least
   half the limit), otherwise an idle client would grow an unbounded limit.
 - Multiplicative decrease (x ``decrease_factor``) on a congestion signal:
-  429, 503, a timeout, a latency gradient (recent time per output token well
-  above the observed baseline), or a growing vLLM waiting queue. At most one
-  decrease per round trip: a burst of 429s from one window is one signal.
+  429, 503, a timeout, a latency gradient (recent time per output token an
+  order of magnitude above the observed baseline). At most one decrease per
+  round trip: a burst of 429s from one window is one signal. A vLLM waiting
+  queue well over its target takes back half the excess instead (a measured
+  overshoot, not a guess).
+- The target is a *small* waiting queue (``QUEUE_TARGET_FRACTION`` of the
+  limit): when a sequence finishes, a waiting one takes its batch slot at
+  once, so the server's batch stays full. Growth holds above the target.
+- The latency gradient is only a backstop: under continuous batching the
+  time per output token grows several-fold from an empty to a full batch
+  (that is the server being used well, not congestion), so it fires only
+  when queueing dominates.
 - ``Retry-After`` blocks the endpoint until then (``blocked_until``).
 """
 
@@ -21,7 +33,10 @@ import math
 # Constants chosen for LLM serving, where one request lasts seconds and the
 # server batches: a gentle decrease keeps the batch large.
 DECREASE_FACTOR = 0.7
-LATENCY_TOLERANCE = 2.0  # recent/baseline ratio that counts as congestion
+LATENCY_TOLERANCE = 8.0  # recent/baseline time per token that counts as queueing
+QUEUE_TARGET_FRACTION = 0.05  # waiting requests per unit of limit that keep the batch full
+HEADROOM_GAIN = 4.0  # additive increase per round trip while the queue is under target
+QUEUE_TARGET_MIN = 8  # servers admit at step boundaries: a few waiting requests are normal
 LATENCY_MIN_SAMPLES = 20  # before the baseline means anything
 SHORT_ALPHA = 0.1  # EWMA weight of the recent latency
 BASELINE_DRIFT = 0.002  # baseline creeps up 0.2 % per sample to follow workload changes
@@ -45,7 +60,8 @@ class AIMDLimiter:
         self.decrease_factor = decrease_factor
         self.latency_tolerance = latency_tolerance
         self._limit = float(self._clamp(initial))
-        self.slow_start = True
+        self._ssthresh = math.inf  # below it: +1 per success; above: +1/limit
+        self._episode_peak = 0.0  # the limit when the current congestion episode began
         self.blocked_until = 0.0
         self.last_decrease_at = -math.inf
         self.decreases = 0
@@ -59,6 +75,10 @@ class AIMDLimiter:
     @property
     def limit(self) -> int:
         return int(self._limit)
+
+    @property
+    def slow_start(self) -> bool:
+        return self._limit < self._ssthresh
 
     def blocked(self, now: float) -> bool:
         return now < self.blocked_until
@@ -83,12 +103,15 @@ class AIMDLimiter:
             and self._short > self.latency_tolerance * self._baseline
         ):
             return self.on_congestion(now)
-        if self._queue_depth:
-            return False  # a queue at the server: hold, do not grow
+        if self._queue_depth is not None and self._queue_depth > self.queue_target():
+            return False  # more queue than the batch needs: hold, do not grow
         if inflight * 2 < self._limit:
             return False  # app-limited: the limit was not tested
-        if self.slow_start:
+        if self._limit < self._ssthresh:
             self._limit = self._clamp(self._limit + 1)
+        elif self._queue_depth is not None and self._queue_depth < self.queue_target():
+            # the server's own queue says there is room: probe faster than blind AIMD
+            self._limit = self._clamp(self._limit + HEADROOM_GAIN / self._limit)
         else:
             self._limit = self._clamp(self._limit + 1 / self._limit)
         return False
@@ -97,24 +120,42 @@ class AIMDLimiter:
         """429/503/timeout/latency. Returns True if the limit went down now."""
         if retry_after_s is not None and retry_after_s > 0:
             self.blocked_until = max(self.blocked_until, now + retry_after_s)
-        self.slow_start = False
-        if now - self.last_decrease_at < max(self._rtt, MIN_DECREASE_GAP_S):
+        gap = max(self._rtt, MIN_DECREASE_GAP_S)
+        if now - self.last_decrease_at < gap:
+            self._ssthresh = min(self._ssthresh, self._limit)
             return False
-        self.last_decrease_at = now
         before = self._limit
+        if now - self.last_decrease_at > 4 * gap:
+            self._episode_peak = before  # a new episode, not the tail of the last one
+        self.last_decrease_at = now
         self._limit = self._clamp(self._limit * self.decrease_factor)
+        self._ssthresh = max(self._limit, self._episode_peak * self.decrease_factor)
         if self._limit < before:
             self.decreases += 1
         # Start a fresh latency window after reacting to it.
         self._short = self._baseline if self._baseline != math.inf else self._short
         return self._limit < before
 
+    def queue_target(self) -> int:
+        return max(QUEUE_TARGET_MIN, int(self._limit * QUEUE_TARGET_FRACTION))
+
     def on_queue_depth(self, now: float, waiting: int) -> bool:
-        """vLLM's ``num_requests_waiting``: a queue means stop growing; a growing
-        queue means decrease. Returns True if the limit went down."""
+        """vLLM's ``num_requests_waiting`` (polled): over the target, stop growing; over
+        twice the target, give back half the excess (the queue says by how much the
+        fleet overshoots the batch; half leaves room for other clients doing the
+        same). Returns True if the limit went down."""
         previous, self._queue_depth = self._queue_depth, waiting
-        if waiting > 0 and previous is not None and waiting > previous:
-            return self.on_congestion(now)
+        target = self.queue_target()
+        # two polls in a row over twice the target: a standing queue, not step-boundary noise
+        if waiting <= 2 * target or previous is None or previous <= 2 * target:
+            return False
+        before = self._limit
+        self._limit = self._clamp(self._limit - (waiting - target) / 2)
+        self._ssthresh = min(self._ssthresh, self._limit)
+        if self._limit < before:
+            self.decreases += 1
+            self.last_decrease_at = now
+            return True
         return False
 
     def block_until(self, until: float) -> None:
@@ -123,4 +164,4 @@ class AIMDLimiter:
     def adopt(self, limit: int) -> None:
         """Start from a limit learned elsewhere (the fleet): no slow start."""
         self._limit = self._clamp(limit)
-        self.slow_start = False
+        self._ssthresh = self._limit

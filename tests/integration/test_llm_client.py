@@ -433,11 +433,11 @@ async def test_closed_client_returns_error() -> None:
     assert r.kind == "no_endpoints"
 
 
-async def test_metrics_queue_growth_decreases_limit(
+async def test_a_standing_metrics_queue_decreases_limit(
     servers: Callable[[], Awaitable[FakeOpenAI]],
 ) -> None:
     s = await servers()
-    s.waiting = [2.0, 5.0, 9.0, 14.0, 20.0]
+    s.waiting = [2.0, 9.0, 20.0, 24.0, 30.0]  # over twice the target (8) in consecutive polls
     async with LLMClient(cfg(s.url, initial_limit=40, metrics_poll_s=0.02)) as client:
         async with asyncio.timeout(5):
             await s.metrics_done.wait()
