@@ -18,13 +18,14 @@ import msgspec
 import structlog
 
 from matrix_p2p import bus as busmod
+from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.progress import Progress, Snapshot
 from matrix_p2p.resources import open_fleet_state, open_llms
 from matrix_p2p.sink import Sink
 from matrix_p2p.source import SubmitResult, count_tasks, submit
 from matrix_p2p.spec import WorkflowSpec
-from matrix_p2p.worker import WorkerStats, serve_roles, wait_any
+from matrix_p2p.worker import WorkerStats, serve_roles
 
 log = structlog.get_logger(__name__)
 

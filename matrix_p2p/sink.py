@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from matrix_p2p import envelope
+from matrix_p2p.aio import pause
 from matrix_p2p.bus import Bus
 from matrix_p2p.envelope import EnvelopeError, Task
 from matrix_p2p.errors import BusError, ConfigError
@@ -207,11 +208,7 @@ class Sink:
                     batch = await puller.fetch(512, 1.0)
                 except BusError as exc:
                     log.warning("sink.fetch_failed", error=str(exc), retry_in_s=backoff)
-                    try:
-                        async with asyncio.timeout(backoff):
-                            await stop.wait()
-                    except TimeoutError:
-                        pass
+                    await pause(backoff, stop)
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.1

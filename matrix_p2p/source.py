@@ -23,6 +23,7 @@ import msgspec
 import structlog
 
 from matrix_p2p import envelope
+from matrix_p2p.aio import pause
 from matrix_p2p.bus import Bus
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.naming import Names, hop_msg_id
@@ -198,14 +199,7 @@ async def _wait_for_room(bus: Bus, names: Names, window: int, stop: asyncio.Even
         live = await bus.stream_msgs(names.tasks_stream)
         if live < window or (stop is not None and stop.is_set()):
             return live
-        try:
-            async with asyncio.timeout(delay):
-                if stop is not None:
-                    await stop.wait()
-                else:
-                    await asyncio.Event().wait()
-        except TimeoutError:
-            pass
+        await pause(delay, stop)
         delay = min(delay * 2, 1.0)
 
 

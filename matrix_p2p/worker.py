@@ -20,6 +20,7 @@ import structlog
 
 from matrix_p2p import envelope, routing
 from matrix_p2p.agent import Agent, ChatClient, Context
+from matrix_p2p.aio import pause, wait_any
 from matrix_p2p.bus import Bus, Delivery, Puller
 from matrix_p2p.envelope import EnvelopeError, Task
 from matrix_p2p.errors import BusError, FailTask, RetryLater
@@ -47,17 +48,6 @@ class WorkerStats(msgspec.Struct):
     publish_errors: int = 0
     inflight: int = 0
     max_inflight: int = 0
-
-
-async def wait_any(*events: asyncio.Event) -> None:
-    """Return as soon as one of ``events`` is set."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
 
 
 class RoleWorker:
@@ -128,11 +118,7 @@ class RoleWorker:
                 deliveries = await puller.fetch(min(free, FETCH_MAX), FETCH_TIMEOUT_S)
             except BusError as exc:
                 self.log.warning("worker.fetch_failed", error=str(exc), retry_in_s=backoff)
-                try:
-                    async with asyncio.timeout(backoff):
-                        await stop.wait()
-                except TimeoutError:
-                    pass
+                await pause(backoff, stop)
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1

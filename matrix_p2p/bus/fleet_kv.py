@@ -33,6 +33,7 @@ import nats.js.errors
 import structlog
 from nats.js.kv import KV_DEL, KV_PURGE
 
+from matrix_p2p.aio import pause
 from matrix_p2p.errors import BusError
 from matrix_p2p.llm.fleet import Callback, EndpointState
 
@@ -201,9 +202,7 @@ class KVFleetState:
         self._kv = None  # reopen: the bucket may have been recreated
         log.warning("fleet_kv.watch_failed", bucket=self.bucket,
                     error=str(exc) or type(exc).__name__, retry_in_s=backoff)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(backoff):
-                await self._stop.wait()
+        await pause(backoff, self._stop)
         return min(backoff * 2, self.backoff_cap_s)
 
     async def _consume(self, watcher: Any) -> None:

@@ -1,0 +1,29 @@
+"""Small asyncio helpers shared by the long-running loops. Pure asyncio, no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+async def wait_any(*events: asyncio.Event) -> None:
+    """Return as soon as one of ``events`` is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def pause(seconds: float, stop: asyncio.Event | None = None) -> bool:
+    """Wait ``seconds`` (a backoff), ending early when ``stop`` is set. True if stopped."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return False
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        return False
+    return True
