@@ -24,6 +24,9 @@ class WorkflowStatus(msgspec.Struct):
     done: int
     failed: int
     dead_letters: int
+    # live tasks on task subjects that no role of this workflow serves (a typo in
+    # a publisher, or a role removed from the file): nobody will consume them
+    unserved: dict[str, int] = {}
 
 
 async def workflow_status(bus: Bus, spec: WorkflowSpec) -> WorkflowStatus:
@@ -36,10 +39,13 @@ async def workflow_status(bus: Bus, spec: WorkflowSpec) -> WorkflowStatus:
             redelivered=c.redelivered if c else 0, waiting_pulls=c.waiting if c else 0,
         ))
     results = await bus.stream_counts(names.results_stream)
+    served = {names.task(role) for role in spec.roles}
+    unserved = {subject: n for subject, n in (await bus.stream_counts(names.tasks_stream)).items()
+                if subject not in served and n}
     return WorkflowStatus(
         workflow=spec.name, roles=roles, live_tasks=await bus.stream_msgs(names.tasks_stream),
         done=results.get(names.done, 0), failed=results.get(names.failed, 0),
-        dead_letters=await bus.stream_msgs(names.dlq_stream),
+        dead_letters=await bus.stream_msgs(names.dlq_stream), unserved=unserved,
     )
 
 
@@ -49,4 +55,7 @@ def render_status(st: WorkflowStatus) -> str:
              f"  {'role':<16}{'pending':>10}{'in flight':>12}{'redelivered':>13}"]
     for r in st.roles:
         lines.append(f"  {r.role:<16}{r.pending:>10}{r.in_flight:>12}{r.redelivered:>13}")
+    for subject, n in sorted(st.unserved.items()):
+        lines.append(f"  warning: {n} tasks on {subject}, which no role of this workflow serves "
+                     "(a publisher's typo, or a role removed from the file: add it back)")
     return "\n".join(lines)

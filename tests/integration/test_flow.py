@@ -110,3 +110,19 @@ async def test_garbage_on_a_role_subject_is_dead_lettered(bus: Bus, tmp_path: Pa
     # the original bytes are kept
     got = await bus.get_msg(names.dlq_stream, first)
     assert got is not None and got[1] == b"\xc1\xffgarbage"
+
+
+async def test_status_shows_tasks_no_role_serves(bus: Bus, tmp_path: Path) -> None:
+    from matrix_p2p.status import render_status, workflow_status
+    from matrix_p2p.worker import ensure_workflow
+
+    spec = make_spec(tmp_path, DUMMY_YAML, [{"n": 1}])
+    names = Names.of(spec)
+    await ensure_workflow(bus, spec)
+    ghost = envelope.new_task(task_id="g", workflow=spec.name, role="ghost", row={})
+    await bus.publish(names.task("ghost"), envelope.encode(ghost))
+    await submit(bus, spec)
+    st = await workflow_status(bus, spec)
+    assert st.unserved == {names.task("ghost"): 1}
+    assert st.live_tasks == 2
+    assert f"warning: 1 tasks on {names.task('ghost')}, which no role" in render_status(st)
