@@ -33,6 +33,7 @@ from matrix_p2p.bus import Bus, StoredMsg
 from matrix_p2p.envelope import EnvelopeError, Task
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.naming import Names, hop_msg_id
+from matrix_p2p.source import wait_for_room
 from matrix_p2p.spec import WorkflowSpec
 
 log = structlog.get_logger(__name__)
@@ -239,6 +240,7 @@ async def replay(
     subject = {"done": src.done, "failed": src.failed, "all": f"{src.prefix}.{src.workflow}.*"}[which]
     result = ReplayResult()
     seen: set[str] = set()
+    window, live = target.limits.max_inflight, target.limits.max_inflight  # check at the start
     async for m in bus.iter_stream(src.results_stream, subject):
         if limit is not None and result.replayed + result.already >= limit:
             break
@@ -261,6 +263,10 @@ async def replay(
         result.replayed += 1
         if dry_run:
             continue
+        # admission control, as in `submit`: a large replay never floods the task stream
+        if live >= window or result.replayed % 256 == 0:
+            live = await wait_for_room(bus, dst, window, None)
+        live += 1
         # publish first, then record: a crash in between republishes, dedup'd by msg-id
         await bus.publish(dst.task(role), envelope.encode(nxt), msg_id=hop_msg_id(nxt.id, nxt.hop))
         await kv.create(_kv_key(nxt.id))

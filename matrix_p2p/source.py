@@ -186,14 +186,16 @@ async def submit(
                     return result
                 # admission control: live tasks in the stream stay under the window
                 if live >= window or (result.submitted % 256 == 0 and result.submitted):
-                    live = await _wait_for_room(bus, names, window, stop)
+                    live = await wait_for_room(bus, names, window, stop)
                 await sem.acquire()
                 live += 1
                 tg.create_task(one(row, trial))
     return result
 
 
-async def _wait_for_room(bus: Bus, names: Names, window: int, stop: asyncio.Event | None) -> int:
+async def wait_for_room(bus: Bus, names: Names, window: int, stop: asyncio.Event | None) -> int:
+    """Admission control: wait until fewer than ``window`` tasks are live in the task
+    stream (or ``stop``). Returns the live count it saw."""
     delay = 0.05
     while True:
         live = await bus.stream_msgs(names.tasks_stream)

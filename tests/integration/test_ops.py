@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import Counter
 from pathlib import Path
 
@@ -98,3 +100,26 @@ def test_replay_ids() -> None:
     nxt = ops.replayed_task(t, target=spec_like, role="judge", generation=1)  # type: ignore[arg-type]
     assert (nxt.id, nxt.status, nxt.workflow, nxt.finished_at) == ("x~r1", "running", "w2", None)
     assert "stop_reason" not in nxt.state
+
+
+async def test_replay_respects_the_admission_window(bus: Bus, tmp_path: Path) -> None:
+    n = 12
+    spec = make_spec(tmp_path, DUMMY_YAML.replace("limits: {", "limits: {max_inflight: 5, "),
+                     [{"n": i} for i in range(n)])
+    assert spec.limits.max_inflight == 5
+    await run_until(bus, spec, tmp_path / "out.jsonl", expect=n)
+    names = Names.of(spec)
+    # no workers now: the replay must stop at the window and wait for room
+    replay = asyncio.create_task(ops.replay(bus, spec, role="judge"))
+    try:
+        async with asyncio.timeout(20):
+            # the condition lives in the broker: there is no event to wait on
+            while await bus.stream_msgs(names.tasks_stream) < 5:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        done, _ = await asyncio.wait({replay}, timeout=1.0)
+        assert not done  # still waiting for room
+        assert await bus.stream_msgs(names.tasks_stream) == 5
+    finally:
+        replay.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replay
