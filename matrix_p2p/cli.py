@@ -435,6 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _first_matrix_error(group: BaseExceptionGroup[BaseException]) -> MatrixError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, MatrixError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_matrix_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -445,6 +456,13 @@ def main(argv: list[str] | None = None) -> int:
     except MatrixError as exc:
         print(f"matrix_p2p: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
+    except BaseExceptionGroup as group:
+        # a MatrixError raised inside a TaskGroup arrives wrapped: still one line
+        found = _first_matrix_error(group)
+        if found is None:
+            raise
+        print(f"matrix_p2p: error: {found}", file=sys.stderr)
+        return 2 if isinstance(found, ConfigError) else 1
     except KeyboardInterrupt:
         print("matrix_p2p: aborted", file=sys.stderr)
         return 130

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import nats
@@ -31,7 +31,33 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-DUPLICATE_WINDOW_S = 600.0  # hop msg-ids dedup a republish within this window
+DUPLICATE_WINDOW_S = 600.0
+SETUP_RETRY_S = 30.0  # how long set-up calls wait for JetStream to become ready
+_T = TypeVar("_T")
+# what JetStream answers while it is not ready: a cluster electing its meta leader,
+# a broker restarting (set-up calls retry these; the data path has its own redelivery)
+_NOT_READY = (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError)
+
+
+async def _when_ready(what: str, op: Callable[[], Awaitable[_T]]) -> _T:
+    """Run a JetStream set-up call, retrying with backoff while JetStream is not ready.
+
+    Error handling: after ``SETUP_RETRY_S`` the last error propagates (the caller
+    turns it into a ``BusError``); every retry is logged.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETUP_RETRY_S
+    delay = 0.2
+    while True:
+        try:
+            return await op()
+        except _NOT_READY as exc:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("bus.jetstream_not_ready", what=what, error=_explain(exc),
+                        retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 3.0)  # hop msg-ids dedup a republish within this window
 DLQ_HEADROOM = 16 * 1024  # bytes left for headers when dead-lettering a near-max message
 
 
@@ -358,18 +384,19 @@ class Bus:
 
     async def _ensure_stream(self, cfg: api.StreamConfig) -> None:
         try:
-            await self.js.add_stream(cfg)
+            await _when_ready(f"stream {cfg.name}", lambda: self.js.add_stream(cfg))
         except nats.js.errors.BadRequestError as exc:
             if not _is_already_exists(exc):
                 raise BusError(f"cannot create stream {cfg.name}: {exc.description}") from None
             if cfg.num_replicas is None:
                 try:
-                    info = await self.js.stream_info(cfg.name)
+                    info = await _when_ready(f"stream {cfg.name}",
+                                             lambda: self.js.stream_info(cfg.name))
                 except (TimeoutError, nats.errors.Error) as exc2:
                     raise BusError(f"cannot read stream {cfg.name}: {_explain(exc2)}") from None
                 cfg.num_replicas = info.config.num_replicas
             try:
-                await self.js.update_stream(cfg)
+                await _when_ready(f"stream {cfg.name}", lambda: self.js.update_stream(cfg))
             except nats.js.errors.Error as exc2:
                 raise BusError(f"cannot update stream {cfg.name}: {exc2}") from None
         except (TimeoutError, nats.errors.Error) as exc:
@@ -405,7 +432,7 @@ class Bus:
 
     async def _ensure_consumer(self, stream: str, cfg: api.ConsumerConfig) -> None:
         try:
-            await self.js.add_consumer(stream, cfg)
+            await _when_ready(f"consumer {cfg.name}", lambda: self.js.add_consumer(stream, cfg))
         except (TimeoutError, nats.errors.Error) as exc:
             raise BusError(f"cannot create consumer {cfg.name} on {stream}: {_explain(exc)}") from None
 
@@ -420,9 +447,9 @@ class Bus:
 
     async def submitted_kv(self, names: Names, *, replicas: int | None = None) -> SubmittedKV:
         try:
-            kv = await self.js.create_key_value(
+            kv = await _when_ready(f"bucket {names.submitted_bucket}", lambda: self.js.create_key_value(
                 bucket=names.submitted_bucket, history=1, replicas=replicas or 1
-            )
+            ))
         except nats.js.errors.BadRequestError:
             kv = await self.js.key_value(names.submitted_bucket)
         except (TimeoutError, nats.errors.Error) as exc:
