@@ -23,7 +23,7 @@ from matrix_p2p.agent import Agent, ChatClient, Context
 from matrix_p2p.aio import pause, wait_any
 from matrix_p2p.bus import Bus, Delivery, Puller
 from matrix_p2p.envelope import EnvelopeError, Task
-from matrix_p2p.errors import BusError, FailTask, RetryLater
+from matrix_p2p.errors import BusError, ConfigError, FailTask, RetryLater
 from matrix_p2p.naming import Names, hop_msg_id
 from matrix_p2p.routing import Decision, Done, Failed, Forward, Retry
 from matrix_p2p.spec import RoleSpec, WorkflowSpec
@@ -308,8 +308,6 @@ def _shrunk(task: Task, max_payload: int) -> Task:
 def make_agent(spec: WorkflowSpec, role: RoleSpec) -> Agent:
     cls = routing.import_ref(role.agent, where=f"{spec.path}: roles.{role.name}.agent")
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
-        from matrix_p2p.errors import ConfigError
-
         raise ConfigError(f"{spec.path}: roles.{role.name}.agent: {role.agent} is not an Agent class")
     agent: Agent = cls(role, spec)
     return agent
@@ -370,8 +368,6 @@ async def serve_roles(
 
 def parse_roles(value: str, spec: WorkflowSpec) -> list[str]:
     """``all`` or a comma-separated list of the workflow's roles."""
-    from matrix_p2p.errors import ConfigError
-
     if value.strip() == "all":
         return list(spec.roles)
     roles = [r.strip() for r in value.split(",") if r.strip()]

@@ -527,30 +527,26 @@ class Bus:
 
     async def next_msg(self, stream: str, seq: int, subject: str = ">") -> StoredMsg | None:
         """The first stored message at or after ``seq`` matching ``subject``; None past the end."""
-        try:
-            m = await self.js.get_msg(stream, seq=max(1, seq), subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            return None
-        except nats.js.errors.APIError as exc:
-            if exc.code == 404:
-                return None
-            raise BusError(f"cannot read {stream} from #{seq}: {exc.description}") from None
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise BusError(f"cannot read {stream} from #{seq}: {_explain(exc)}") from None
-        return _stored(m)
+        return await self._get(stream, max(1, seq), subject, f"{stream} from #{seq}")
 
     async def stored(self, stream: str, seq: int) -> StoredMsg | None:
         """One stored message by sequence, with its time; None if it is not there."""
+        return await self._get(stream, seq, None, f"{stream} #{seq}")
+
+    async def _get(self, stream: str, seq: int, subject: str | None, what: str) -> StoredMsg | None:
         try:
-            m = await self.js.get_msg(stream, seq)
+            if subject is None:
+                m = await self.js.get_msg(stream, seq)
+            else:
+                m = await self.js.get_msg(stream, seq=seq, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
             return None
         except nats.js.errors.APIError as exc:
             if exc.code == 404:
                 return None
-            raise BusError(f"cannot read {stream} #{seq}: {exc.description}") from None
+            raise BusError(f"cannot read {what}: {exc.description}") from None
         except (TimeoutError, nats.errors.Error) as exc:
-            raise BusError(f"cannot read {stream} #{seq}: {_explain(exc)}") from None
+            raise BusError(f"cannot read {what}: {_explain(exc)}") from None
         return _stored(m)
 
     async def iter_stream(
@@ -600,16 +596,6 @@ class Bus:
             redelivered=int(info.num_redelivered or 0),
             waiting=int(info.num_waiting or 0),
         )
-
-    async def get_msg(self, stream: str, seq: int) -> tuple[str, bytes, dict[str, str]] | None:
-        """One stored message by sequence (for replay and dead-letter tools)."""
-        try:
-            m = await self.js.get_msg(stream, seq)
-        except nats.js.errors.NotFoundError:
-            return None
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise BusError(f"cannot read {stream} #{seq}: {_explain(exc)}") from None
-        return m.subject or "", m.data or b"", dict(m.headers or {})
 
     async def stream_bounds(self, stream: str) -> tuple[int, int]:
         try:

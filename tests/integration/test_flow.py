@@ -98,18 +98,17 @@ async def test_garbage_on_a_role_subject_is_dead_lettered(bus: Bus, tmp_path: Pa
     first, last = await bus.stream_bounds(names.dlq_stream)
     reasons = []
     for seq in range(first, last + 1):
-        got = await bus.get_msg(names.dlq_stream, seq)
+        got = await bus.stored(names.dlq_stream, seq)
         assert got is not None
-        _, _, headers = got
-        reasons.append(headers["Mx-Reason"])
-        assert headers["Mx-Subject"] == names.task("teacher")
+        reasons.append(got.headers["Mx-Reason"])
+        assert got.headers["Mx-Subject"] == names.task("teacher")
     assert reasons[0].startswith("undecodable envelope (9 bytes): MessagePack data is malformed")
     assert reasons[1] == "invalid envelope: Expected `str`, got `int` - at `$.id`"
     assert "workflow 'other'" in reasons[2]
     assert "role 'judge' arrived on" in reasons[3]
     # the original bytes are kept
-    got = await bus.get_msg(names.dlq_stream, first)
-    assert got is not None and got[1] == b"\xc1\xffgarbage"
+    got = await bus.stored(names.dlq_stream, first)
+    assert got is not None and got.data == b"\xc1\xffgarbage"
 
 
 async def test_status_shows_tasks_no_role_serves(bus: Bus, tmp_path: Path) -> None:
