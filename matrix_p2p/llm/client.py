@@ -26,6 +26,7 @@ import aiohttp
 import msgspec
 import structlog
 
+from matrix_p2p.aio import pause
 from matrix_p2p.envelope import Usage
 from matrix_p2p.llm.backoff import Backoff
 from matrix_p2p.llm.breaker import CircuitBreaker
@@ -719,11 +720,7 @@ class LLMClient:
 
     async def _endpoints_file_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=self.config.endpoints_poll_s)
-            except TimeoutError:
-                pass
-            if self._stop.is_set():
+            if await pause(self.config.endpoints_poll_s, self._stop):
                 return
             if self._check_endpoints_file():
                 async with self._endpoints_changed:
@@ -737,10 +734,7 @@ class LLMClient:
             async with asyncio.TaskGroup() as tg:
                 for ep in eps:
                     tg.create_task(self._poll_metrics(ep, interval))
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
+            await pause(interval, self._stop)
 
     async def _poll_metrics(self, ep: Endpoint, interval: float) -> None:
         assert self._session is not None
@@ -812,10 +806,7 @@ class LLMClient:
                 self._published[url] = state
                 self._published_at[url] = now
             if later:
-                try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=min(later) - now)
-                except TimeoutError:
-                    pass
+                await pause(min(later) - now, self._stop)
                 self._dirty_event.set()
 
     def _on_fleet_state(self, url: str, state: EndpointState) -> None:
