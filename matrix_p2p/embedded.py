@@ -78,9 +78,11 @@ async def _broker(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[busmod.
 
 @contextlib.asynccontextmanager
 async def _llm_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[list[str]]:
-    needs_sim = (not opts.llm_urls and any(
-        not r.endpoints and not r.endpoints_file for r in spec.resources.llm.values()
-    )) or (not opts.llm_urls and not spec.resources.llm)
+    # the simulator stands in for any LLM resource a role uses that names no endpoints
+    resources = [spec.llm_for(role) for role in spec.roles]
+    needs_sim = not opts.llm_urls and any(
+        r is not None and not r.endpoints and not r.endpoints_file for r in resources
+    )
     if not needs_sim:
         yield list(opts.llm_urls)
         return
