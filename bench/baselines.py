@@ -1,7 +1,7 @@
 """The paper's baselines, on the same simulated fleet and the same Coral-like workload.
 
 Every baseline runs the same agent code (``agents.coral``), the same routing
-function (``matrix_p2p.routing.decide``/``advance``) and the same LLM client
+function (``matrix_p2p.runtime.routing.decide``/``advance``) and the same LLM client
 (``matrix_p2p.llm.LLMClient``, adaptive concurrency) as our runtime, with the
 same cap on tasks alive at once (``concurrency``). Only the orchestration
 differs:
@@ -31,16 +31,17 @@ from typing import Any
 
 from bench.procs import Child, cpu_s, py
 from bench.simfleet import SimFleet, delta
-from matrix_p2p import envelope, routing
-from matrix_p2p.agent import Agent, Context
+from matrix_p2p import envelope
+from matrix_p2p.agent import Agent, Context, make_agent
 from matrix_p2p.envelope import Task
 from matrix_p2p.errors import FailTask, RetryLater
 from matrix_p2p.llm import LLMClient
-from matrix_p2p.resources import llm_config
-from matrix_p2p.routing import Done, Failed, Forward
-from matrix_p2p.source import iter_rows, task_id
-from matrix_p2p.spec import WorkflowSpec, load
-from matrix_p2p.worker import make_agent
+from matrix_p2p.resources.llm import llm_config
+from matrix_p2p.runtime import routing
+from matrix_p2p.runtime.routing import Done, Failed, Forward
+from matrix_p2p.runtime.source import iter_rows, task_id
+from matrix_p2p.workflow.loader import load
+from matrix_p2p.workflow.spec import WorkflowSpec
 
 
 def make_tasks(spec: WorkflowSpec, n: int) -> list[Task]:

@@ -13,7 +13,7 @@ import sys
 from bench.baselines import Steps, _client, _frame, _read_frame
 from matrix_p2p import envelope
 from matrix_p2p.envelope import Task
-from matrix_p2p.spec import load
+from matrix_p2p.workflow.loader import load
 
 
 async def main(port: int, path: str) -> None:

@@ -5,7 +5,7 @@ student, judge), ``max_turns`` raised to 30 (ten rounds) and the simulator's
 ``agree_prob`` lowered to 0.3, so that the number of rounds per task is
 long-tailed (about geometric with p = 0.475: half end after one round, a few
 run ten). Workers are ``python -m matrix_p2p worker`` processes; the bench
-process submits with ``matrix_p2p.source.submit`` (admission window =
+process submits with ``matrix_p2p.runtime.source.submit`` (admission window =
 concurrency) and reads the fleet's counters.
 """
 
@@ -22,9 +22,10 @@ import yaml
 from bench import harness
 from bench.procs import Child, cpu_s, py, rss
 from bench.simfleet import SimFleet, delta
-from matrix_p2p.naming import Names
-from matrix_p2p.source import SubmitResult, submit
-from matrix_p2p.spec import BUNDLED_DIR, WorkflowSpec, load
+from matrix_p2p.runtime.source import SubmitResult, submit
+from matrix_p2p.runtime.topology import Names
+from matrix_p2p.workflow.loader import bundled_dir, load
+from matrix_p2p.workflow.spec import WorkflowSpec
 
 MAX_TURNS = 30
 
@@ -40,7 +41,7 @@ def write_rows(path: Path, n: int) -> None:
 
 def write_workflow(workdir: Path, urls: list[str], *, rows: int, concurrency: int,
                    name: str = "coralbench") -> Path:
-    raw = yaml.safe_load((BUNDLED_DIR / "coral.yaml").read_text())
+    raw = yaml.safe_load((bundled_dir() / "coral.yaml").read_text())
     rows_path = workdir / f"{name}-rows.jsonl"
     write_rows(rows_path, rows)
     raw["name"] = name
@@ -60,7 +61,7 @@ def write_workflow(workdir: Path, urls: list[str], *, rows: int, concurrency: in
 async def _workers(path: Path, url: str, procs: int, concurrency: int) -> list[Child]:
     out = []
     for i in range(procs):
-        args = py("-m", "matrix_p2p", "worker", "--workflow", str(path), "--role", "all",
+        args = py("-m", "matrix_p2p", "worker", str(path), "--role", "all",
                   "--nats", url, "--concurrency", str(concurrency), "--drain-timeout", "2")
         out.append(await Child(args, "worker.ready", f"worker-{i}").start())
     return out

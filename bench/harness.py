@@ -21,9 +21,8 @@ from matrix_p2p import bus as busmod
 from matrix_p2p import envelope
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.envelope import Task
-from matrix_p2p.naming import Names, hop_msg_id
-from matrix_p2p.spec import WorkflowSpec
-from matrix_p2p.worker import ensure_workflow
+from matrix_p2p.runtime.topology import Names, ensure_workflow, hop_msg_id
+from matrix_p2p.workflow.spec import WorkflowSpec
 
 
 @contextlib.asynccontextmanager
@@ -96,7 +95,8 @@ async def read_results(bus: busmod.Bus, spec: WorkflowSpec, n: int, timeout: flo
     """Every finished envelope, by task id (a republish dedup'd by id)."""
     names = Names.of(spec)
     durable = f"bench-{int(time.time() * 1000) % 10**9}"
-    await bus.ensure_results_consumer(names, durable, max_ack_pending=1_000_000)
+    await bus.ensure_consumer(names.results_stream,
+                              names.results_consumer(durable, max_ack_pending=1_000_000))
     puller = await bus.puller(names.results_stream, durable)
     out: dict[str, Task] = {}
     try:

@@ -11,11 +11,11 @@ import asyncio
 import sys
 import time
 
-from matrix_p2p import spec as specmod
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.bus import ConnectOptions, connect
-from matrix_p2p.source import submit
-from matrix_p2p.worker import WorkerStats, serve_roles
+from matrix_p2p.runtime.source import submit
+from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+from matrix_p2p.workflow import loader
 
 
 async def profile(tasks: int) -> None:
@@ -24,7 +24,7 @@ async def profile(tasks: int) -> None:
     server = EmbeddedNats(sync="interval").start()
     try:
         bus = await connect(ConnectOptions(url=server.url))
-        spec = specmod.load("dummy")
+        spec = loader.load("dummy")
         await submit(bus, spec, limit=tasks)
         stop = asyncio.Event()
         stats = WorkerStats()

@@ -18,8 +18,8 @@ from typing import Any
 
 from bench import harness, relay
 from bench.procs import Child, cpu_s, py
-from matrix_p2p.spec import load
-from matrix_p2p.worker import WorkerStats, serve_roles
+from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+from matrix_p2p.workflow.loader import load
 
 ROW_CHARS = 1000  # with the turns, the envelope is about 1-3 KB (2 KB on average)
 
@@ -53,7 +53,7 @@ async def hop_run(kind: str, procs: int, n_tasks: int, *, sync: str = "always",
                         args = py("-m", "bench.relay", "--url", server.url)
                         marker = "relay.ready"
                     else:
-                        args = py("-m", "matrix_p2p", "worker", "--workflow", "dummy",
+                        args = py("-m", "matrix_p2p", "worker", "dummy",
                                   "--role", "all", "--nats", server.url, "--drain-timeout", "5")
                         marker = "worker.ready"
                     children.append(await Child(args, marker, f"{kind}-{i}").start())

@@ -6,7 +6,7 @@ The public API for agent authors and embedders; see README.md for the CLI.
 from matrix_p2p.agent import Agent, Context
 from matrix_p2p.envelope import Task, Turn, Usage
 from matrix_p2p.errors import BusError, ConfigError, FailTask, MatrixError, RetryLater
-from matrix_p2p.routing import Done, Failed, Forward, Retry
+from matrix_p2p.runtime.routing import Done, Failed, Forward, Retry
 
 __all__ = [
     "Agent", "BusError", "ConfigError", "Context", "Done", "FailTask", "Failed", "Forward",

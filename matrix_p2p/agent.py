@@ -15,8 +15,11 @@ from typing import Any, Protocol
 import structlog
 
 from matrix_p2p.envelope import Task, Turn, Usage
+from matrix_p2p.errors import ConfigError
 from matrix_p2p.llm.types import LLMError, LLMResponse, LLMResult
-from matrix_p2p.spec import LLMResource, RoleSpec, WorkflowSpec
+from matrix_p2p.resources.base import Resources
+from matrix_p2p.workflow.refs import import_ref
+from matrix_p2p.workflow.spec import LLMResource, RoleSpec, WorkflowSpec
 
 
 class ChatClient(Protocol):
@@ -45,6 +48,7 @@ class Context:
         "_usage",
         "log",
         "resource",
+        "resources",
         "role",
         "spec",
         "task",
@@ -60,8 +64,10 @@ class Context:
         resource: LLMResource | None,
         log: Any,
         now: float,
+        resources: Resources | None = None,
     ) -> None:
         self.task = task
+        self.resources = resources or Resources()
         self.role = role
         self.spec = spec
         self.resource = resource
@@ -145,3 +151,13 @@ class Agent:
 
     async def handle(self, task: Task, ctx: Context) -> None:
         raise NotImplementedError
+
+
+def make_agent(spec: WorkflowSpec, role: RoleSpec) -> Agent:
+    """The role's agent, from its ``module:Class`` (modules next to the workflow file first)."""
+    where = f"{spec.path}: roles.{role.name}.agent"
+    cls = import_ref(role.agent, where=where, base_dir=spec.base_dir if spec.path else None)
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise ConfigError(f"{where}: {role.agent} is not an Agent class")
+    agent: Agent = cls(role, spec)
+    return agent

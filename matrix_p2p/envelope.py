@@ -49,11 +49,14 @@ class Turn(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class Lease(msgspec.Struct, kw_only=True):
-    """A resource held by the task across hops (a sandbox, a sticky replica...)."""
+    """A resource held by the task across hops (a sandbox, a sticky replica...): which
+    resource (``kind``, the name the workflow file gives it), its id at the service
+    (``ref``), the service that holds it (``where``) and when it lapses unless renewed."""
 
     kind: str
     ref: str
     expires_at: float | None = None
+    where: str = ""
 
 
 class Task(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -90,8 +93,6 @@ class Task(msgspec.Struct, kw_only=True, omit_defaults=True):
             out[turn.role] = out.get(turn.role, Usage()) + turn.usage
         return out
 
-    def agent_turns(self) -> int:
-        return len(self.turns)
 
 
 class EnvelopeError(ValueError):
@@ -100,7 +101,6 @@ class EnvelopeError(ValueError):
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Task)
-_json_encoder = msgspec.json.Encoder()
 
 
 def encode(task: Task) -> bytes:
@@ -120,10 +120,6 @@ def decode(data: bytes) -> Task:
     if task.hop < 0:
         raise EnvelopeError("invalid envelope: `$.hop` is negative")
     return task
-
-
-def to_json(obj: Any) -> bytes:
-    return _json_encoder.encode(obj)
 
 
 def new_task(

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from matrix_p2p import spec as specmod
 from matrix_p2p.broker import EmbeddedNats
-from matrix_p2p.bus import Bus, ConnectOptions, connect
+from matrix_p2p.bus import Bus, ConnectOptions, MemoryBus, connect
+from matrix_p2p.workflow import loader
+from matrix_p2p.workflow import spec as specmod
 
 os.environ.setdefault("MX_LOG_LEVEL", "warning")
 _counter = itertools.count()
@@ -35,6 +36,17 @@ async def bus(nats_server: EmbeddedNats) -> AsyncIterator[Bus]:
     await b.close()
 
 
+@pytest.fixture(params=["memory", "jetstream"])
+async def any_bus(request: pytest.FixtureRequest, nats_server: EmbeddedNats) -> AsyncIterator[Bus]:
+    """The same test on the in-memory bus and on a real nats-server."""
+    if request.param == "memory":
+        b: Bus = MemoryBus()
+    else:
+        b = await connect(ConnectOptions(url=nats_server.url, name="tests"))
+    yield b
+    await b.close()
+
+
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -48,15 +60,15 @@ def make_spec(tmp_path: Path, yaml_text: str, rows: list[dict[str, Any]] | None 
         write_rows(tmp_path / "rows.jsonl", rows)
     wf = tmp_path / f"{name}.yaml"
     wf.write_text(f"name: {name}\n" + yaml_text, encoding="utf-8")
-    return specmod.load(str(wf))
+    return loader.load(str(wf))
 
 
 DUMMY_YAML = """
 source: {path: rows.jsonl}
 roles:
-  teacher: {agent: "agents.dummy:Talker", llm: null, concurrency: 200}
-  student: {agent: "agents.dummy:Talker", llm: null, concurrency: 200}
-  judge:   {agent: "agents.dummy:Decider", llm: null, concurrency: 200, options: {p_stop: 0.5}}
+  teacher: {agent: "matrix_p2p_agents.dummy:Talker", llm: null, concurrency: 200}
+  student: {agent: "matrix_p2p_agents.dummy:Talker", llm: null, concurrency: 200}
+  judge:   {agent: "matrix_p2p_agents.dummy:Decider", llm: null, concurrency: 200, options: {p_stop: 0.5}}
 routing: {type: cycle, roles: [teacher, student, judge], stop_when: agreed, max_turns: 30}
 limits: {ack_wait_s: 5, retry_backoff_s: 0.05}
 """

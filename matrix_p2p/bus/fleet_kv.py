@@ -10,8 +10,8 @@ from the fleet's learned limits instead of probing from zero.
 
 Error handling: nothing here crashes an LLM client. ``publish`` raises
 ``BusError`` (the client's publisher logs it and tries again later); the
-watcher logs a failure, backs off (0.1 s doubling to ``backoff_cap_s``) and
-watches again, reading the whole bucket afresh; an undecodable value or a
+watcher logs a failure, backs off (jittered, from 0.1 s up to ``backoff_cap_s``)
+and watches again, reading the whole bucket afresh; an undecodable value or a
 failing callback is logged and skipped. A watch that stays silent for
 ``resync_s`` is recreated, which bounds how stale a silently broken watch
 (for example after a broker restart) can leave this worker.
@@ -28,12 +28,12 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import nats.errors
-import nats.js.errors
 import structlog
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from matrix_p2p.aio import pause
+from matrix_p2p.backoff import Retrying
+from matrix_p2p.bus.errors import AlreadyExists, NotFound, TimedOut, translate
 from matrix_p2p.errors import BusError
 from matrix_p2p.llm.fleet import Callback, EndpointState
 
@@ -45,7 +45,6 @@ DEFAULT_RESYNC_S = 30.0
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(EndpointState)
-_NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError)
 
 
 def endpoint_key(url: str) -> str:
@@ -132,11 +131,11 @@ class KVFleetState:
         """Put ``state`` as the endpoint's latest. Raises ``BusError`` on failure."""
         kv = await self._bucket()
         try:
-            revision = await kv.put(endpoint_key(endpoint), _encoder.encode(state))
-        except _NATS_ERRORS as exc:
+            with translate(f"fleet state put to {self.bucket}"):
+                revision = await kv.put(endpoint_key(endpoint), _encoder.encode(state))
+        except BusError:
             self._kv = None  # reopen next time: the bucket may have been deleted
-            raise BusError(f"fleet state put to {self.bucket} failed: "
-                           f"{exc or type(exc).__name__}") from None
+            raise
         # Local subscribers hear it now; the watcher's echo of the same revision is skipped.
         self._deliver(endpoint, state, int(revision))
 
@@ -158,60 +157,56 @@ class KVFleetState:
         if self._kv is not None:
             return self._kv
         try:
-            try:
+            with translate(f"open key-value bucket {self.bucket}"):
                 kv = await self._js.key_value(self.bucket)
-            except nats.js.errors.BucketNotFoundError:
-                kv = await self._js.create_key_value(
-                    bucket=self.bucket, history=1, ttl=self.ttl_s, replicas=self.replicas,
-                    description="matrix_p2p: LLM endpoint state shared by workers",
-                )
-        except nats.js.errors.BadRequestError:
-            # another worker created it between our two calls
+        except NotFound:
             try:
-                kv = await self._js.key_value(self.bucket)
-            except _NATS_ERRORS as exc:
-                raise BusError(f"cannot open key-value bucket {self.bucket}: {exc}") from None
-        except _NATS_ERRORS as exc:
-            raise BusError(f"cannot open key-value bucket {self.bucket}: "
-                           f"{exc or type(exc).__name__}") from None
+                with translate(f"create key-value bucket {self.bucket}"):
+                    kv = await self._js.create_key_value(
+                        bucket=self.bucket, history=1, ttl=self.ttl_s, replicas=self.replicas,
+                        description="matrix_p2p: LLM endpoint state shared by workers",
+                    )
+            except AlreadyExists:  # another worker created it between our two calls
+                with translate(f"open key-value bucket {self.bucket}"):
+                    kv = await self._js.key_value(self.bucket)
         self._kv = kv
         return kv
 
     async def _watch_loop(self) -> None:
-        backoff = 0.1
+        backoff = Retrying(0.1, self.backoff_cap_s)
         while not self._stop.is_set():
             try:
                 kv = await self._bucket()
-                watcher = await kv.watchall()
-            except (BusError, *_NATS_ERRORS) as exc:
-                backoff = await self._failed(exc, backoff)
+                with translate(f"watch key-value bucket {self.bucket}"):
+                    watcher = await kv.watchall()
+            except BusError as exc:
+                await self._failed(exc, backoff.next())
                 continue
             try:
-                backoff = 0.1
+                backoff.reset()
                 await self._consume(watcher)
-            except _NATS_ERRORS as exc:
-                backoff = await self._failed(exc, backoff)
+            except BusError as exc:
+                await self._failed(exc, backoff.next())
             finally:
-                try:
+                # AttributeError: nats-py's stop() on a connection that is gone
+                with contextlib.suppress(BusError, AttributeError), \
+                        translate(f"stop watching {self.bucket}"):
                     await watcher.stop()
-                except (*_NATS_ERRORS, AttributeError):
-                    pass  # the connection is gone: nothing left to unsubscribe
 
-    async def _failed(self, exc: BaseException, backoff: float) -> float:
+    async def _failed(self, exc: BusError, delay: float) -> None:
         self.watch_failures += 1
         self._kv = None  # reopen: the bucket may have been recreated
-        log.warning("fleet_kv.watch_failed", bucket=self.bucket,
-                    error=str(exc) or type(exc).__name__, retry_in_s=backoff)
-        await pause(backoff, self._stop)
-        return min(backoff * 2, self.backoff_cap_s)
+        log.warning("fleet_kv.watch_failed", bucket=self.bucket, error=str(exc), retry_in_s=delay)
+        await pause(delay, self._stop)
 
     async def _consume(self, watcher: Any) -> None:
         """Deliver updates until ``resync_s`` passes without one (then the caller
         watches afresh) or the watch fails."""
         while not self._stop.is_set():
             try:
-                entry = await watcher.updates(timeout=self.resync_s)
-            except nats.errors.TimeoutError:
+                with translate(f"watch key-value bucket {self.bucket}"):
+                    entry = await watcher.updates(timeout=self.resync_s)
+            except TimedOut:
                 return
             if entry is None:  # the initial values have all been delivered
                 self._loaded.set()

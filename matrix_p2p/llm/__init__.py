@@ -1,12 +1,15 @@
 """LLM fleet client: OpenAI-compatible endpoints behind adaptive concurrency.
 
-Modules, in data-path order: ``config`` (settings), ``pool`` (endpoint state
-and selection), ``limiter`` (AIMD limit), ``breaker`` (ejection), ``backoff``
-(retry spacing), ``fleet`` (state shared between workers), ``client`` (the
-only module doing HTTP), ``types`` (the results agents get back).
+Modules, in data-path order: ``config`` (settings), ``client`` (``LLMClient``:
+routing, retries and the only HTTP), ``admission`` (a slot on an endpoint, or a
+fair wait for one), ``endpoints`` (the endpoint set and its file), ``pool``
+(one endpoint's state and least-outstanding selection), ``limiter`` (AIMD
+limit), ``breaker`` (ejection), ``outcomes`` (an answer's result and signals),
+``wire`` (the OpenAI JSON format), ``fleet`` and ``fleet_sync`` (state shared
+between workers), ``types`` (the results agents get back).
 """
 
-from matrix_p2p.llm.backoff import Backoff
+from matrix_p2p.backoff import Backoff
 from matrix_p2p.llm.breaker import CircuitBreaker
 from matrix_p2p.llm.client import LLMClient
 from matrix_p2p.llm.config import LLMConfig

@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from matrix_p2p import spec as specmod
-from matrix_p2p.source import iter_rows, task_id
+from matrix_p2p.runtime.source import iter_rows, task_id
+from matrix_p2p.workflow import loader
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root (agents/, tests/)
 
@@ -147,7 +147,7 @@ def write_workflow(tmp: Path, name: str, body: str, rows: list[dict[str, Any]]) 
 
 
 def expected_ids(workflow: Path) -> set[str]:
-    spec = specmod.load(str(workflow))
+    spec = loader.load(str(workflow))
     return {task_id(row.key, t) for row in iter_rows(spec) for t in range(spec.trials)}
 
 

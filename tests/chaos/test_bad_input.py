@@ -21,7 +21,7 @@ import pytest
 from matrix_p2p import envelope
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.bus import ConnectOptions, PayloadTooLargeError, connect
-from matrix_p2p.naming import Names
+from matrix_p2p.runtime.topology import Names
 from tests.chaos.harness import (
     Proc,
     check_exactly_once,
@@ -37,9 +37,9 @@ pytestmark = pytest.mark.chaos
 
 WF = """
 roles:
-  teacher: {agent: "agents.dummy:Talker", llm: null, concurrency: 50}
-  student: {agent: "agents.dummy:Talker", llm: null, concurrency: 50}
-  judge:   {agent: "agents.dummy:Decider", llm: null, concurrency: 50, options: {p_stop: 0.5}}
+  teacher: {agent: "matrix_p2p_agents.dummy:Talker", llm: null, concurrency: 50}
+  student: {agent: "matrix_p2p_agents.dummy:Talker", llm: null, concurrency: 50}
+  judge:   {agent: "matrix_p2p_agents.dummy:Decider", llm: null, concurrency: 50, options: {p_stop: 0.5}}
 routing: {type: cycle, roles: [teacher, student, judge], stop_when: agreed, max_turns: 12}
 limits: {ack_wait_s: 2, retry_backoff_s: 0.1}
 """
@@ -88,7 +88,7 @@ def test_bad_input_is_dead_lettered_and_the_run_completes(tmp_path: Path) -> Non
     out = tmp_path / "out.jsonl"
     with EmbeddedNats(store_dir=tmp_path / "nats", sync="interval") as server, processes() as ps:
         url = server.url
-        ps.append(Proc(["worker", "--workflow", str(wf), "--role", "all", "--nats", url],
+        ps.append(Proc(["worker", str(wf), "--role", "all", "--nats", url],
                        tmp_path / "worker.log"))
         assert mx("submit", str(wf), "--nats", url).returncode == 0
         asyncio.run(_inject(url, name))

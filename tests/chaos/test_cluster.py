@@ -49,13 +49,13 @@ def test_r3_cluster_loses_a_node_mid_run(tmp_path: Path) -> None:
         # the cluster elects its JetStream meta leader after start: retry submit, bounded
         deadline = time.monotonic() + 60
         while True:
-            sub = mx("submit", str(wf), "--nats", urls, "--replicas", "3")
+            sub = mx("submit", str(wf), "--nats", urls, "--stream-replicas", "3")
             if sub.returncode == 0 or time.monotonic() > deadline:
                 break
         assert sub.returncode == 0, sub.stderr
         with processes() as ps:
-            fleet = [Proc(["worker", "--workflow", str(wf), "--role", "all", "--nats", urls,
-                           "--replicas", "3"], tmp_path / f"w{i}.log") for i in range(3)]
+            fleet = [Proc(["worker", str(wf), "--role", "all", "--nats", urls,
+                           "--stream-replicas", "3"], tmp_path / f"w{i}.log") for i in range(3)]
             ps.extend(fleet)
             sink = Proc(["sink", str(wf), "--nats", urls, "--out", str(out), "--expect", str(n),
                          "--timeout", "240"], tmp_path / "sink.log")

@@ -27,7 +27,7 @@ SLOW_CYCLE = """
 roles:
   teacher: {agent: "tests.chaos.agents:Sleeper", llm: null, concurrency: 20, options: {delay_s: DELAY}}
   student: {agent: "tests.chaos.agents:Sleeper", llm: null, concurrency: 20, options: {delay_s: DELAY}}
-  judge:   {agent: "agents.dummy:Decider", llm: null, concurrency: 20, options: {p_stop: 0.5}}
+  judge:   {agent: "matrix_p2p_agents.dummy:Decider", llm: null, concurrency: 20, options: {p_stop: 0.5}}
 routing: {type: cycle, roles: [teacher, student, judge], stop_when: agreed, max_turns: 12}
 limits: {ack_wait_s: 2, retry_backoff_s: 0.1, max_deliveries: 10}
 """
@@ -54,7 +54,7 @@ def _run_with_chaos(tmp: Path, *, n: int, delay: float, worker_kills: int,
         sub = mx("submit", str(wf), "--nats", url)
         assert sub.returncode == 0, sub.stderr
         with processes() as ps:
-            fleet = [Proc(["worker", "--workflow", str(wf), "--role", "all", "--nats", url,
+            fleet = [Proc(["worker", str(wf), "--role", "all", "--nats", url,
                            "--drain-timeout", "5"], tmp / f"worker{i}.log")
                      for i in range(workers)]
             ps.extend(fleet)
@@ -126,7 +126,7 @@ def test_broker_killed_and_restarted_twice_with_the_same_store(tmp_path: Path) -
     try:
         assert mx("submit", str(wf), "--nats", url).returncode == 0
         with processes() as ps:
-            ps.append(Proc(["worker", "--workflow", str(wf), "--role", "all", "--nats", url],
+            ps.append(Proc(["worker", str(wf), "--role", "all", "--nats", url],
                            tmp_path / "w.log"))
             sink = Proc(["sink", str(wf), "--nats", url, "--out", str(out), "--expect", str(n),
                          "--timeout", "180"], tmp_path / "sink.log")

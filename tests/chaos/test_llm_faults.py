@@ -30,13 +30,13 @@ resources:
     default: {max_tokens: 64, timeout_s: 2.0, max_retries: 2, temperature: 0.7}
 roles:
   teacher:
-    agent: agents.coral:Teacher
+    agent: matrix_p2p_agents.coral:Teacher
     prompt: 'Give your reasoning, then a line "Answer: <letter>".'
   student:
-    agent: agents.coral:Student
+    agent: matrix_p2p_agents.coral:Student
     prompt: 'Respond, then a line "Answer: <letter>".'
   judge:
-    agent: agents.coral:Judge
+    agent: matrix_p2p_agents.coral:Judge
     prompt: 'Reply "Verdict: AGREE or DISAGREE" and "Final: <letter>".'
 routing: {type: cycle, roles: [teacher, student, judge], stop_when: agreed, max_turns: 9}
 limits: {ack_wait_s: 3, retry_backoff_s: 0.2, max_deliveries: 6}
@@ -77,7 +77,7 @@ def test_llm_replica_dies_hangs_and_answers_garbage(tmp_path: Path) -> None:
         _wait_http(pa)
         _wait_http(pb)
         llm = ["--llm-url", f"http://127.0.0.1:{pa}/v1", "--llm-url", f"http://127.0.0.1:{pb}/v1"]
-        fleet = [Proc(["worker", "--workflow", str(wf), "--role", "all", "--nats", url, *llm],
+        fleet = [Proc(["worker", str(wf), "--role", "all", "--nats", url, *llm],
                       tmp_path / f"w{i}.log") for i in range(2)]
         ps.extend(fleet)
         assert mx("submit", str(wf), "--nats", url).returncode == 0

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.chaos
 
 WF = """
 roles:
-  a: {agent: "agents.dummy:Talker", llm: null, concurrency: 20}
-  b: {agent: "agents.dummy:Decider", llm: null, concurrency: 20, options: {p_stop: 0.7}}
+  a: {agent: "matrix_p2p_agents.dummy:Talker", llm: null, concurrency: 20}
+  b: {agent: "matrix_p2p_agents.dummy:Decider", llm: null, concurrency: 20, options: {p_stop: 0.7}}
 routing: {type: cycle, roles: [a, b], stop_when: agreed, max_turns: 10}
 """
 
@@ -53,7 +53,7 @@ def test_user_password(tmp_path: Path) -> None:
         good_env_user = child_env(MX_NATS_USER="mx", MX_NATS_PASSWORD=password)
         named = child_env(MY_SECRET=password)
         with processes() as ps:
-            w = Proc(["worker", "--workflow", str(wf), "--role", "all", "--nats", url,
+            w = Proc(["worker", str(wf), "--role", "all", "--nats", url,
                       "--nats-user", "mx", "--log-level", "debug"], tmp_path / "w.log", env=good)
             ps.append(w)
             wait_for(lambda: bool(w.events("worker.ready")), 30, "the worker to be ready")

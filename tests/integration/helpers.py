@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from matrix_p2p.bus import Bus
-from matrix_p2p.sink import Sink
-from matrix_p2p.source import SubmitResult, submit
-from matrix_p2p.spec import WorkflowSpec
-from matrix_p2p.worker import WorkerStats, serve_roles
+from matrix_p2p.runtime.sink import Sink
+from matrix_p2p.runtime.source import SubmitResult, submit
+from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+from matrix_p2p.workflow.spec import WorkflowSpec
 
 
 async def run_until(bus: Bus, spec: WorkflowSpec, out: Path, expect: int, *,

@@ -40,7 +40,7 @@ def test_invalid_workflow_file_is_one_line_without_traceback(tmp_path: Path) -> 
 
 
 def test_unknown_role_is_one_line() -> None:
-    r = mx("worker", "--workflow", "coral", "--role", "referee", "--nats", "nats://127.0.0.1:1")
+    r = mx("worker", "coral", "--role", "referee", "--nats", "nats://127.0.0.1:1")
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("matrix_p2p: error: --role: unknown role(s) referee")
@@ -68,9 +68,9 @@ def test_a_fleet_from_the_cli_alone(tmp_path: Path) -> None:
         ps.append(Proc(["sim-llm", "--port", str(sim_port), "--seed", "7"], tmp_path / "sim.log"))
         wait_port(nats_port)
         wait_port(sim_port)
-        ps.append(Proc(["worker", "--workflow", "coral", "--role", "judge", "--nats", url,
+        ps.append(Proc(["worker", "coral", "--role", "judge", "--nats", url,
                         "--llm-url", llm], tmp_path / "judge.log"))
-        ps.append(Proc(["worker", "--workflow", "coral", "--role", "all", "--nats", url,
+        ps.append(Proc(["worker", "coral", "--role", "all", "--nats", url,
                         "--llm-url", llm, "--concurrency", "200"], tmp_path / "all.log"))
         sub = mx("submit", "coral", "--nats", url, "--limit", str(n))
         assert sub.returncode == 0, sub.stderr

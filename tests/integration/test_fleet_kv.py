@@ -15,7 +15,7 @@ from matrix_p2p.bus import Bus, ConnectOptions, connect
 from matrix_p2p.bus.fleet_kv import KVFleetState, endpoint_key, key_endpoint
 from matrix_p2p.errors import BusError
 from matrix_p2p.llm import EndpointState, FleetState, LLMClient, LLMConfig, LLMError, LLMResponse
-from matrix_p2p.resources import open_fleet_state
+from matrix_p2p.resources.llm import open_fleet_state
 from matrix_p2p.sim.config import SimConfig
 from matrix_p2p.sim.server import SimServer, start_sim
 

@@ -10,16 +10,16 @@ import structlog
 
 from matrix_p2p import envelope
 from matrix_p2p.bus import Bus
-from matrix_p2p.naming import Names
-from matrix_p2p.source import submit
+from matrix_p2p.runtime.source import submit
+from matrix_p2p.runtime.topology import Names
 from tests.conftest import DUMMY_YAML, make_spec
 from tests.integration.helpers import read_rows, run_until
 
 
-async def test_every_task_ends_exactly_once(bus: Bus, tmp_path: Path) -> None:
+async def test_every_task_ends_exactly_once(any_bus: Bus, tmp_path: Path) -> None:
     spec = make_spec(tmp_path, DUMMY_YAML, [{"n": i} for i in range(300)])
     out = tmp_path / "out.jsonl"
-    _, stats, sub = await run_until(bus, spec, out, expect=300)
+    _, stats, sub = await run_until(any_bus, spec, out, expect=300)
     rows = read_rows(out)
     ids = Counter(r["id"] for r in rows)
     assert len(ids) == 300 and max(ids.values()) == 1
@@ -31,19 +31,19 @@ async def test_every_task_ends_exactly_once(bus: Bus, tmp_path: Path) -> None:
     assert stats.done == 300 and stats.dead_lettered == 0
 
 
-async def test_submitting_twice_creates_nothing_new(bus: Bus, tmp_path: Path) -> None:
+async def test_submitting_twice_creates_nothing_new(any_bus: Bus, tmp_path: Path) -> None:
     spec = make_spec(tmp_path, DUMMY_YAML, [{"n": i} for i in range(20)])
-    first = await submit(bus, spec)
-    second = await submit(bus, spec)
+    first = await submit(any_bus, spec)
+    second = await submit(any_bus, spec)
     assert (first.submitted, second.submitted, second.already) == (20, 0, 20)
-    assert await bus.stream_msgs(Names.of(spec).tasks_stream) == 20
+    assert await any_bus.stream_msgs(Names.of(spec).tasks_stream) == 20
 
 
-async def test_bad_rows_become_failed_tasks_not_silence(bus: Bus, tmp_path: Path) -> None:
+async def test_bad_rows_become_failed_tasks_not_silence(any_bus: Bus, tmp_path: Path) -> None:
     spec = make_spec(tmp_path, DUMMY_YAML)
     (tmp_path / "rows.jsonl").write_text('{"n": 1}\nnot json\n[1, 2]\n{"n": 2}\n')
     out = tmp_path / "out.jsonl"
-    await run_until(bus, spec, out, expect=4)
+    await run_until(any_bus, spec, out, expect=4)
     rows = {r["row_index"]: r for r in read_rows(out)}
     assert rows[1]["status"] == rows[4]["status"] == "done"
     assert rows[2]["status"] == "failed"
@@ -55,18 +55,18 @@ async def test_bad_rows_become_failed_tasks_not_silence(bus: Bus, tmp_path: Path
 FLAKY_YAML = """
 source: {path: rows.jsonl}
 roles:
-  only: {agent: "agents.dummy:Flaky", llm: null, concurrency: 50}
+  only: {agent: "matrix_p2p_agents.dummy:Flaky", llm: null, concurrency: 50}
 routing: {type: cycle, roles: [only], stop_when: agreed, max_turns: 3}
 limits: {ack_wait_s: 5, retry_backoff_s: 0.02, max_deliveries: 3}
 """
 
 
-async def test_agent_errors_end_as_failed_with_their_reason(bus: Bus, tmp_path: Path) -> None:
+async def test_agent_errors_end_as_failed_with_their_reason(any_bus: Bus, tmp_path: Path) -> None:
     rows = [{"behaviour": b} for b in ("ok", "fail", "retry_always", "crash")]
     spec = make_spec(tmp_path, FLAKY_YAML, rows)
     out = tmp_path / "out.jsonl"
     with structlog.testing.capture_logs() as logs:
-        await run_until(bus, spec, out, expect=4)
+        await run_until(any_bus, spec, out, expect=4)
     by = {r["input"]["behaviour"]: r for r in read_rows(out)}
     assert by["ok"]["status"] == "done"
     assert by["fail"]["error"] == "row asked to fail"
@@ -78,27 +78,27 @@ async def test_agent_errors_end_as_failed_with_their_reason(bus: Bus, tmp_path: 
     assert events["agent.crashed"] == 3
 
 
-async def test_garbage_on_a_role_subject_is_dead_lettered(bus: Bus, tmp_path: Path) -> None:
+async def test_garbage_on_a_role_subject_is_dead_lettered(any_bus: Bus, tmp_path: Path) -> None:
     spec = make_spec(tmp_path, DUMMY_YAML, [{"n": i} for i in range(10)])
     names = Names.of(spec)
-    from matrix_p2p.worker import ensure_workflow
+    from matrix_p2p.runtime.topology import ensure_workflow
 
-    await ensure_workflow(bus, spec)
+    await ensure_workflow(any_bus, spec)
     wrong_shape = msgspec.msgpack.encode({"id": 5, "workflow": spec.name})
     other_wf = envelope.encode(envelope.new_task(task_id="x", workflow="other", role="teacher",
                                                  row={}))
     wrong_role = envelope.encode(envelope.new_task(task_id="y", workflow=spec.name,
                                                    role="judge", row={}))
     for data in (b"\xc1\xffgarbage", wrong_shape, other_wf, wrong_role):
-        await bus.publish(names.task("teacher"), data)
+        await any_bus.publish(names.task("teacher"), data)
     out = tmp_path / "out.jsonl"
-    _, stats, _ = await run_until(bus, spec, out, expect=10)
+    _, stats, _ = await run_until(any_bus, spec, out, expect=10)
     assert len(read_rows(out)) == 10
     assert stats.dead_lettered == 4
-    first, last = await bus.stream_bounds(names.dlq_stream)
+    first, last = await any_bus.stream_bounds(names.dlq_stream)
     reasons = []
     for seq in range(first, last + 1):
-        got = await bus.stored(names.dlq_stream, seq)
+        got = await any_bus.stored(names.dlq_stream, seq)
         assert got is not None
         reasons.append(got.headers["Mx-Reason"])
         assert got.headers["Mx-Subject"] == names.task("teacher")
@@ -107,13 +107,13 @@ async def test_garbage_on_a_role_subject_is_dead_lettered(bus: Bus, tmp_path: Pa
     assert "workflow 'other'" in reasons[2]
     assert "role 'judge' arrived on" in reasons[3]
     # the original bytes are kept
-    got = await bus.stored(names.dlq_stream, first)
+    got = await any_bus.stored(names.dlq_stream, first)
     assert got is not None and got.data == b"\xc1\xffgarbage"
 
 
 async def test_status_shows_tasks_no_role_serves(bus: Bus, tmp_path: Path) -> None:
-    from matrix_p2p.status import render_status, workflow_status
-    from matrix_p2p.worker import ensure_workflow
+    from matrix_p2p.runtime.status import render_status, workflow_status
+    from matrix_p2p.runtime.topology import ensure_workflow
 
     spec = make_spec(tmp_path, DUMMY_YAML, [{"n": 1}])
     names = Names.of(spec)

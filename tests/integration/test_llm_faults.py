@@ -13,7 +13,7 @@ from typing import Any
 
 from matrix_p2p.bus import Bus
 from matrix_p2p.llm import LLMResponse, LLMResult
-from matrix_p2p.resources import open_fleet_state, open_llms
+from matrix_p2p.resources.llm import open_fleet_state, open_llms
 from matrix_p2p.sim.config import SimConfig
 from matrix_p2p.sim.server import start_fleet
 from tests.conftest import make_spec

@@ -1,4 +1,4 @@
-"""Dead-letter tools and replay against a real nats-server (matrix_p2p.ops)."""
+"""Dead-letter tools and replay against a real nats-server (matrix_p2p.runtime.replay)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from matrix_p2p import envelope, ops
+from matrix_p2p import envelope
 from matrix_p2p.bus import Bus
 from matrix_p2p.errors import ConfigError
-from matrix_p2p.naming import Names
-from matrix_p2p.worker import ensure_workflow
+from matrix_p2p.runtime import deadletters
+from matrix_p2p.runtime import replay as ops
+from matrix_p2p.runtime.topology import Names, ensure_workflow
 from tests.conftest import DUMMY_YAML, make_spec
 from tests.integration.helpers import read_rows, run_until
 
@@ -30,33 +31,33 @@ async def test_dlq_list_show_requeue(bus: Bus, tmp_path: Path) -> None:
     _, stats, _ = await run_until(bus, spec, out, expect=5)
     assert stats.dead_lettered == 2
 
-    letters = await ops.dlq_list(bus, names)
+    letters = await deadletters.dlq_list(bus, names)
     assert [dl.subject for dl in letters] == [names.task("teacher")] * 2
     assert letters[0].reason == "invalid envelope: Expected `object`, got `int`"
     assert letters[0].size == 8 and letters[0].time > 0
     assert letters[1].task == "m1" and "role 'judge' arrived on" in letters[1].reason
 
-    shown = await ops.dlq_show(bus, names, letters[1].seq)
+    shown = await deadletters.dlq_show(bus, names, letters[1].seq)
     assert shown.task is not None and shown.task.id == "m1"
     assert shown.headers["Mx-Subject"] == names.task("teacher")
-    bad = await ops.dlq_show(bus, names, letters[0].seq)
+    bad = await deadletters.dlq_show(bus, names, letters[0].seq)
     assert bad.task is None and bad.decode_error is not None and bad.data == b"\x00garbage"
     with pytest.raises(ConfigError, match="no dead letter #999"):
-        await ops.dlq_show(bus, names, 999)
+        await deadletters.dlq_show(bus, names, 999)
 
     # to a role: the undecodable one is skipped with its reason, the envelope goes to `judge`
-    r = await ops.dlq_requeue(bus, spec, None, role="judge")
+    r = await deadletters.dlq_requeue(bus, spec, None, role="judge")
     assert r.requeued == [letters[1].seq]
     assert "cannot requeue to a role" in r.skipped[letters[0].seq]
-    assert [dl.seq for dl in await ops.dlq_list(bus, names)] == [letters[0].seq]
+    assert [dl.seq for dl in await deadletters.dlq_list(bus, names)] == [letters[0].seq]
     _, stats, _ = await run_until(bus, spec, out, expect=6, submit_rows=False)
     rows = read_rows(out)
     assert len(rows) == 6 and Counter(r["id"] for r in rows)["m1"] == 1
     # requeue the garbage to where it came from: dead-lettered again, nothing lost
-    r = await ops.dlq_requeue(bus, spec, [letters[0].seq, 12345])
+    r = await deadletters.dlq_requeue(bus, spec, [letters[0].seq, 12345])
     assert r.requeued == [letters[0].seq] and r.skipped == {12345: "no such dead letter"}
     with pytest.raises(ConfigError, match="unknown role 'referee'"):
-        await ops.dlq_requeue(bus, spec, None, role="referee")
+        await deadletters.dlq_requeue(bus, spec, None, role="referee")
 
 
 async def test_replay_rejudges_done_tasks_once(bus: Bus, tmp_path: Path) -> None:

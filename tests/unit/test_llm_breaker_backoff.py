@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from matrix_p2p.llm.backoff import Backoff
+from matrix_p2p.backoff import Backoff
 from matrix_p2p.llm.breaker import CircuitBreaker
 
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from matrix_p2p.llm.breaker import CircuitBreaker
-from matrix_p2p.llm.client import parse_endpoints_file, parse_retry_after, parse_waiting
 from matrix_p2p.llm.fleet import (
     EndpointState,
     FleetState,
@@ -11,6 +10,7 @@ from matrix_p2p.llm.fleet import (
 )
 from matrix_p2p.llm.limiter import AIMDLimiter
 from matrix_p2p.llm.pool import Endpoint, StickyMap, normalise_url, select
+from matrix_p2p.llm.wire import parse_endpoints_file, parse_retry_after, parse_waiting
 
 
 def ep(url: str, limit: int = 4, inflight: int = 0) -> Endpoint:

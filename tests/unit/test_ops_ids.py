@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from matrix_p2p import ops
+from matrix_p2p.runtime import replay as ops
 
 ids = st.from_regex(r"[A-Za-z0-9_-]{1,40}-t[0-9]{1,3}", fullmatch=True)
 

@@ -10,7 +10,8 @@ import zstandard
 
 from matrix_p2p import envelope
 from matrix_p2p.envelope import Turn, Usage
-from matrix_p2p.sink import _Writer, load_written_ids, to_row, write_parquet
+from matrix_p2p.runtime.files import RowWriter, load_written_ids, write_parquet
+from matrix_p2p.runtime.sink import to_row
 
 
 def test_torn_last_line_is_cut_and_ids_loaded(tmp_path: Path) -> None:
@@ -27,7 +28,7 @@ def test_missing_file_means_nothing_written(tmp_path: Path) -> None:
 def test_zstd_frames_append_and_reload(tmp_path: Path) -> None:
     out = tmp_path / "o.jsonl.zst"
     for batch in (["a", "b"], ["c"]):
-        w = _Writer(out, "jsonl.zst")
+        w = RowWriter(out, "jsonl.zst")
         for i in batch:
             w.write(json.dumps({"id": i}).encode() + b"\n")
         w.close()

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from matrix_p2p import spec as specmod
 from matrix_p2p.errors import ConfigError
-from matrix_p2p.source import iter_rows, task_id
+from matrix_p2p.runtime.source import iter_rows, task_id
+from matrix_p2p.workflow import spec as specmod
 
 HF = """
 name: hfdemo
 source: {hf: {dataset: org/questions, split: test}, id_field: qid}
 roles:
-  a: {agent: "agents.dummy:Talker", llm: null}
+  a: {agent: "matrix_p2p_agents.dummy:Talker", llm: null}
 routing: {type: cycle, roles: [a], max_turns: 1}
 """
 

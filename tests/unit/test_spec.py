@@ -4,15 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from matrix_p2p import spec
 from matrix_p2p.errors import ConfigError
-from matrix_p2p.spec import CycleRouting
+from matrix_p2p.workflow import loader, spec
+from matrix_p2p.workflow.spec import CycleRouting
 
 GOOD = """
 name: demo
 roles:
-  a: {agent: "agents.dummy:Talker", llm: null}
-  b: {agent: "agents.dummy:Decider", llm: null}
+  a: {agent: "matrix_p2p_agents.dummy:Talker", llm: null}
+  b: {agent: "matrix_p2p_agents.dummy:Decider", llm: null}
 routing: {type: cycle, roles: [a, b], stop_when: agreed, max_turns: 6}
 """
 
@@ -33,7 +33,7 @@ def test_good_file_parses_with_defaults() -> None:
 
 
 def test_bundled_coral_is_valid() -> None:
-    s = spec.load("coral")
+    s = loader.load("coral")
     assert list(s.roles) == ["teacher", "student", "judge"]
     assert Path(s.path).name == "coral.yaml"
 
@@ -49,8 +49,8 @@ def test_bundled_coral_is_valid() -> None:
      r"^wf.yaml: name: 'has spaces' must be 1-64 letters, digits"),
     (GOOD.replace("roles: [a, b]", "roles: [a, c]"),
      r"^wf.yaml: routing.roles\[1\]: unknown role 'c'$"),
-    (GOOD.replace('"agents.dummy:Talker"', '"agents.dummy.Talker"'),
-     r"^wf.yaml: roles.a.agent: 'agents.dummy.Talker' is not of the form 'module:Class'$"),
+    (GOOD.replace('"matrix_p2p_agents.dummy:Talker"', '"matrix_p2p_agents.dummy.Talker"'),
+     r"^wf.yaml: roles.a.agent: 'matrix_p2p_agents.dummy.Talker' is not of the form 'module:Class'$"),
     (GOOD.replace("type: cycle", "type: spiral"),
      r"^wf.yaml: routing: Invalid value 'spiral' - at `\$.routing.type`|^wf.yaml: routing.type"),
     (GOOD.replace("max_turns: 6", "max_turns: 0"), r"^wf.yaml: routing.max_turns: must be at least 1$"),
@@ -70,14 +70,14 @@ def test_bad_files_get_one_line_naming_file_and_field(text: str, message: str) -
 
 def test_missing_file_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match=r"^nope.yaml: no such workflow file"):
-        spec.load("nope.yaml")
+        loader.load("nope.yaml")
 
 
 def test_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
     p = tmp_path / "bin.yaml"
     p.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigError, match=r"bin.yaml: not UTF-8 text$"):
-        spec.load(str(p))
+        loader.load(str(p))
 
 
 def test_python_router_needs_a_ref() -> None:

@@ -1,4 +1,5 @@
-"""Jittered exponential backoff for retries. Pure: the random source is injected.
+"""The one backoff helper of the project: jittered exponential delays. Pure: the random
+source is injected.
 
 Retries are a different thing from capacity signals: a 429 lowers the
 endpoint's concurrency limit (see ``limiter``); the backoff only spaces out
@@ -35,3 +36,26 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         c = self.ceiling(attempt)
         return c / 2 + self._rng() * c / 2
+
+
+class Retrying:
+    """The backoff of one loop that retries until it succeeds: ``next()`` after a
+    failure gives the delay to wait, ``reset()`` after a success starts over.
+
+    One object per loop (fetch, sink, set-up calls, fleet-state watcher), so that
+    every long-running loop in the project spaces its retries the same way.
+    """
+
+    __slots__ = ("_attempt", "policy")
+
+    def __init__(self, base_s: float, cap_s: float, rng: Callable[[], float] = random.random) -> None:
+        self.policy = Backoff(base_s, cap_s, rng)
+        self._attempt = 0
+
+    def next(self) -> float:
+        delay = self.policy.delay(self._attempt)
+        self._attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self._attempt = 0

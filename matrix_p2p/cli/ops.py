@@ -1,7 +1,6 @@
-"""Operations subcommands (dead letters, replay): parsers and handlers.
+"""``dlq list|show|requeue`` and ``replay``: operations on stored messages.
 
-``add_parsers`` is called by ``matrix_p2p.cli.build_parser`` with the
-subparsers object and the shared flag helpers. The work is in ``matrix_p2p.ops``.
+The work is in ``matrix_p2p.runtime.deadletters`` and ``matrix_p2p.runtime.replay``.
 """
 
 from __future__ import annotations
@@ -10,31 +9,12 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
+from matrix_p2p.bus import Bus
+from matrix_p2p.cli import common
 from matrix_p2p.errors import ConfigError
-
-
-def _with_bus(args: argparse.Namespace, name: str,
-              body: Callable[[Any, Any], Coroutine[Any, Any, int]]) -> int:
-    """Load the workflow, connect, run ``body(bus, spec)``, close. Errors stay one line."""
-    from matrix_p2p import bus as busmod
-    from matrix_p2p.cli import _conn, _install_signals, _load_spec, _run_async
-
-    spec = _load_spec(args.workflow)
-    conn = _conn(args, required=True, name=f"mx-{name}-{spec.name}")
-
-    async def main() -> int:
-        stop = asyncio.Event()
-        _install_signals(stop, f"stopping {name}")
-        bus = await busmod.connect(conn)
-        try:
-            return await body(bus, spec)
-        finally:
-            await bus.close()
-
-    return _run_async(main)
+from matrix_p2p.workflow.spec import WorkflowSpec
 
 
 def _when(ts: float) -> str:
@@ -49,10 +29,10 @@ def _one_line(text: str, width: int) -> str:
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     import msgspec
 
-    from matrix_p2p.naming import Names
-    from matrix_p2p.ops import dlq_list
+    from matrix_p2p.runtime.deadletters import dlq_list
+    from matrix_p2p.runtime.topology import Names
 
-    async def body(bus: Any, spec: Any) -> int:
+    async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         letters = await dlq_list(bus, Names.of(spec), limit=args.limit)
         if args.json:
             for dl in letters:
@@ -69,16 +49,16 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
               f"`dlq requeue {spec.name} SEQ|--all` to requeue", file=sys.stderr)
         return 0
 
-    return _with_bus(args, "dlq", body)
+    return common.with_bus(args, "dlq", "stopping", body)
 
 
 def cmd_dlq_show(args: argparse.Namespace) -> int:
     import msgspec
 
-    from matrix_p2p.naming import Names
-    from matrix_p2p.ops import dlq_show
+    from matrix_p2p.runtime.deadletters import dlq_show
+    from matrix_p2p.runtime.topology import Names
 
-    async def body(bus: Any, spec: Any) -> int:
+    async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         d = await dlq_show(bus, Names.of(spec), args.seq)
         if args.json:
             print(msgspec.json.encode({
@@ -99,16 +79,16 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
             print(f"first bytes: {d.data[:64]!r}")
         return 0
 
-    return _with_bus(args, "dlq", body)
+    return common.with_bus(args, "dlq", "stopping", body)
 
 
 def cmd_dlq_requeue(args: argparse.Namespace) -> int:
-    from matrix_p2p.ops import dlq_requeue
+    from matrix_p2p.runtime.deadletters import dlq_requeue
 
     if args.all == bool(args.seq):
         raise ConfigError("dlq requeue: give dead-letter sequence numbers or --all (not both)")
 
-    async def body(bus: Any, spec: Any) -> int:
+    async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         r = await dlq_requeue(bus, spec, None if args.all else args.seq, role=args.role,
                               dry_run=args.dry_run)
         for seq, why in sorted(r.skipped.items()):
@@ -119,16 +99,17 @@ def cmd_dlq_requeue(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1 if r.skipped and not r.requeued else 0
 
-    return _with_bus(args, "dlq", body)
+    return common.with_bus(args, "dlq", "stopping", body)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from matrix_p2p.cli import _load_spec
-    from matrix_p2p.ops import replay
+    from matrix_p2p.runtime.replay import replay
+    from matrix_p2p.workflow.loader import load
 
-    target = _load_spec(args.into) if args.into else None
+    common.positive("--limit", args.limit, allow_zero=True)
+    target = load(args.into) if args.into else None
 
-    async def body(bus: Any, spec: Any) -> int:
+    async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         r = await replay(bus, spec, role=args.role, which=args.status,
                          generation=args.generation, from_generation=args.from_generation,
                          target=target, limit=args.limit, dry_run=args.dry_run)
@@ -139,14 +120,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
               f"{r.skipped} skipped", file=sys.stderr)
         return 0
 
-    return _with_bus(args, "replay", body)
+    return common.with_bus(args, "replay", "stopping the replay; re-run to resume", body)
 
 
-def add_parsers(
-    sub: Any,
-    add_nats: Callable[..., None],
-    add_common: Callable[[argparse.ArgumentParser], None],
-) -> None:
+def add_parsers(sub: Any) -> None:
     """Register ``dlq list|show|requeue`` and ``replay``."""
     fmt = argparse.RawDescriptionHelpFormatter
     dlq = sub.add_parser(
@@ -163,7 +140,7 @@ def add_parsers(
 
     ls = dsub.add_parser("list", help="seq, time, size, original subject and reason of each",
                          description="List dead letters in arrival order.")
-    ls.add_argument("workflow", metavar="WORKFLOW")
+    common.add_workflow(ls)
     ls.add_argument("--limit", type=int, metavar="N", help="only the first N")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.set_defaults(fn=cmd_dlq_list)
@@ -171,7 +148,7 @@ def add_parsers(
     sh = dsub.add_parser("show", help="one dead letter: headers and the decoded envelope",
                          description="Show one dead letter with its headers and, when its bytes\n"
                                      "decode, the envelope as JSON.", formatter_class=fmt)
-    sh.add_argument("workflow", metavar="WORKFLOW")
+    common.add_workflow(sh)
     sh.add_argument("seq", type=int, metavar="SEQ", help="sequence number from `dlq list`")
     sh.add_argument("--json", action="store_true", help="machine-readable output")
     sh.set_defaults(fn=cmd_dlq_show)
@@ -183,15 +160,15 @@ def add_parsers(
                     "to that role (the envelope's role is rewritten), then delete them from\n"
                     "the dead-letter stream. A requeue is dedup'd by msg-id, so a crash in\n"
                     "between does not requeue twice. Truncated dead letters are skipped.")
-    rq.add_argument("workflow", metavar="WORKFLOW")
+    common.add_workflow(rq)
     rq.add_argument("seq", type=int, nargs="*", metavar="SEQ", help="sequence numbers")
     rq.add_argument("--all", action="store_true", help="every dead letter of the workflow")
     rq.add_argument("--role", metavar="ROLE", help="requeue to this role instead")
     rq.add_argument("--dry-run", action="store_true", help="say what would be requeued")
     rq.set_defaults(fn=cmd_dlq_requeue)
     for p in (ls, sh, rq):
-        add_nats(p, required=True)
-        add_common(p)
+        common.add_nats(p, required=True)
+        common.add_common(p)
 
     rp = sub.add_parser(
         "replay", help="feed stored results into a role (e.g. re-judge without regenerating)",
@@ -216,6 +193,6 @@ def add_parsers(
                     help="replay results of this generation (default 0: the original tasks)")
     rp.add_argument("--limit", type=int, metavar="N", help="at most N tasks")
     rp.add_argument("--dry-run", action="store_true", help="count, publish nothing")
-    add_nats(rp, required=True)
-    add_common(rp)
+    common.add_nats(rp, required=True)
+    common.add_common(rp)
     rp.set_defaults(fn=cmd_replay)

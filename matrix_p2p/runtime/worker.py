@@ -1,11 +1,12 @@
 """Workers: per role, one fetch loop feeding thousands of concurrent agent slots.
 
 One hop, as in DESIGN.md: fetch only as many messages as there are free
-slots; decode (garbage is dead-lettered and terminated); ``agent.handle``
-while a heartbeat keeps ``ack_wait`` short; ``routing.decide``; publish the
-next envelope with msg-id ``<task>:<hop>`` and await its PubAck; only then
-ack the input. A crash anywhere redelivers, and the msg-id dedups the
-republish.
+slots; ask the pure hop machine (``hop.Hop``) what to do with each message;
+run ``agent.handle`` while a heartbeat keeps ``ack_wait`` short; ask again;
+carry out the action: publish the next envelope with msg-id ``<task>:<hop>``
+and await its PubAck, and only then ack the input (or nak it, or dead-letter
+it). A crash anywhere redelivers, and the msg-id dedups the republish. This
+module does the I/O the actions name and nothing else.
 """
 
 from __future__ import annotations
@@ -13,26 +14,37 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import msgspec
 import structlog
 
-from matrix_p2p import envelope, routing
-from matrix_p2p.agent import Agent, ChatClient, Context
+from matrix_p2p.agent import Agent, ChatClient, Context, make_agent
 from matrix_p2p.aio import pause, wait_any
+from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus, Delivery, Puller
-from matrix_p2p.envelope import EnvelopeError, Task
-from matrix_p2p.errors import BusError, ConfigError, FailTask, RetryLater
-from matrix_p2p.naming import Names, hop_msg_id
-from matrix_p2p.routing import Decision, Done, Failed, Forward, Retry
-from matrix_p2p.spec import RoleSpec, WorkflowSpec
+from matrix_p2p.envelope import Task
+from matrix_p2p.errors import BusError, FailTask, RetryLater
+from matrix_p2p.resources.base import Resources
+from matrix_p2p.runtime import topology
+from matrix_p2p.runtime.hop import (
+    Action,
+    AgentFailed,
+    AgentOutcome,
+    AgentRetry,
+    DeadLetter,
+    Handled,
+    Hop,
+    Nak,
+    Publish,
+    RunAgent,
+)
+from matrix_p2p.runtime.topology import Names
+from matrix_p2p.workflow.spec import RoleSpec, WorkflowSpec
 
 log = structlog.get_logger(__name__)
 
 FETCH_MAX = 256  # per fetch request; bounded again by free slots
 FETCH_TIMEOUT_S = 1.0  # also how long a stop waits for the fetch in flight
-ENVELOPE_HEADROOM = 4096  # bytes under max_payload kept for headers
 
 
 class WorkerStats(msgspec.Struct):
@@ -71,6 +83,7 @@ class RoleWorker:
         llm: ChatClient | None,
         concurrency: int,
         stats: WorkerStats,
+        resources: Resources | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.bus = bus
@@ -81,7 +94,9 @@ class RoleWorker:
         self.concurrency = concurrency
         self.stats = stats
         self.clock = clock
+        self.resources = resources or Resources()
         self.names = Names.of(spec)
+        self.hop = Hop(spec, role, bus.max_payload)
         self.resource = spec.llm_for(role.name)
         self.log = log.bind(role=role.name, workflow=spec.name)
         self._inflight: dict[Delivery, float] = {}
@@ -107,7 +122,7 @@ class RoleWorker:
 
     async def _fetch_loop(self, puller: Puller, stop: asyncio.Event,
                           tg: asyncio.TaskGroup) -> None:
-        backoff = 0.1
+        backoff = Retrying(0.1, 5.0)
         while not stop.is_set():
             free = self.concurrency - len(self._inflight)
             if free <= 0:
@@ -117,11 +132,11 @@ class RoleWorker:
             try:
                 deliveries = await puller.fetch(min(free, FETCH_MAX), FETCH_TIMEOUT_S)
             except BusError as exc:
-                self.log.warning("worker.fetch_failed", error=str(exc), retry_in_s=backoff)
-                await pause(backoff, stop)
-                backoff = min(backoff * 2, 5.0)
+                delay = backoff.next()
+                self.log.warning("worker.fetch_failed", error=str(exc), retry_in_s=round(delay, 2))
+                await pause(delay, stop)
                 continue
-            backoff = 0.1
+            backoff.reset()
             now = time.monotonic()
             for d in deliveries:
                 self._inflight[d] = now
@@ -184,148 +199,88 @@ class RoleWorker:
             self._release(d)
 
     async def _hop(self, d: Delivery) -> None:
-        try:
-            task = envelope.decode(d.data)
-        except EnvelopeError as exc:
-            await self._dead_letter(d, str(exc))
-            return
-        if task.workflow != self.spec.name or task.role != self.role.name:
-            await self._dead_letter(
-                d, f"envelope for workflow {task.workflow!r} role {task.role!r} arrived on "
-                   f"{d.subject} (workflow {self.spec.name!r} role {self.role.name!r})",
-                task_id=task.id,
-            )
-            return
-        if task.status != "running":
-            await self._dead_letter(d, f"task {task.id} is already {task.status}", task_id=task.id)
-            return
-        self.stats.hops += 1
-        if d.num_delivered > 1:
-            # a crash, a timeout or a nak brought this hop back: say so (chaos runs count these)
-            self.stats.redelivered += 1
-            self.log.info("worker.redelivered", task=task.id, hop=task.hop,
-                          delivery=d.num_delivered)
-        exhausted = routing.on_delivery(d.num_delivered, self.spec, task)
-        if exhausted is not None:
-            await self._carry_out(d, task, exhausted)
-            return
-        decision = await self._run_agent(task, d.num_delivered)
-        if isinstance(decision, Retry):
-            if d.num_delivered >= self.spec.limits.max_deliveries:
-                decision = Failed(
-                    reason=f"{decision.reason} (gave up after {d.num_delivered} deliveries)"
-                )
-            else:
-                self.stats.retried += 1
-                self.log.info("worker.retry", task=task.id, hop=task.hop, reason=decision.reason,
-                              delivery=d.num_delivered, after_s=decision.after_s)
-                await d.nak(delay=decision.after_s)
-                return
-        await self._carry_out(d, task, decision)
+        first = self.hop.arrive(d.data, d.subject, d.num_delivered, now=self.clock())
+        action: Action
+        if isinstance(first, RunAgent):
+            task = first.task
+            self.stats.hops += 1
+            if d.num_delivered > 1:
+                # a crash, a timeout or a nak brought this hop back: say so (chaos runs count these)
+                self.stats.redelivered += 1
+                self.log.info("worker.redelivered", task=task.id, hop=task.hop,
+                              delivery=d.num_delivered)
+            outcome = await self._run_agent(task)
+            action = self.hop.after_agent(task, outcome, d.num_delivered, now=self.clock())
+        else:
+            action = first
+        await self._carry_out(d, action)
 
-    async def _run_agent(self, task: Task, num_delivered: int) -> Decision:
+    async def _run_agent(self, task: Task) -> AgentOutcome:
         ctx = Context(
             task=task, role=self.role, spec=self.spec, llm=self.llm, resource=self.resource,
-            log=self.log, now=self.clock(),
+            log=self.log, now=self.clock(), resources=self.resources,
         )
-        backoff = routing.retry_delay(num_delivered, self.spec.limits.retry_backoff_s)
         try:
             async with asyncio.timeout(self.role.hop_timeout_s):
                 await self.agent.handle(task, ctx)
             ctx.finish()
         except RetryLater as r:
-            return Retry(after_s=max(r.after_s, backoff), reason=r.reason)
+            return AgentRetry(reason=r.reason, after_s=r.after_s)
         except FailTask as f:
-            return Failed(reason=f.reason)
+            return AgentFailed(reason=f.reason)
         except TimeoutError:
-            return Retry(after_s=backoff,
-                         reason=f"role {self.role.name!r} timed out after {self.role.hop_timeout_s}s")
+            return AgentRetry(reason=f"role {self.role.name!r} timed out after {self.role.hop_timeout_s}s")
         except Exception as exc:
             self.log.exception("agent.crashed", task=task.id)
-            return Retry(after_s=backoff, reason=f"agent raised {type(exc).__name__}: {exc}")
-        return routing.decide(task, self.spec)
+            return AgentRetry(reason=f"agent raised {type(exc).__name__}: {exc}")
+        return Handled()
 
-    async def _carry_out(self, d: Delivery, task: Task, decision: Forward | Done | Failed) -> None:
-        nxt = routing.advance(task, decision, now=self.clock())
-        if isinstance(decision, Forward):
-            subject = self.names.task(decision.role)
-        elif isinstance(decision, Done):
-            subject = self.names.done
+    async def _carry_out(self, d: Delivery, action: Action) -> None:
+        if isinstance(action, Nak):
+            self.stats.retried += 1
+            self.log.info("worker.retry", subject=d.subject, reason=action.reason,
+                          delivery=d.num_delivered, after_s=action.after_s)
+            await d.nak(delay=action.after_s)
+        elif isinstance(action, DeadLetter):
+            await self._dead_letter(d, action)
         else:
-            subject = self.names.failed
-        data = envelope.encode(nxt)
-        if len(data) > self.bus.max_payload - ENVELOPE_HEADROOM:
-            # It would be refused on every redelivery: end the task now, with the reason,
-            # in an envelope small enough to publish (the turns' texts are dropped).
-            reason = (f"envelope of {len(data)} bytes after role {self.role.name!r} exceeds the "
-                      f"broker's max_payload of {self.bus.max_payload} bytes")
-            decision = Failed(reason=reason)
-            subject = self.names.failed
-            nxt = routing.advance(_shrunk(task, self.bus.max_payload), decision, now=self.clock())
-            data = envelope.encode(nxt)
+            await self._publish_then_ack(d, action)
+
+    async def _publish_then_ack(self, d: Delivery, p: Publish) -> None:
         try:
-            await self.bus.publish(subject, data, msg_id=hop_msg_id(nxt.id, nxt.hop))
+            await self.bus.publish(p.subject, p.data, msg_id=p.msg_id)
         except BusError as exc:
             # Not acked: the input comes back after ack_wait and the hop runs again.
             self.stats.publish_errors += 1
-            self.log.warning("worker.publish_failed", task=task.id, error=str(exc))
+            self.log.warning("worker.publish_failed", task=p.task.id, error=str(exc))
             return
         # ack only after the next hop's PubAck: a crash in between redelivers,
         # and the msg-id dedups the republish
         await d.ack()
-        if isinstance(decision, Forward):
+        if p.ends_task and p.task.leases:
+            await self.resources.release_all(p.task.leases, task=p.task.id)
+        if p.outcome == "forwarded":
             self.stats.forwarded += 1
-        elif isinstance(decision, Done):
+        elif p.outcome == "done":
             self.stats.done += 1
         else:
             self.stats.failed += 1
-            self.log.info("task.failed", task=task.id, reason=decision.reason)
+            self.log.info("task.failed", task=p.task.id, reason=p.reason)
 
-    async def _dead_letter(self, d: Delivery, reason: str, task_id: str | None = None) -> None:
-        self.log.warning("worker.dead_letter", subject=d.subject, reason=reason, task=task_id)
+    async def _dead_letter(self, d: Delivery, action: DeadLetter) -> None:
+        self.log.warning("worker.dead_letter", subject=d.subject, reason=action.reason,
+                         task=action.task_id)
         try:
-            await self.bus.dead_letter(
-                self.names, d.data, reason=reason, subject=d.subject,
-                extra={"Mx-Task": task_id} if task_id else None,
-            )
+            await topology.dead_letter(self.bus, self.names, d.data, reason=action.reason,
+                                       subject=d.subject, task_id=action.task_id)
         except BusError as exc:
             # not kept yet: leave it for redelivery rather than lose it
             self.log.warning("worker.dead_letter_failed", error=str(exc))
             return
         self.stats.dead_lettered += 1
         await d.term()
-
-
-def _shrunk(task: Task, max_payload: int) -> Task:
-    """The task with its turns' texts (and, if still too big, its row and state) dropped."""
-    turns = [msgspec.structs.replace(t, content="", meta={}) for t in task.turns]
-    small = msgspec.structs.replace(task, turns=turns)
-    if len(envelope.encode(small)) > max_payload - ENVELOPE_HEADROOM:
-        small = msgspec.structs.replace(small, row={}, state={})
-    return small
-
-
-def make_agent(spec: WorkflowSpec, role: RoleSpec) -> Agent:
-    cls = routing.import_ref(role.agent, where=f"{spec.path}: roles.{role.name}.agent")
-    if not (isinstance(cls, type) and issubclass(cls, Agent)):
-        raise ConfigError(f"{spec.path}: roles.{role.name}.agent: {role.agent} is not an Agent class")
-    agent: Agent = cls(role, spec)
-    return agent
-
-
-async def ensure_workflow(bus: Bus, spec: WorkflowSpec, roles: list[str] | None = None, *,
-                          replicas: int | None = None) -> None:
-    """Streams and one durable consumer per role. Safe to run again and from many workers.
-
-    ``replicas``: stream replicas on a JetStream cluster (None keeps what exists, else R1).
-    """
-    names = Names.of(spec)
-    await bus.ensure_streams(names, replicas=replicas)
-    for name in roles or list(spec.roles):
-        role = spec.roles[name]
-        await bus.ensure_role_consumer(
-            names, name, ack_wait_s=spec.limits.ack_wait_s, max_ack_pending=role.max_ack_pending
-        )
+        if action.leases:
+            await self.resources.release_all(action.leases, task=action.task_id)
 
 
 async def serve_roles(
@@ -340,10 +295,11 @@ async def serve_roles(
     ready: asyncio.Event | None = None,
     drain_timeout: float = 30.0,
     replicas: int | None = None,
+    resources: Resources | None = None,
 ) -> WorkerStats:
     """Run the given roles in this process until ``stop``; returns the counters."""
     stats = stats or WorkerStats()
-    await ensure_workflow(bus, spec, roles, replicas=replicas)
+    await topology.ensure_workflow(bus, spec, roles, replicas=replicas)
     agents = {name: make_agent(spec, spec.roles[name]) for name in roles}
     for agent in agents.values():
         await agent.setup()
@@ -354,7 +310,7 @@ async def serve_roles(
                 role = spec.roles[name]
                 rw = RoleWorker(
                     bus=bus, spec=spec, role=role, agent=agents[name], llm=llm_for.get(name),
-                    concurrency=concurrency or role.concurrency, stats=stats,
+                    concurrency=concurrency or role.concurrency, stats=stats, resources=resources,
                 )
                 tg.create_task(rw.run(stop, role_ready, drain_timeout))
             if ready is not None:
@@ -364,21 +320,3 @@ async def serve_roles(
         for agent in agents.values():
             await agent.close()
     return stats
-
-
-def parse_roles(value: str, spec: WorkflowSpec) -> list[str]:
-    """``all`` or a comma-separated list of the workflow's roles."""
-    if value.strip() == "all":
-        return list(spec.roles)
-    roles = [r.strip() for r in value.split(",") if r.strip()]
-    unknown = [r for r in roles if r not in spec.roles]
-    if unknown or not roles:
-        raise ConfigError(
-            f"--role: unknown role(s) {', '.join(unknown) or '(none)'} in workflow {spec.name!r} "
-            f"(roles: {', '.join(spec.roles)}, or 'all')"
-        )
-    return roles
-
-
-def summarize(stats: WorkerStats) -> dict[str, Any]:
-    return msgspec.structs.asdict(stats)

@@ -24,10 +24,11 @@ import structlog
 
 from matrix_p2p import envelope
 from matrix_p2p.aio import pause
+from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus
 from matrix_p2p.errors import ConfigError
-from matrix_p2p.naming import Names, hop_msg_id
-from matrix_p2p.spec import WorkflowSpec
+from matrix_p2p.runtime.topology import Names, ensure_workflow, hop_msg_id
+from matrix_p2p.workflow.spec import WorkflowSpec
 
 log = structlog.get_logger(__name__)
 
@@ -137,11 +138,8 @@ async def submit(
     Error handling: bus errors propagate (the caller reports them); a bad row
     becomes a failed task, counted in ``bad_rows``.
     """
-    from matrix_p2p.worker import ensure_workflow
-
-    names = Names.of(spec)
-    await ensure_workflow(bus, spec, replicas=replicas)
-    kv = await bus.submitted_kv(names, replicas=replicas)
+    names = await ensure_workflow(bus, spec, replicas=replicas)
+    kv = await bus.key_value(names.submitted_bucket, replicas=replicas)
     result = progress or SubmitResult()
     window = window or spec.limits.max_inflight
     entry = spec.entry_role()
@@ -196,13 +194,12 @@ async def submit(
 async def wait_for_room(bus: Bus, names: Names, window: int, stop: asyncio.Event | None) -> int:
     """Admission control: wait until fewer than ``window`` tasks are live in the task
     stream (or ``stop``). Returns the live count it saw."""
-    delay = 0.05
+    backoff = Retrying(0.05, 1.0)
     while True:
         live = await bus.stream_msgs(names.tasks_stream)
         if live < window or (stop is not None and stop.is_set()):
             return live
-        await pause(delay, stop)
-        delay = min(delay * 2, 1.0)
+        await pause(backoff.next(), stop)
 
 
 def count_tasks(spec: WorkflowSpec, limit: int | None = None) -> int:

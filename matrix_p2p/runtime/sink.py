@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
-import json
-import os
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import msgspec
 import structlog
 
 from matrix_p2p import envelope
 from matrix_p2p.aio import pause
+from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus
 from matrix_p2p.envelope import EnvelopeError, Task
-from matrix_p2p.errors import BusError, ConfigError
-from matrix_p2p.naming import Names
-from matrix_p2p.spec import WorkflowSpec
+from matrix_p2p.errors import BusError
+from matrix_p2p.runtime import topology
+from matrix_p2p.runtime.files import RowWriter, load_written_ids, write_parquet
+from matrix_p2p.runtime.topology import Names
+from matrix_p2p.workflow.spec import WorkflowSpec
 
 log = structlog.get_logger(__name__)
 
@@ -74,84 +74,6 @@ def to_row(task: Task) -> dict[str, Any]:
     }
 
 
-class _Writer:
-    """Appends JSON lines to a plain or zstd-compressed file; ``commit`` makes them durable."""
-
-    def __init__(self, path: Path, fmt: str) -> None:
-        self.path = path
-        self.fmt = fmt
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._raw: IO[bytes] = open(path, "ab")
-        self._zstd: Any = None
-        if fmt == "jsonl.zst":
-            zstandard = _import_zstd()
-            self._cctx = zstandard.ZstdCompressor()
-        self._buf: list[bytes] = []
-
-    def write(self, line: bytes) -> None:
-        self._buf.append(line)
-
-    def commit(self) -> None:
-        if not self._buf:
-            return
-        data = b"".join(self._buf)
-        self._buf.clear()
-        if self.fmt == "jsonl.zst":
-            data = self._cctx.compress(data)  # one frame per commit: frames concatenate
-        self._raw.write(data)
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-
-    def close(self) -> None:
-        self.commit()
-        self._raw.close()
-
-
-def _import_zstd() -> Any:
-    try:
-        import zstandard
-    except ImportError:
-        raise ConfigError("sink format jsonl.zst needs 'zstandard' (pip install 'matrix_p2p[sinks]')"
-                          ) from None
-    return zstandard
-
-
-def _read_lines(path: Path, fmt: str) -> tuple[list[bytes], int]:
-    """The complete lines of an existing output and the byte length they span (plain only)."""
-    raw = path.read_bytes()
-    if fmt == "jsonl.zst":
-        zstandard = _import_zstd()
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True)
-        chunks = []
-        try:
-            while chunk := reader.read(1 << 20):
-                chunks.append(chunk)
-        except zstandard.ZstdError:
-            log.warning("sink.torn_zstd_frame", path=str(path))  # keep the frames before it
-        lines = b"".join(chunks).split(b"\n")
-        return [ln for ln in lines[:-1] if ln.strip()], len(raw)
-    good_end = raw.rfind(b"\n") + 1
-    return [ln for ln in raw[:good_end].split(b"\n") if ln.strip()], good_end
-
-
-def load_written_ids(path: Path, fmt: str = "jsonl") -> set[str]:
-    """Ids already in the output; a torn last line (crash mid-write) is cut off."""
-    if not path.exists():
-        return set()
-    lines, good_end = _read_lines(path, fmt)
-    if fmt == "jsonl" and good_end < path.stat().st_size:
-        log.warning("sink.truncated_torn_line", path=str(path), bytes=path.stat().st_size - good_end)
-        with path.open("r+b") as fh:
-            fh.truncate(good_end)
-    ids: set[str] = set()
-    for ln in lines:
-        try:
-            ids.add(json.loads(ln)["id"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("sink.unreadable_line", path=str(path))
-    return ids
-
-
 def sink_durable(out: Path) -> str:
     return "sink-" + hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:10]
 
@@ -193,13 +115,13 @@ class Sink:
         (disk full) propagates, leaving the batch unacked for redelivery.
         """
         self.written = load_written_ids(self.out, self.fmt)
-        await self.bus.ensure_streams(self.names, replicas=self.replicas)
-        await self.bus.ensure_results_consumer(self.names, self.durable)
+        await topology.ensure_workflow(self.bus, self.spec, roles=(), replicas=self.replicas,
+                                       results_consumers=[self.durable])
         puller = await self.bus.puller(self.names.results_stream, self.durable)
-        writer = _Writer(self.out, self.fmt)
+        writer = RowWriter(self.out, self.fmt)
         if ready is not None:
             ready.set()
-        backoff = 0.1
+        backoff = Retrying(0.1, 5.0)
         try:
             while not stop.is_set():
                 if expect is not None and self.count >= expect:
@@ -207,11 +129,11 @@ class Sink:
                 try:
                     batch = await puller.fetch(512, 1.0)
                 except BusError as exc:
-                    log.warning("sink.fetch_failed", error=str(exc), retry_in_s=backoff)
-                    await pause(backoff, stop)
-                    backoff = min(backoff * 2, 5.0)
+                    delay = backoff.next()
+                    log.warning("sink.fetch_failed", error=str(exc), retry_in_s=round(delay, 2))
+                    await pause(delay, stop)
                     continue
-                backoff = 0.1
+                backoff.reset()
                 if not batch:
                     continue
                 keep = []
@@ -220,8 +142,8 @@ class Sink:
                         task = envelope.decode(d.data)
                     except EnvelopeError as exc:
                         try:
-                            await self.bus.dead_letter(self.names, d.data, reason=str(exc),
-                                                       subject=d.subject)
+                            await topology.dead_letter(self.bus, self.names, d.data,
+                                                       reason=str(exc), subject=d.subject)
                         except BusError as exc2:
                             # not kept yet: leave it for redelivery rather than lose it
                             log.warning("sink.dead_letter_failed", error=str(exc2))
@@ -248,14 +170,3 @@ class Sink:
             if self.parquet_out is not None:
                 write_parquet(self.out, self.parquet_out)
         return self.count
-
-
-def write_parquet(jsonl: Path, out: Path) -> None:
-    try:
-        import pyarrow.json as pj
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ConfigError("sink format parquet needs 'pyarrow' (pip install 'matrix_p2p[sinks]')"
-                          ) from None
-    if jsonl.exists() and jsonl.stat().st_size:
-        pq.write_table(pj.read_json(str(jsonl)), str(out))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 
 from matrix_p2p.bus import Bus
-from matrix_p2p.naming import Names
-from matrix_p2p.spec import WorkflowSpec
+from matrix_p2p.runtime.topology import Names
+from matrix_p2p.workflow.spec import WorkflowSpec
 
 
 class RoleStatus(msgspec.Struct):

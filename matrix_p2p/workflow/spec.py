@@ -1,4 +1,5 @@
-"""Workflow files: YAML validated into a typed, immutable spec. Pure except ``load``.
+"""Workflow files: YAML validated into a typed, immutable spec. Pure (reading files is
+``loader``, importing agent and router classes is ``refs``).
 
 A bad file gets one ``ConfigError`` line that names the file and the field, for
 example ``workflows/x.yaml: roles.judge.concurrency: Expected `int`, got `str```.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -17,6 +19,7 @@ import msgspec
 import yaml
 
 from matrix_p2p.errors import ConfigError
+from matrix_p2p.workflow.refs import import_ref
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _T = TypeVar("_T")
@@ -125,15 +128,21 @@ class WorkflowSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True)
     def entry_role(self) -> str:
         if isinstance(self.routing, CycleRouting):
             return self.routing.roles[0]
-        from matrix_p2p.routing import load_router  # avoid a cycle at import time
-
-        return load_router(self).entry(self)
+        entry: str = router_instance(self.routing.router, self.path).entry(self)
+        return entry
 
     def llm_for(self, role: str) -> LLMResource | None:
         name = self.roles[role].llm
         if name is None:
             return None
         return self.resources.llm.get(name, LLMResource())
+
+
+@cache
+def router_instance(ref: str, path: str) -> Any:
+    """The router a ``type: python`` routing names: imported and made once per file."""
+    base = Path(path).parent if path else None
+    return import_ref(ref, where=f"{path}: routing.router", base_dir=base)()
 
 
 def _fmt_path(path: str) -> str:
@@ -237,35 +246,3 @@ def _check(spec: WorkflowSpec) -> None:
     for rname, res in spec.resources.llm.items():
         if res.max_tokens < 1:
             fail(f"resources.llm.{rname}.max_tokens", "must be at least 1")
-
-
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "workflows"
-
-
-def resolve_path(ref: str) -> Path:
-    """A workflow reference is a path, or the name of a bundled workflow (``coral``)."""
-    p = Path(ref)
-    if p.exists():
-        return p
-    if not p.suffix and "/" not in ref:
-        try:
-            import workflows  # the bundled package, installed with matrix_p2p
-
-            bundled = Path(workflows.__file__).parent / f"{ref}.yaml"
-        except ImportError:
-            bundled = BUNDLED_DIR / f"{ref}.yaml"
-        if bundled.exists():
-            return bundled
-    raise ConfigError(f"{ref}: no such workflow file (give a path or a bundled name such as 'coral')")
-
-
-def load(ref: str) -> WorkflowSpec:
-    """Read and validate a workflow file. Raises ``ConfigError``."""
-    path = resolve_path(ref)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    return parse(text, path=str(path))

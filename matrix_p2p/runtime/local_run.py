@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -20,12 +20,12 @@ import structlog
 from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import EmbeddedNats
-from matrix_p2p.progress import Progress, Snapshot
-from matrix_p2p.resources import open_fleet_state, open_llms
-from matrix_p2p.sink import Sink
-from matrix_p2p.source import SubmitResult, count_tasks, submit
-from matrix_p2p.spec import WorkflowSpec
-from matrix_p2p.worker import WorkerStats, serve_roles
+from matrix_p2p.resources.llm import open_fleet_state, open_llms
+from matrix_p2p.runtime.progress import Progress, Snapshot
+from matrix_p2p.runtime.sink import Sink
+from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
+from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+from matrix_p2p.workflow.spec import WorkflowSpec
 
 log = structlog.get_logger(__name__)
 
@@ -173,7 +173,3 @@ def summary_line(r: RunResult) -> str:
     return (f"{status}{r.rows}/{r.expected} rows in {r.out} ({r.done} done, {r.failed} failed "
             f"this run) in {r.elapsed_s:.1f}s: {rate:,.1f} tasks/s, "
             f"{r.completion_tokens / max(r.elapsed_s, 1e-9):,.0f} generated tok/s")
-
-
-def llm_urls_from(values: Sequence[str] | None) -> list[str]:
-    return [u for v in values or () for u in v.split(",") if u.strip()]

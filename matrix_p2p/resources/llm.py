@@ -11,7 +11,7 @@ from matrix_p2p.agent import ChatClient
 from matrix_p2p.bus import Bus
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.llm import FleetState, LLMClient, LLMConfig
-from matrix_p2p.spec import LLMResource, WorkflowSpec
+from matrix_p2p.workflow.spec import LLMResource, WorkflowSpec
 
 
 class LLMSet:

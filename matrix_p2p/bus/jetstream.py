@@ -1,0 +1,411 @@
+"""The bus on a real broker: NATS JetStream through nats-py.
+
+Every nats call sits inside ``errors.translate`` (a test checks the source),
+so callers only ever see ``BusError`` and its subclasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from nats.aio.client import Client as NATSClient
+from nats.aio.msg import Msg
+from nats.js import api
+
+from matrix_p2p.bus.errors import AUTH_HINT, AlreadyExists, NotFound, TimedOut, reason, translate, when_ready
+from matrix_p2p.bus.kv import JetStreamKV
+from matrix_p2p.bus.types import (
+    Bus,
+    ConnectOptions,
+    ConsumerDef,
+    ConsumerStats,
+    Delivery,
+    StoredMsg,
+    StreamDef,
+    iter_by_next,
+)
+from matrix_p2p.errors import BusError
+
+if TYPE_CHECKING:
+    from matrix_p2p.bus.fleet_kv import KVFleetState
+
+log = structlog.get_logger(__name__)
+
+_RETENTION = {"work_queue": api.RetentionPolicy.WORK_QUEUE, "limits": api.RetentionPolicy.LIMITS}
+
+
+class JetStreamDelivery:
+    """One message from a pull consumer (hashable by identity: the worker keys on it)."""
+
+    __slots__ = ("_msg", "data", "num_delivered", "subject")
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self.data: bytes = msg.data
+        self.subject: str = msg.subject
+        try:
+            self.num_delivered: int = msg.metadata.num_delivered or 1
+        except Exception:  # not a JetStream message (cannot happen on a pull consumer)
+            self.num_delivered = 1
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self._msg.headers or {})
+
+    async def ack(self) -> None:
+        with translate(f"ack of {self.subject}"):
+            await self._msg.ack()
+
+    async def ack_sync(self, timeout: float = 5.0) -> None:
+        """Ack and wait for the server's confirmation (sinks: no double write on restart)."""
+        with translate(f"ack of {self.subject} (confirmed)"):
+            await self._msg.ack_sync(timeout=timeout)
+
+    async def nak(self, delay: float | None = None) -> None:
+        with translate(f"nak of {self.subject}"):
+            await self._msg.nak(delay=delay)
+
+    async def term(self) -> None:
+        with translate(f"term of {self.subject}"):
+            await self._msg.term()
+
+    async def in_progress(self) -> None:
+        with translate(f"in-progress of {self.subject}"):
+            await self._msg.in_progress()
+
+
+class JetStreamPuller:
+    """A durable pull consumer. Fetch from one loop only (concurrent fetches steal)."""
+
+    def __init__(self, sub: Any, stream: str, durable: str) -> None:
+        self._sub = sub
+        self.stream = stream
+        self.durable = durable
+        self._what = f"fetch from {stream}/{durable}"
+
+    async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
+        """Up to ``batch`` messages; an empty list when none came within ``timeout``.
+
+        Error handling: other failures (say a 503 while a cluster re-elects the
+        consumer's leader) raise ``BusError``: the caller backs off and fetches again.
+        """
+        try:
+            with translate(self._what):
+                msgs = await self._sub.fetch(batch=batch, timeout=timeout)
+        except TimedOut:
+            return []
+        return [JetStreamDelivery(m) for m in msgs if m.data is not None]
+
+    async def unsubscribe(self) -> None:
+        try:
+            with translate(f"unsubscribe from {self.stream}/{self.durable}"):
+                await self._sub.unsubscribe()
+        except BusError:
+            pass  # the connection is already gone; nothing left to release
+
+
+def _stored(m: Any) -> StoredMsg:
+    hdrs = {k: v for k, v in (m.headers or {}).items() if not k.startswith("Nats-")
+            or k == "Nats-Msg-Id"}
+    return StoredMsg(seq=int(m.seq or 0), time=m.time.timestamp() if m.time else 0.0,
+                     subject=m.subject or "", data=m.data or b"", headers=hdrs)
+
+
+class JetStreamBus:
+    """A JetStream connection with the operations matrix_p2p needs (see ``types.Bus``)."""
+
+    def __init__(self, nc: Any) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=10.0)
+
+    # ---------------------------------------------------------------- setup
+    async def ensure_stream(self, d: StreamDef) -> None:
+        """Create or update a stream. Idempotent.
+
+        ``replicas`` (R1, R3 ...) applies when a stream is created or when given;
+        None keeps an existing stream's replicas (a sink started without
+        ``--replicas`` must not scale an R3 stream down), and creates R1.
+        Error handling: set-up calls wait up to ``SETUP_RETRY_S`` for JetStream to
+        be ready; then ``BusError``.
+        """
+        cfg = api.StreamConfig(
+            name=d.name, subjects=list(d.subjects), retention=_RETENTION[d.retention],
+            storage=api.StorageType.FILE, duplicate_window=d.duplicate_window_s or 0,
+            num_replicas=d.replicas,
+            max_msg_size=-1 if d.max_msg_size is None else d.max_msg_size,
+        )
+        what = f"stream {d.name}"
+        try:
+            with translate(f"create stream {d.name}"):
+                await when_ready(what, lambda: self.js.add_stream(cfg))
+            return
+        except AlreadyExists:
+            pass
+        if cfg.num_replicas is None:
+            with translate(f"read stream {d.name}"):
+                info = await when_ready(what, lambda: self.js.stream_info(d.name))
+            cfg.num_replicas = info.config.num_replicas
+        with translate(f"update stream {d.name}"):
+            await when_ready(what, lambda: self.js.update_stream(cfg))
+
+    async def ensure_consumer(self, stream: str, d: ConsumerDef) -> None:
+        """Create or update a durable pull consumer: explicit ack, no delivery limit."""
+        cfg = api.ConsumerConfig(
+            name=d.durable, durable_name=d.durable, filter_subject=d.filter_subject,
+            ack_policy=api.AckPolicy.EXPLICIT, ack_wait=d.ack_wait_s,
+            max_deliver=-1,  # delivery limits are ours: the task ends as failed, not silently
+            max_ack_pending=d.max_ack_pending, max_waiting=d.max_waiting,
+        )
+        with translate(f"create consumer {d.durable} on {stream}"):
+            await when_ready(f"consumer {d.durable}", lambda: self.js.add_consumer(stream, cfg))
+
+    async def puller(self, stream: str, durable: str) -> JetStreamPuller:
+        with translate(f"bind to consumer {durable} on {stream}"):
+            sub = await self.js.pull_subscribe_bind(
+                durable=durable, stream=stream, pending_msgs_limit=-1, pending_bytes_limit=-1
+            )
+        return JetStreamPuller(sub, stream, durable)
+
+    async def key_value(self, bucket: str, *, replicas: int | None = None) -> JetStreamKV:
+        """Open the bucket (history 1), creating it if needed."""
+        try:
+            with translate(f"create key-value bucket {bucket}"):
+                kv = await when_ready(f"bucket {bucket}", lambda: self.js.create_key_value(
+                    bucket=bucket, history=1, replicas=replicas or 1))
+        except AlreadyExists:  # there with another configuration: use it as it is
+            with translate(f"open key-value bucket {bucket}"):
+                kv = await self.js.key_value(bucket)
+        return JetStreamKV(kv, bucket)
+
+    def fleet_state(self, **options: Any) -> KVFleetState:
+        """LLM endpoint state shared by every worker on this broker (not started:
+        ``async with bus.fleet_state() as fleet``). Options: see ``KVFleetState``."""
+        from matrix_p2p.bus.fleet_kv import KVFleetState
+
+        return KVFleetState(self.js, **options)
+
+    # ---------------------------------------------------------------- data path
+    async def publish(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> bool:
+        """Publish to JetStream and await its PubAck. Returns True if it was a duplicate."""
+        hdrs = dict(headers) if headers else {}
+        if msg_id is not None:
+            hdrs["Nats-Msg-Id"] = msg_id
+        with translate(f"publish to {subject}", size=len(data), limit=self.max_payload):
+            ack = await self.js.publish(subject, data, timeout=timeout, headers=hdrs or None)
+        return bool(ack.duplicate)
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the connected server accepts (its INFO ``max_payload``)."""
+        return int(self.nc.max_payload or 1024 * 1024)
+
+    async def delete_msg(self, stream: str, seq: int) -> bool:
+        """Remove one stored message; False if it was not there."""
+        try:
+            with translate(f"delete {stream} #{seq}"):
+                return bool(await self.js.delete_msg(stream, seq))
+        except NotFound:
+            return False
+
+    async def next_msg(self, stream: str, seq: int, subject: str = ">") -> StoredMsg | None:
+        """The first stored message at or after ``seq`` matching ``subject``; None past the end."""
+        try:
+            with translate(f"read {stream} from #{seq}"):
+                m = await self.js.get_msg(stream, seq=max(1, seq), subject=subject, next=True)
+        except NotFound:
+            return None
+        return _stored(m)
+
+    async def stored(self, stream: str, seq: int) -> StoredMsg | None:
+        """One stored message by sequence, with its time; None if it is not there."""
+        try:
+            with translate(f"read {stream} #{seq}"):
+                m = await self.js.get_msg(stream, seq)
+        except NotFound:
+            return None
+        return _stored(m)
+
+    def iter_stream(
+        self, stream: str, subject: str = ">", *, start: int = 1, end: int | None = None
+    ) -> AsyncIterator[StoredMsg]:
+        """Stored messages in sequence order (gaps from deletions are skipped)."""
+        return iter_by_next(self.next_msg, self.stream_bounds, stream, subject, start, end)
+
+    # ---------------------------------------------------------------- status
+    async def _stream_info(self, stream: str, subjects_filter: str | None = None) -> Any:
+        """The stream's info; None if there is no such stream."""
+        try:
+            with translate(f"read stream {stream}"):
+                return await self.js.stream_info(stream, subjects_filter=subjects_filter)
+        except NotFound:
+            return None
+
+    async def stream_counts(self, stream: str) -> dict[str, int]:
+        """Messages per subject in a stream."""
+        info = await self._stream_info(stream, subjects_filter=">")
+        return dict(info.state.subjects or {}) if info is not None else {}
+
+    async def stream_msgs(self, stream: str) -> int:
+        info = await self._stream_info(stream)
+        return int(info.state.messages) if info is not None else 0
+
+    async def stream_bounds(self, stream: str) -> tuple[int, int]:
+        info = await self._stream_info(stream)
+        if info is None:
+            return (0, 0)
+        return int(info.state.first_seq), int(info.state.last_seq)
+
+    async def consumer_stats(self, stream: str, durable: str) -> ConsumerStats | None:
+        try:
+            with translate(f"read consumer {durable} on {stream}"):
+                info = await self.js.consumer_info(stream, durable)
+        except NotFound:
+            return None
+        return ConsumerStats(
+            pending=int(info.num_pending or 0),
+            ack_pending=int(info.num_ack_pending or 0),
+            redelivered=int(info.num_redelivered or 0),
+            waiting=int(info.num_waiting or 0),
+        )
+
+    async def close(self) -> None:
+        """Drain (flush pending publishes and acks) and close. Safe to call twice.
+
+        Error handling: a drain that fails or takes over 10 s is logged and the
+        connection closed without it.
+        """
+        if self.nc.is_closed:
+            return
+        try:
+            with translate("drain the NATS connection"):
+                await asyncio.wait_for(self.nc.drain(), timeout=10.0)
+        except BusError as exc:
+            log.warning("bus.drain_failed", error=str(exc))
+            with translate("close the NATS connection"):
+                await self.nc.close()
+
+
+# -------------------------------------------------------------------- connect
+def _tls_context(opts: ConnectOptions) -> ssl.SSLContext | None:
+    if not (opts.tls_ca or opts.tls_cert):
+        return None
+    ctx = ssl.create_default_context(cafile=opts.tls_ca)
+    if opts.tls_cert:
+        ctx.load_cert_chain(opts.tls_cert, opts.tls_key)
+    return ctx
+
+
+def _client_options(opts: ConnectOptions, connect_timeout: float) -> dict[str, Any]:
+    """nats-py's connect keywords, callbacks aside. Secrets go only here, never to logs."""
+    kwargs: dict[str, Any] = {
+        "servers": [u.strip() for u in opts.url.split(",") if u.strip()],
+        "name": opts.name,
+        "connect_timeout": connect_timeout,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "pending_size": 64 * 1024 * 1024,
+    }
+    if opts.user:
+        kwargs["user"] = opts.user
+        kwargs["password"] = opts.password or ""
+    if opts.token:
+        kwargs["token"] = opts.token
+    if opts.creds:
+        kwargs["user_credentials"] = opts.creds
+    if opts.nkey:
+        kwargs["nkeys_seed"] = opts.nkey
+    try:
+        tls = _tls_context(opts)
+    except (OSError, ssl.SSLError) as exc:
+        raise BusError(f"cannot load TLS files for {opts.safe_url()}: {exc}") from None
+    if tls is not None:
+        kwargs["tls"] = tls
+    return kwargs
+
+
+async def connect(
+    opts: ConnectOptions,
+    *,
+    connect_timeout: float = 3.0,
+    on_event: Callable[[str, str], None] | None = None,
+) -> JetStreamBus:
+    """Connect to NATS and JetStream. Raises ``BusError`` with a one-line reason.
+
+    Error handling: the first connection is tried a few times and then fails
+    clearly; once connected, nats-py reconnects forever in the background and
+    every disconnect and reconnect is logged.
+    """
+    where = opts.safe_url()
+
+    conn: list[Any] = []  # set once connected: a disconnect during our own close is quiet
+    first_errors: list[BaseException] = []  # before the first connection: reported once, below
+
+    async def error_cb(exc: Exception) -> None:
+        if not conn:
+            first_errors.append(exc)
+            log.debug("nats.connect_error", url=where, error=reason(exc))
+            return
+        log.warning("nats.error", url=where, error=reason(exc))
+
+    async def disconnected_cb() -> None:
+        if conn and (conn[0].is_closed or conn[0].is_draining):
+            return
+        log.warning("nats.disconnected", url=where)
+
+    async def reconnected_cb() -> None:
+        log.info("nats.reconnected", url=where)
+
+    kwargs = _client_options(opts, connect_timeout)
+    kwargs.update(error_cb=error_cb, disconnected_cb=disconnected_cb,
+                  reconnected_cb=reconnected_cb)
+    last: BaseException | None = None
+    for _attempt in range(3):
+        try:
+            with translate(f"connect to {where}"):
+                nc = await _connect_once(kwargs, connect_timeout)
+        except BusError as exc:
+            last = exc.__context__ or exc  # the nats error: its own words for the reason below
+            await asyncio.sleep(0.3)
+            continue
+        conn.append(nc)
+        return JetStreamBus(nc)
+    # nats-py reports the real cause (say, an authorization violation) through error_cb and
+    # then fails with a generic one (no servers, a timeout): name the real cause
+    causes = [reason(e) for e in first_errors] + ([reason(last)] if last else [])
+    refused = [c for c in causes if c == AUTH_HINT]
+    why = refused[0] if refused else (causes[-1] if causes else "unknown")
+    raise BusError(f"cannot connect to NATS at {where}: {why}")
+
+
+async def _connect_once(kwargs: dict[str, Any], timeout: float) -> Any:
+    # nats-py retries the initial connection forever unless max_reconnect_attempts > 0
+    # (0 means "no limit" there): try each server twice, bounded in time too, and keep
+    # infinite reconnects for later.
+    first = dict(kwargs, allow_reconnect=True, max_reconnect_attempts=1)
+    nc = NATSClient()
+    try:
+        async with asyncio.timeout(timeout * 2):
+            await nc.connect(**first)
+    except BaseException:
+        await nc.close()
+        raise
+    # after the first success, reconnect forever
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
+
+
+if TYPE_CHECKING:  # mypy checks that this class implements the interface
+    def _implements(bus: JetStreamBus) -> Bus:
+        return bus

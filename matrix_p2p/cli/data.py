@@ -1,0 +1,104 @@
+"""``submit``, ``sink`` and ``status``: tasks in, dataset out, and what is in between."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from matrix_p2p.bus import Bus
+from matrix_p2p.cli import common
+from matrix_p2p.workflow.spec import WorkflowSpec
+
+
+def add_parsers(sub: Any) -> None:
+    s = common.add_command(
+        sub, "submit", "create tasks from the workflow's source (idempotent)",
+        "Create one task per input row and trial. Ids derive from source, row and trial, so\n"
+        "submitting again creates nothing new. Admission control keeps at most\n"
+        "limits.max_inflight tasks live in the stream.")
+    common.add_workflow(s)
+    s.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
+    common.add_stream_replicas(s)
+    common.add_nats(s, required=True)
+    common.add_common(s)
+    s.set_defaults(fn=cmd_submit)
+
+    k = common.add_command(
+        sub, "sink", "write finished tasks to a dataset file (each task once; resumable)",
+        "Consume the results stream and append one JSON line per finished task.")
+    common.add_workflow(k)
+    k.add_argument("--out", required=True, metavar="PATH")
+    k.add_argument("--expect", type=int, metavar="N",
+                   help="exit 0 once N distinct tasks are in the file")
+    k.add_argument("--timeout", type=float, metavar="S", help="give up (exit 1) after S seconds")
+    k.add_argument("--durable", metavar="NAME",
+                   help="consumer name (default derived from the output path)")
+    common.add_stream_replicas(k)
+    common.add_nats(k, required=True)
+    common.add_common(k)
+    k.set_defaults(fn=cmd_sink)
+
+    st = common.add_command(
+        sub, "status", "per-role pending / in flight / redelivered, done and failed counts",
+        "Read the workflow's streams and consumers and print their state.")
+    common.add_workflow(st)
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_nats(st, required=True)
+    common.add_common(st)
+    st.set_defaults(fn=cmd_status)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from matrix_p2p.runtime.source import submit
+
+    common.positive("--limit", args.limit, allow_zero=True)
+    common.positive("--stream-replicas", args.stream_replicas)
+
+    async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
+        r = await submit(bus, spec, limit=args.limit, stop=stop, replicas=args.stream_replicas)
+        print(f"submitted {r.submitted} new tasks, {r.already} already submitted, "
+              f"{r.bad_rows} bad rows (recorded as failed)", file=sys.stderr)
+        return 130 if stop.is_set() else 0
+
+    return common.with_bus(args, "submit", "stopping submission; re-run to continue", body)
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from matrix_p2p.runtime.sink import Sink
+
+    common.positive("--expect", args.expect, allow_zero=True)
+    common.positive("--timeout", args.timeout)
+    common.positive("--stream-replicas", args.stream_replicas)
+
+    async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
+        sink = Sink(bus, spec, Path(args.out), durable=args.durable, replicas=args.stream_replicas)
+        try:
+            async with asyncio.timeout(args.timeout):
+                n = await sink.run(stop, expect=args.expect)
+        except TimeoutError:
+            print(f"matrix_p2p: error: timed out after {args.timeout}s with {sink.count}"
+                  f"/{args.expect} tasks in {args.out}", file=sys.stderr)
+            return 1
+        print(f"{n} distinct tasks in {args.out} ({sink.done} done, {sink.failed} failed this "
+              f"run, {sink.duplicates} duplicates skipped)", file=sys.stderr)
+        if args.expect is not None and n < args.expect:
+            return 130 if stop.is_set() else 1
+        return 0
+
+    return common.with_bus(args, "sink", "writing what has arrived", body)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from matrix_p2p.runtime.status import render_status, workflow_status
+
+    async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
+        st = await workflow_status(bus, spec)
+        print(msgspec.json.encode(st).decode() if args.json else render_status(st))
+        return 0
+
+    return common.with_bus(args, "status", "stopping", body)

