@@ -51,7 +51,7 @@ def test_no_import_cycles() -> None:
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
                 # a package importing its own submodules (re-exports) is not a cycle of ideas
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = [*stack[stack.index(nxt):], nxt]
                 if not all(c.startswith(cycle[0] + ".") or c == cycle[0] for c in cycle):
                     raise AssertionError("import cycle: " + " -> ".join(cycle))
             elif nxt not in state:
