@@ -140,7 +140,10 @@ def dup_ngram_frac(words: list[str], n: int) -> float:
     return dup / total if total else 0.0
 
 
-def check(text: str, config: QualityConfig = QualityConfig()) -> tuple[str | None, dict[str, float]]:
+DEFAULT = QualityConfig()
+
+
+def check(text: str, config: QualityConfig = DEFAULT) -> tuple[str | None, dict[str, float]]:
     """The first rule ``text`` breaks (``None`` if none) and the signals measured so far."""
     c = config
     words = _WORD_RE.findall(text)

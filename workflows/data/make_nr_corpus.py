@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling text modules
 
-import nr_corpus_en as en  # noqa: E402
-import nr_corpus_web as web  # noqa: E402
+import nr_corpus_en as en
+import nr_corpus_web as web
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "nr_corpus.jsonl.zst"
 DEFAULT_COUNT = 3000
@@ -69,7 +69,7 @@ def reasoning_doc(rng: random.Random, site: str) -> tuple[str, str]:
     title = f"{topic.capitalize()}: {en.pick('[worked examples|notes|a short explanation|Q&A]', rng)}"
     # distinct templates (one may come from another topic): a template twice in one page
     # repeats whole n-grams, which real pages do not and the repetition rules catch
-    pool = list(en.REASONING[topic]) + [rng.choice(en.REASONING[rng.choice(TOPICS)])]
+    pool = [*en.REASONING[topic], rng.choice(en.REASONING[rng.choice(TOPICS)])]
     picked = dict.fromkeys(rng.sample(pool, rng.randint(1, len(pool))))
     paras = [f(rng) for f in picked]
     if rng.random() < 0.3:
