@@ -127,7 +127,7 @@ class ExactDedup(Agent):
         task.state["dedup_key"] = key
         owner = task.id
         if self.scope == "process":
-            owner = await self.seen.claim(f"{key}:t{task.trial}", task.id)
+            owner = await self.seen.claim(f"{key}.t{task.trial}", task.id)  # a valid NATS KV key
         dup = dedup.duplicate_of(owner, task.id)
         if dup is None:
             keep(task)
