@@ -23,6 +23,7 @@ def add_parsers(sub: Any) -> None:
         "limits.max_inflight tasks live in the stream.")
     common.add_workflow(s)
     s.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
+    common.add_source(s)
     common.add_stream_replicas(s)
     common.add_nats(s, required=True)
     common.add_common(s)
@@ -54,13 +55,15 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from matrix_p2p.runtime.rows import with_source
     from matrix_p2p.runtime.source import submit
 
     common.positive("--limit", args.limit, allow_zero=True)
     common.positive("--stream-replicas", args.stream_replicas)
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
-        r = await submit(bus, spec, limit=args.limit, stop=stop, replicas=args.stream_replicas)
+        r = await submit(bus, with_source(spec, args.source), limit=args.limit, stop=stop,
+                         replicas=args.stream_replicas)
         print(f"submitted {r.submitted} new tasks, {r.already} already submitted, "
               f"{r.bad_rows} bad rows (recorded as failed)", file=sys.stderr)
         return 130 if stop.is_set() else 0

@@ -19,6 +19,7 @@ def add_parsers(sub: Any) -> None:
         "example: python -m matrix_p2p run coral --limit 200 --out out/coral.jsonl")
     common.add_workflow(r, "workflow file or bundled name (coral)")
     r.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
+    common.add_source(r)
     r.add_argument("--out", metavar="PATH", help="dataset file (default: the workflow's sink.path)")
     r.add_argument("--store", metavar="DIR",
                    help="embedded broker's store directory (default .mx/<workflow>; keep it "
@@ -40,12 +41,13 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from matrix_p2p.runtime.local_run import RunOptions, run_workflow, summary_line
+    from matrix_p2p.runtime.rows import with_source
     from matrix_p2p.workflow.loader import load
 
     common.positive("--limit", args.limit, allow_zero=True)
     common.positive("--concurrency", args.concurrency)
     common.positive("--sim-replicas", args.sim_replicas)
-    spec = load(args.workflow)
+    spec = with_source(load(args.workflow), args.source)
     opts = RunOptions(
         limit=args.limit, out=args.out,
         nats=common.conn_options(args, required=False, name="mx-run"),
