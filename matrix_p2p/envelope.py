@@ -80,6 +80,7 @@ class Task(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: str | None = None
     created_at: float = 0.0
     finished_at: float | None = None
+    objects: list[str] = msgspec.field(default_factory=list)  # offloaded values (offload.py)
 
     def usage(self) -> Usage:
         total = Usage()

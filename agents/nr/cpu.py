@@ -15,13 +15,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
-
 from matrix_p2p_agents.nr import dedup, heuristics, langid
 from matrix_p2p_agents.nr.common import document, drop, keep
+
 from matrix_p2p.agent import Agent, Context
 from matrix_p2p.envelope import Task
 from matrix_p2p.errors import ConfigError
-from matrix_p2p.spec import RoleSpec, WorkflowSpec
+from matrix_p2p.workflow.spec import RoleSpec, WorkflowSpec
 
 THREAD_CHARS = 256 * 1024
 _T = TypeVar("_T")

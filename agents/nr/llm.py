@@ -20,10 +20,11 @@ from typing import TypeVar
 
 from matrix_p2p_agents.nr import parse
 from matrix_p2p_agents.nr.common import document, drop, keep
+
 from matrix_p2p.agent import Agent, Context
 from matrix_p2p.envelope import Task
 from matrix_p2p.errors import ConfigError, FailTask
-from matrix_p2p.spec import RoleSpec, WorkflowSpec
+from matrix_p2p.workflow.spec import RoleSpec, WorkflowSpec
 
 _T = TypeVar("_T")
 TRUNCATED = "\n[... document truncated]"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from matrix_p2p.envelope import Task
 from matrix_p2p.errors import ConfigError
-from matrix_p2p.routing import Decision, Done, Failed, Forward
-from matrix_p2p.spec import PythonRouting, WorkflowSpec
+from matrix_p2p.runtime.routing import Decision, Done, Failed, Forward
+from matrix_p2p.workflow.spec import PythonRouting, WorkflowSpec
 
 
 def pipeline(spec: WorkflowSpec) -> list[str]:

@@ -37,6 +37,8 @@ def add_parsers(sub: Any) -> None:
     k.add_argument("--expect", type=int, metavar="N",
                    help="exit 0 once N distinct tasks are in the file")
     k.add_argument("--timeout", type=float, metavar="S", help="give up (exit 1) after S seconds")
+    k.add_argument("--kept-only", action="store_true",
+                   help="write only rows the workflow's filters kept (done, result.kept true)")
     k.add_argument("--durable", metavar="NAME",
                    help="consumer name (default derived from the output path)")
     common.add_stream_replicas(k)
@@ -79,7 +81,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
     common.positive("--stream-replicas", args.stream_replicas)
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
-        sink = Sink(bus, spec, Path(args.out), durable=args.durable, replicas=args.stream_replicas)
+        sink = Sink(bus, spec, Path(args.out), durable=args.durable, replicas=args.stream_replicas,
+                    kept_only=args.kept_only)
         try:
             async with asyncio.timeout(args.timeout):
                 n = await sink.run(stop, expect=args.expect)
@@ -88,7 +91,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
                   f"/{args.expect} tasks in {args.out}", file=sys.stderr)
             return 1
         print(f"{n} distinct tasks in {args.out} ({sink.done} done, {sink.failed} failed this "
-              f"run, {sink.duplicates} duplicates skipped)", file=sys.stderr)
+              f"run, {sink.duplicates} duplicates skipped)"
+              + (f"; {sink.counts.line()}" if sink.counts.line() else ""), file=sys.stderr)
         if args.expect is not None and n < args.expect:
             return 130 if stop.is_set() else 1
         return 0

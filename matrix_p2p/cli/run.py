@@ -21,6 +21,8 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
     common.add_source(r)
     r.add_argument("--out", metavar="PATH", help="dataset file (default: the workflow's sink.path)")
+    r.add_argument("--kept-only", action="store_true",
+                   help="write only rows the workflow's filters kept (done, result.kept true)")
     r.add_argument("--store", metavar="DIR",
                    help="embedded broker's store directory (default .mx/<workflow>; keep it "
                         "to resume)")
@@ -54,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         store=args.store, sync="interval" if args.sync_interval else "always",
         llm_urls=common.llm_urls(args), sim_replicas=args.sim_replicas,
         concurrency=args.concurrency, progress=not args.no_progress,
-        fleet_state=not args.no_fleet_state,
+        fleet_state=not args.no_fleet_state, kept_only=args.kept_only,
     )
 
     async def main() -> int:

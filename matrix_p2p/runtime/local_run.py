@@ -21,6 +21,7 @@ from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.resources.llm import open_fleet_state, open_llms
+from matrix_p2p.runtime.filter_counts import FilterCounts
 from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.sink import Sink
 from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
@@ -42,6 +43,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
     progress: bool = True
     drain_timeout_s: float = 30.0
     fleet_state: bool = True  # share learned LLM endpoint limits through JetStream KV
+    kept_only: bool = False  # the sink writes only rows the workflow's filters kept
 
 
 class RunResult(msgspec.Struct):
@@ -55,6 +57,7 @@ class RunResult(msgspec.Struct):
     interrupted: bool
     submit: SubmitResult
     worker: WorkerStats
+    filters: FilterCounts = msgspec.field(default_factory=FilterCounts)
 
 
 def default_out(spec: WorkflowSpec) -> Path:
@@ -115,7 +118,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         try:
             async with open_fleet_state(bus, enabled=opts.fleet_state) as fleet, \
                     open_llms(spec, roles, urls, fleet=fleet) as llms:
-                sink = Sink(bus, spec, out)
+                sink = Sink(bus, spec, out, kept_only=opts.kept_only)
                 stats = WorkerStats()
                 submitted = SubmitResult()
                 stop_workers = asyncio.Event()
@@ -164,6 +167,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         out=str(out), rows=sink.count, expected=expected, done=sink.done, failed=sink.failed,
         elapsed_s=loop.time() - started, completion_tokens=tokens,
         interrupted=stop.is_set() and sink.count < expected, submit=submitted, worker=stats,
+        filters=sink.counts,
     )
 
 
@@ -172,4 +176,5 @@ def summary_line(r: RunResult) -> str:
     status = "interrupted: " if r.interrupted else ""
     return (f"{status}{r.rows}/{r.expected} rows in {r.out} ({r.done} done, {r.failed} failed "
             f"this run) in {r.elapsed_s:.1f}s: {rate:,.1f} tasks/s, "
-            f"{r.completion_tokens / max(r.elapsed_s, 1e-9):,.0f} generated tok/s")
+            f"{r.completion_tokens / max(r.elapsed_s, 1e-9):,.0f} generated tok/s"
+            + (f"; {r.filters.line()}" if r.filters.line() else ""))

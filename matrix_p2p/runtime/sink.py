@@ -2,7 +2,8 @@
 
 The sink's durable consumer resumes where it stopped. Rows are written and
 flushed to disk (fsync) before their messages are acked; a crash in between
-redelivers them, and the ids already in the output file are skipped. A torn
+redelivers them, and the ids already in the output file are skipped (offloaded values
+are resolved before the write and their objects deleted after it: ``offload``). A torn
 last line from a crash mid-write is cut off at start-up.
 """
 
@@ -19,11 +20,12 @@ import structlog
 from matrix_p2p import envelope
 from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
-from matrix_p2p.bus import Bus
+from matrix_p2p.bus import Bus, Delivery
 from matrix_p2p.envelope import EnvelopeError, Task
 from matrix_p2p.errors import BusError
-from matrix_p2p.runtime import topology
+from matrix_p2p.runtime import offload, topology
 from matrix_p2p.runtime.files import RowWriter, load_written_ids, write_parquet
+from matrix_p2p.runtime.filter_counts import FilterCounts
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow.spec import WorkflowSpec
 
@@ -82,7 +84,8 @@ class Sink:
     """Writes the results of one workflow to ``out``. One instance per output file."""
 
     def __init__(self, bus: Bus, spec: WorkflowSpec, out: Path, *, fmt: str | None = None,
-                 durable: str | None = None, replicas: int | None = None) -> None:
+                 durable: str | None = None, replicas: int | None = None,
+                 kept_only: bool = False) -> None:
         self.bus = bus
         self.spec = spec
         self.out = out
@@ -101,6 +104,11 @@ class Sink:
         self.duplicates = 0
         self.changed = asyncio.Event()
         self.replicas = replicas
+        self.offload = offload.Offloader(bus, spec)
+        self.counts = FilterCounts()
+        # kept-only: the ids of the rows left out go to a side file, so a restart skips them
+        self.skipped_path = (self.out.with_name(self.out.name + ".skipped")
+                             if kept_only or spec.sink.kept_only else None)
 
     @property
     def count(self) -> int:
@@ -119,6 +127,9 @@ class Sink:
                                        results_consumers=[self.durable])
         puller = await self.bus.puller(self.names.results_stream, self.durable)
         writer = RowWriter(self.out, self.fmt)
+        skipped = RowWriter(self.skipped_path, "jsonl") if self.skipped_path else None
+        if self.skipped_path is not None:
+            self.written |= load_written_ids(self.skipped_path)
         if ready is not None:
             ready.set()
         backoff = Retrying(0.1, 5.0)
@@ -136,7 +147,7 @@ class Sink:
                 backoff.reset()
                 if not batch:
                     continue
-                keep = []
+                keep: list[tuple[Delivery, Task]] = []
                 for d in batch:
                     try:
                         task = envelope.decode(d.data)
@@ -152,21 +163,52 @@ class Sink:
                         continue
                     if task.id in self.written:
                         self.duplicates += 1
-                    else:
-                        self.written.add(task.id)
-                        writer.write(_row_encoder.encode(to_row(task)) + b"\n")
-                        if task.status == "done":
-                            self.done += 1
-                        else:
-                            self.failed += 1
-                    keep.append(d)
-                writer.commit()  # durable before the acks
-                for d in keep:
+                    elif not await self._write(task, writer, skipped):
+                        continue  # its offloaded values could not be read: redelivered later
+                    keep.append((d, task))
+                writer.commit()  # durable before the deletes and the acks
+                if skipped is not None:
+                    skipped.commit()
+                for d, task in keep:
+                    try:
+                        await self.offload.delete_all(task)  # on disk now: the objects can go
+                    except BusError as exc:
+                        log.warning("sink.offload_delete_failed", task=task.id, error=str(exc))
+                        continue  # unacked: redelivered, a duplicate then, deleted again
                     await d.ack()
                 self.changed.set()
         finally:
             writer.close()
+            if skipped is not None:
+                skipped.close()
             await puller.unsubscribe()
             if self.parquet_out is not None:
                 write_parquet(self.out, self.parquet_out)
         return self.count
+
+    async def _write(self, task: Task, writer: RowWriter, skipped: RowWriter | None) -> bool:
+        """Write the row of a task not written before (kept-only: or its id to the side
+        file); False if its offloaded values cannot be read now."""
+        if skipped is not None and not is_kept(task):
+            skipped.write(_row_encoder.encode({"id": task.id, "status": task.status}) + b"\n")
+        else:
+            try:
+                await self.offload.load(task, missing_ok=True)
+            except BusError as exc:
+                log.warning("sink.offload_read_failed", task=task.id, error=str(exc))
+                return False
+            if offload.refs(task):
+                log.warning("sink.offloaded_value_missing", task=task.id)
+            writer.write(_row_encoder.encode(to_row(task)) + b"\n")
+        self.written.add(task.id)
+        self.counts.add(task)
+        if task.status == "done":
+            self.done += 1
+        else:
+            self.failed += 1
+        return True
+
+
+def is_kept(task: Task) -> bool:
+    """The ``--kept-only`` test: done, and the workflow's filters kept it."""
+    return task.status == "done" and task.state.get("kept") is True

@@ -21,6 +21,7 @@ from matrix_p2p import envelope
 from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus
+from matrix_p2p.runtime.offload import Offloader
 from matrix_p2p.runtime.rows import Row, iter_rows
 from matrix_p2p.runtime.topology import Names, ensure_workflow, hop_msg_id
 from matrix_p2p.workflow.spec import WorkflowSpec
@@ -70,6 +71,7 @@ async def submit(
     window = window or spec.limits.max_inflight
     entry = spec.entry_role()
     sem = asyncio.Semaphore(parallel)
+    offloader = Offloader(bus, spec)
 
     async def one(row: Row, trial: int) -> None:
         tid = task_id(row.key, trial)
@@ -92,6 +94,7 @@ async def submit(
             else:
                 subject = names.task(entry)
                 result.submitted += 1
+            await offloader.store(task)  # big values to the object store, before the publish
             # publish first, then record: a crash in between republishes (dedup'd by msg-id)
             await bus.publish(subject, envelope.encode(task), msg_id=hop_msg_id(tid, 0))
             await kv.create(tid)

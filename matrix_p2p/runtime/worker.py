@@ -38,6 +38,7 @@ from matrix_p2p.runtime.hop import (
     Publish,
     RunAgent,
 )
+from matrix_p2p.runtime.offload import MissingObject, Offloader
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow.spec import RoleSpec, WorkflowSpec
 
@@ -85,6 +86,7 @@ class RoleWorker:
         stats: WorkerStats,
         resources: Resources | None = None,
         clock: Callable[[], float] = time.time,
+        offloader: Offloader | None = None,
     ) -> None:
         self.bus = bus
         self.spec = spec
@@ -97,6 +99,7 @@ class RoleWorker:
         self.resources = resources or Resources()
         self.names = Names.of(spec)
         self.hop = Hop(spec, role, bus.max_payload)
+        self.offload = offloader or Offloader(bus, spec)
         self.resource = spec.llm_for(role.name)
         self.log = log.bind(role=role.name, workflow=spec.name)
         self._inflight: dict[Delivery, float] = {}
@@ -209,11 +212,27 @@ class RoleWorker:
                 self.stats.redelivered += 1
                 self.log.info("worker.redelivered", task=task.id, hop=task.hop,
                               delivery=d.num_delivered)
-            outcome = await self._run_agent(task)
+            outcome = await self._run_offloaded(task)
             action = self.hop.after_agent(task, outcome, d.num_delivered, now=self.clock())
         else:
             action = first
         await self._carry_out(d, action)
+
+    async def _run_offloaded(self, task: Task) -> AgentOutcome:
+        """The agent between resolving the task's offloaded values and offloading them
+        again (``offload``): it sees plain values; the next envelope carries references."""
+        try:
+            resolved = await self.offload.load(task)
+        except MissingObject as exc:
+            return AgentFailed(reason=str(exc))
+        except BusError as exc:
+            return AgentRetry(reason=f"cannot read offloaded values: {exc}")
+        outcome = await self._run_agent(task)
+        try:
+            await self.offload.store(task, resolved)
+        except BusError as exc:
+            return AgentRetry(reason=f"cannot offload values: {exc}")
+        return outcome
 
     async def _run_agent(self, task: Task) -> AgentOutcome:
         ctx = Context(
@@ -304,6 +323,7 @@ async def serve_roles(
     for agent in agents.values():
         await agent.setup()
     readies = [asyncio.Event() for _ in roles]
+    offloader = Offloader(bus, spec)  # one object bucket handle for every role
     try:
         async with asyncio.TaskGroup() as tg:
             for name, role_ready in zip(roles, readies, strict=True):
@@ -311,6 +331,7 @@ async def serve_roles(
                 rw = RoleWorker(
                     bus=bus, spec=spec, role=role, agent=agents[name], llm=llm_for.get(name),
                     concurrency=concurrency or role.concurrency, stats=stats, resources=resources,
+                    offloader=offloader,
                 )
                 tg.create_task(rw.run(stop, role_ready, drain_timeout))
             if ready is not None:

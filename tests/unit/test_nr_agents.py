@@ -13,21 +13,24 @@ from typing import Any
 import msgspec
 import pytest
 import structlog
-
 from matrix_p2p_agents.nr.cpu import ExactDedup, LanguageFilter, QualityFilter
 from matrix_p2p_agents.nr.llm import LLMFilter, QuestionWriter, Scorer
 from matrix_p2p_agents.nr.router import Pipeline, pipeline
-from matrix_p2p import routing, spec
-from matrix_p2p.agent import Agent, Context
+
+from matrix_p2p.agent import Agent, Context, make_agent
 from matrix_p2p.envelope import Task, new_task
 from matrix_p2p.errors import ConfigError, FailTask, RetryLater
 from matrix_p2p.llm.types import LLMError, LLMResponse, LLMResult
-from matrix_p2p.routing import Done, Failed, Forward
+from matrix_p2p.runtime import routing
+from matrix_p2p.runtime.hop import advance
+from matrix_p2p.runtime.routing import Done, Failed, Forward
 from matrix_p2p.sim.answer import plan_answer
 from matrix_p2p.sim.config import SimConfig
 from matrix_p2p.sim.protocol import parse_request
+from matrix_p2p.workflow import spec
+from matrix_p2p.workflow.loader import load
 
-WF = spec.load("natural_reasoning")
+WF = load("natural_reasoning")
 WF_TEXT = Path(WF.path).read_text(encoding="utf-8")
 DATA = Path(__file__).resolve().parents[2] / "workflows" / "data"
 
@@ -64,8 +67,7 @@ class Scripted:
 def make_agents(wf: spec.WorkflowSpec = WF) -> dict[str, Agent]:
     out = {}
     for name, role in wf.roles.items():
-        cls = routing.import_ref(role.agent, where=name)
-        out[name] = cls(role, wf)
+        out[name] = make_agent(wf, role)
     return out
 
 
@@ -88,7 +90,7 @@ async def drive(task: Task, agents: dict[str, Agent], llm: Any) -> Task:
         except FailTask as exc:
             decision = Failed(reason=exc.reason)
         assert not isinstance(decision, routing.Retry)
-        task = routing.advance(task, decision, now=1.0)
+        task = advance(task, decision, now=1.0)
     return task
 
 

@@ -6,7 +6,6 @@ import asyncio
 
 import msgspec
 import pytest
-
 from matrix_p2p_agents.nr import dedup, heuristics, langid
 from matrix_p2p_agents.nr.heuristics import QualityConfig, check
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from matrix_p2p_agents.nr.parse import ParseError, parse_decision, parse_question, parse_scores
 
 DIMS = ["Reasoning depth", "Self-containedness", "Difficulty"]

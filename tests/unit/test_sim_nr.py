@@ -6,17 +6,17 @@ import random
 
 import msgspec
 import pytest
-
 from matrix_p2p_agents.nr.llm import user_message
 from matrix_p2p_agents.nr.parse import ParseError, parse_decision, parse_question, parse_scores
-from matrix_p2p import spec
+
 from matrix_p2p.sim import nr
 from matrix_p2p.sim.answer import plan_answer
 from matrix_p2p.sim.config import SimConfig
 from matrix_p2p.sim.protocol import parse_request
 from matrix_p2p.sim.responder import respond
+from matrix_p2p.workflow.loader import load
 
-WF = spec.load("natural_reasoning")
+WF = load("natural_reasoning")
 DIMS = WF.roles["scorer"].options["dimensions"]
 REASONING_DOC = ("Suppose a stone falls from 20 m. Because h = g t²/2, t = 2.02 s; therefore "
                  "v = 19.8 m/s. It follows that doubling h does not double v, since v grows as √h.")

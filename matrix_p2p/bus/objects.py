@@ -1,0 +1,92 @@
+"""Object stores (``types.ObjectStore``): large task values kept beside the envelope.
+
+``JetStreamObjects`` wraps nats-py's object store (chunked into a stream named
+``OBJ_<bucket>``); ``MemoryObjects`` is the in-process twin of ``memory.MemoryBus``.
+A delete also purges the object's meta record, so nothing of a deleted object
+stays in the stream (not even nats-py's "deleted" tombstone).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING, Any
+
+from matrix_p2p.bus.errors import AlreadyExists, NotFound, translate, when_ready
+
+if TYPE_CHECKING:
+    from matrix_p2p.bus.memory import MemoryBus
+
+
+def stream_of(bucket: str) -> str:
+    """The stream that holds an object bucket (nats-py's naming)."""
+    return f"OBJ_{bucket}"
+
+
+class JetStreamObjects:
+    """One object bucket on JetStream."""
+
+    def __init__(self, js: Any, obs: Any, bucket: str) -> None:
+        self._js = js
+        self._obs = obs
+        self.bucket = bucket
+
+    @classmethod
+    async def open(cls, js: Any, bucket: str, *, replicas: int | None,
+                   ttl_s: float | None) -> JetStreamObjects:
+        """Open the bucket, creating it if needed (an existing one is used as it is)."""
+        from nats.js import api
+
+        cfg = api.ObjectStoreConfig(bucket=bucket, ttl=ttl_s, replicas=replicas or 1,
+                                    storage=api.StorageType.FILE)
+        try:
+            with translate(f"create object bucket {bucket}"):
+                obs = await when_ready(f"object bucket {bucket}",
+                                       lambda: js.create_object_store(bucket, config=cfg))
+        except AlreadyExists:
+            with translate(f"open object bucket {bucket}"):
+                obs = await js.object_store(bucket)
+        return cls(js, obs, bucket)
+
+    async def put(self, name: str, data: bytes) -> None:
+        with translate(f"object put {self.bucket}/{name}", size=len(data)):
+            await self._obs.put(name, data)
+
+    async def get(self, name: str) -> bytes | None:
+        try:
+            with translate(f"object get {self.bucket}/{name}"):
+                result = await self._obs.get(name)
+        except NotFound:  # never written, or deleted
+            return None
+        return bytes(result.data)
+
+    async def delete(self, name: str) -> bool:
+        try:
+            with translate(f"object delete {self.bucket}/{name}"):
+                await self._obs.delete(name)
+        except NotFound:
+            return False
+        meta = f"$O.{self.bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+        with translate(f"object delete {self.bucket}/{name} (meta)"):
+            await self._js.purge_stream(stream_of(self.bucket), subject=meta)
+        return True
+
+
+class MemoryObjects:
+    """One object bucket of a ``MemoryBus`` (fault hooks: ``obj.put/get/delete``)."""
+
+    def __init__(self, bus: MemoryBus, bucket: str, items: dict[str, bytes]) -> None:
+        self._bus = bus
+        self.bucket = bucket
+        self.items = items
+
+    async def put(self, name: str, data: bytes) -> None:
+        self._bus.check("obj.put", name, f"object put {self.bucket}/{name}")
+        self.items[name] = bytes(data)
+
+    async def get(self, name: str) -> bytes | None:
+        self._bus.check("obj.get", name, f"object get {self.bucket}/{name}")
+        return self.items.get(name)
+
+    async def delete(self, name: str) -> bool:
+        self._bus.check("obj.delete", name, f"object delete {self.bucket}/{name}")
+        return self.items.pop(name, None) is not None
