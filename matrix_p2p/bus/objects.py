@@ -9,6 +9,7 @@ stays in the stream (not even nats-py's "deleted" tombstone).
 from __future__ import annotations
 
 import base64
+import io
 from typing import TYPE_CHECKING, Any
 
 from matrix_p2p.bus.errors import AlreadyExists, NotFound, translate, when_ready
@@ -52,12 +53,15 @@ class JetStreamObjects:
             await self._obs.put(name, data)
 
     async def get(self, name: str) -> bytes | None:
+        # into a buffer: nats-py's default appends chunk after chunk to one bytes object,
+        # quadratic in the chunks (1.2 s for 16 MB; a few ms this way)
+        buf = io.BytesIO()
         try:
             with translate(f"object get {self.bucket}/{name}"):
-                result = await self._obs.get(name)
+                await self._obs.get(name, writeinto=buf)
         except NotFound:  # never written, or deleted
             return None
-        return bytes(result.data)
+        return buf.getvalue()
 
     async def delete(self, name: str) -> bool:
         try:
