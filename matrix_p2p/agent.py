@@ -46,6 +46,7 @@ class Context:
         "_recorded",
         "_started",
         "_usage",
+        "children",
         "log",
         "resource",
         "resources",
@@ -65,8 +66,10 @@ class Context:
         log: Any,
         now: float,
         resources: Resources | None = None,
+        children: list[dict[str, Any]] | None = None,
     ) -> None:
         self.task = task
+        self.children = [] if children is None else children
         self.resources = resources or Resources()
         self.role = role
         self.spec = spec
@@ -124,6 +127,17 @@ class Context:
         self._llm_calls = 0
         self._recorded = True
         return turn
+
+    def spawn(self, state: Mapping[str, Any] | None = None,
+              row: Mapping[str, Any] | None = None) -> int:
+        """Fan out: one more child task, returns its index. Once the hop succeeds, each
+        child (id ``<task>/<index>``, ``parent`` set) continues the workflow as this task
+        would have, with ``state`` on top of this task's state and ``row`` (default:
+        this task's row); this task ends as done with ``state.children``. A redelivered
+        hop spawns the same ids again, and none is created twice."""
+        self.children.append({"state": dict(state or {}),
+                              **({"row": dict(row)} if row is not None else {})})
+        return len(self.children) - 1
 
     def finish(self) -> None:
         """Called by the worker: usage not yet recorded in a turn gets a turn of its own."""

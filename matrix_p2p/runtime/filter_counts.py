@@ -15,11 +15,14 @@ from matrix_p2p.envelope import Task
 class FilterCounts(msgspec.Struct):
     kept: int = 0
     failed: int = 0
+    fanned_out: int = 0  # parents whose children are the rows
     filtered: dict[str, int] = msgspec.field(default_factory=dict)  # by filter_reason
 
     def add(self, task: Task) -> None:
         if task.status != "done":
             self.failed += 1
+        elif "children" in task.state:
+            self.fanned_out += 1
         elif task.state.get("kept") is True:
             self.kept += 1
         elif "kept" in task.state:
@@ -34,4 +37,5 @@ class FilterCounts(msgspec.Struct):
         by = ", ".join(f"{k} {n}" for k, n in sorted(self.filtered.items(), key=lambda kv: -kv[1]))
         total = sum(self.filtered.values())
         return (f"kept {self.kept}, filtered {total}" + (f" ({by})" if by else "")
+                + (f", fanned out {self.fanned_out}" if self.fanned_out else "")
                 + f", failed {self.failed}")

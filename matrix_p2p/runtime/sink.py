@@ -73,6 +73,8 @@ def to_row(task: Task) -> dict[str, Any]:
             "by_role": by_role,
         },
         "hops": task.hop,
+        **({"parent": task.parent} if task.parent is not None else {}),
+        **({"children": task.state["children"]} if "children" in task.state else {}),
     }
 
 
@@ -211,4 +213,5 @@ class Sink:
 
 def is_kept(task: Task) -> bool:
     """The ``--kept-only`` test: done, and the workflow's filters kept it."""
-    return task.status == "done" and task.state.get("kept") is True
+    return (task.status == "done" and task.state.get("kept") is True
+            and "children" not in task.state)  # a fanned-out parent: its children are the rows

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import msgspec
 import structlog
@@ -32,11 +33,13 @@ from matrix_p2p.runtime.hop import (
     AgentOutcome,
     AgentRetry,
     DeadLetter,
+    FanOut,
     Handled,
     Hop,
     Nak,
     Publish,
     RunAgent,
+    spawn,
 )
 from matrix_p2p.runtime.offload import MissingObject, Offloader
 from matrix_p2p.runtime.topology import Names
@@ -58,6 +61,7 @@ class WorkerStats(msgspec.Struct):
     retried: int = 0
     redelivered: int = 0
     dead_lettered: int = 0
+    spawned: int = 0  # children of fan-outs
     publish_errors: int = 0
     inflight: int = 0
     max_inflight: int = 0
@@ -212,32 +216,39 @@ class RoleWorker:
                 self.stats.redelivered += 1
                 self.log.info("worker.redelivered", task=task.id, hop=task.hop,
                               delivery=d.num_delivered)
-            outcome = await self._run_offloaded(task)
-            action = self.hop.after_agent(task, outcome, d.num_delivered, now=self.clock())
+            outcome, children = await self._run_offloaded(task)
+            action = self.hop.after_agent(task, outcome, d.num_delivered, now=self.clock(),
+                                          children=children)
         else:
             action = first
         await self._carry_out(d, action)
 
-    async def _run_offloaded(self, task: Task) -> AgentOutcome:
+    async def _run_offloaded(self, task: Task) -> tuple[AgentOutcome, list[Task]]:
         """The agent between resolving the task's offloaded values and offloading them
-        again (``offload``): it sees plain values; the next envelope carries references."""
+        again (``offload``): it sees plain values; the next envelopes (the task's, and
+        its children's if it spawned any) carry references."""
         try:
             resolved = await self.offload.load(task)
         except MissingObject as exc:
-            return AgentFailed(reason=str(exc))
+            return AgentFailed(reason=str(exc)), []
         except BusError as exc:
-            return AgentRetry(reason=f"cannot read offloaded values: {exc}")
-        outcome = await self._run_agent(task)
+            return AgentRetry(reason=f"cannot read offloaded values: {exc}"), []
+        spawned: list[dict[str, Any]] = []
+        outcome = await self._run_agent(task, spawned)
+        # copied before the parent's values become references: children get their own objects
+        children = spawn(task, spawned) if spawned and isinstance(outcome, Handled) else []
         try:
             await self.offload.store(task, resolved)
+            for child in children:
+                await self.offload.store(child)
         except BusError as exc:
-            return AgentRetry(reason=f"cannot offload values: {exc}")
-        return outcome
+            return AgentRetry(reason=f"cannot offload values: {exc}"), []
+        return outcome, children
 
-    async def _run_agent(self, task: Task) -> AgentOutcome:
+    async def _run_agent(self, task: Task, spawned: list[dict[str, Any]]) -> AgentOutcome:
         ctx = Context(
             task=task, role=self.role, spec=self.spec, llm=self.llm, resource=self.resource,
-            log=self.log, now=self.clock(), resources=self.resources,
+            log=self.log, now=self.clock(), resources=self.resources, children=spawned,
         )
         try:
             async with asyncio.timeout(self.role.hop_timeout_s):
@@ -262,11 +273,16 @@ class RoleWorker:
             await d.nak(delay=action.after_s)
         elif isinstance(action, DeadLetter):
             await self._dead_letter(d, action)
+        elif isinstance(action, FanOut):
+            await self._publish_then_ack(d, action.parent, children=action.children)
         else:
             await self._publish_then_ack(d, action)
 
-    async def _publish_then_ack(self, d: Delivery, p: Publish) -> None:
+    async def _publish_then_ack(self, d: Delivery, p: Publish, children: Sequence[Publish] = ()
+                                ) -> None:
         try:
+            for child in children:  # before the parent's end: a crash redoes them all
+                await self.bus.publish(child.subject, child.data, msg_id=child.msg_id)
             await self.bus.publish(p.subject, p.data, msg_id=p.msg_id)
         except BusError as exc:
             # Not acked: the input comes back after ack_wait and the hop runs again.
@@ -278,6 +294,9 @@ class RoleWorker:
         await d.ack()
         if p.ends_task and p.task.leases:
             await self.resources.release_all(p.task.leases, task=p.task.id)
+        for child in children:
+            self.stats.spawned += 1
+            self.log.debug("task.spawned", task=child.task.id, parent=p.task.id)
         if p.outcome == "forwarded":
             self.stats.forwarded += 1
         elif p.outcome == "done":
