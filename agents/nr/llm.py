@@ -49,14 +49,17 @@ class _LLMRole(Agent):
     def bad_option(self, msg: str) -> ConfigError:
         return ConfigError(f"{self.spec.path}: roles.{self.role.name}: {msg}")
 
-    async def ask(self, task: Task, ctx: Context, parser: Callable[[str], _T]) -> _T:
-        """Chat until ``parser`` accepts a reply (see the module's error handling)."""
+    async def ask(self, task: Task, ctx: Context, parser: Callable[[str], _T],
+                  draw: int = 0) -> _T:
+        """Chat until ``parser`` accepts a reply (see the module's error handling);
+        ``draw`` > 0 asks again with other seeds (another question of the same document)."""
         user = user_message(document(task, self.field), self.role.prompt, self.max_doc_chars)
         messages = [{"role": "system", "content": self.role.system},
                     {"role": "user", "content": user}]
         error = ""
         for attempt in range(self.attempts):
-            reply = (await ctx.chat(messages, seed=task.seed + attempt)).unwrap()
+            seed = task.seed + draw * self.attempts + attempt
+            reply = (await ctx.chat(messages, seed=seed)).unwrap()
             try:
                 parsed = parser(reply.text)
             except parse.ParseError as exc:
@@ -112,10 +115,30 @@ class Scorer(_LLMRole):
 
 
 class QuestionWriter(_LLMRole):
-    """Writes a self-contained question and its reference answer; the document is kept."""
+    """Writes a self-contained question and its reference answer; the document is kept.
+
+    With ``options.questions`` N > 1 it fans out: N questions, each a child task
+    (``<id>/<i>``, its row the document's, ``parent`` the document's task) with
+    ``question``, ``reference_answer`` and ``question_index``; the document's own
+    task ends as done with ``children: N``. Seeds follow the index, so a redelivered
+    hop asks the same N questions again.
+    """
+
+    def __init__(self, role: RoleSpec, spec: WorkflowSpec) -> None:
+        super().__init__(role, spec)
+        self.questions = int(role.options.get("questions", 1))
+        if self.questions < 1:
+            raise self.bad_option("options.questions must be at least 1")
 
     async def handle(self, task: Task, ctx: Context) -> None:
-        question, answer = await self.ask(task, ctx, parse.parse_question)
-        task.state["question"] = question
-        task.state["reference_answer"] = answer
+        if self.questions == 1:
+            question, answer = await self.ask(task, ctx, parse.parse_question)
+            task.state["question"] = question
+            task.state["reference_answer"] = answer
+            keep(task)
+            return
+        for i in range(self.questions):
+            question, answer = await self.ask(task, ctx, parse.parse_question, draw=i)
+            ctx.spawn(state={"question": question, "reference_answer": answer,
+                             "question_index": i, "kept": True, "filter_reason": None})
         keep(task)

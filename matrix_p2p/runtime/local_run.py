@@ -136,7 +136,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                 async def supervise() -> None:
                     # the run ends when the sink has every task, or on Ctrl-C
                     await sink_ready.wait()
-                    while sink.count < expected and not stop.is_set():
+                    while not sink.finished(expected) and not stop.is_set():
                         sink.changed.clear()
                         await wait_any(sink.changed, stop)
                     stop_workers.set()
@@ -166,7 +166,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     return RunResult(
         out=str(out), rows=sink.count, expected=expected, done=sink.done, failed=sink.failed,
         elapsed_s=loop.time() - started, completion_tokens=tokens,
-        interrupted=stop.is_set() and sink.count < expected, submit=submitted, worker=stats,
+        interrupted=stop.is_set() and not sink.finished(expected), submit=submitted, worker=stats,
         filters=sink.counts,
     )
 
@@ -174,7 +174,9 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
 def summary_line(r: RunResult) -> str:
     rate = (r.done + r.failed) / max(r.elapsed_s, 1e-9)
     status = "interrupted: " if r.interrupted else ""
-    return (f"{status}{r.rows}/{r.expected} rows in {r.out} ({r.done} done, {r.failed} failed "
+    spawned = r.rows - r.expected if r.rows > r.expected else 0  # fan-out children
+    return (f"{status}{r.rows}/{r.expected}" + (f" (+{spawned} children)" if spawned else "")
+            + f" rows in {r.out} ({r.done} done, {r.failed} failed "
             f"this run) in {r.elapsed_s:.1f}s: {rate:,.1f} tasks/s, "
             f"{r.completion_tokens / max(r.elapsed_s, 1e-9):,.0f} generated tok/s"
             + (f"; {r.filters.line()}" if r.filters.line() else ""))

@@ -24,7 +24,7 @@ from matrix_p2p.bus import Bus, Delivery
 from matrix_p2p.envelope import EnvelopeError, Task
 from matrix_p2p.errors import BusError
 from matrix_p2p.runtime import offload, topology
-from matrix_p2p.runtime.files import RowWriter, load_written_ids, write_parquet
+from matrix_p2p.runtime.files import RowWriter, announced_children, load_written_ids, write_parquet
 from matrix_p2p.runtime.filter_counts import FilterCounts
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow.spec import WorkflowSpec
@@ -108,6 +108,7 @@ class Sink:
         self.replicas = replicas
         self.offload = offload.Offloader(bus, spec)
         self.counts = FilterCounts()
+        self.announced = 0  # children the written parents spawned (fan-out)
         # kept-only: the ids of the rows left out go to a side file, so a restart skips them
         self.skipped_path = (self.out.with_name(self.out.name + ".skipped")
                              if kept_only or spec.sink.kept_only else None)
@@ -115,6 +116,13 @@ class Sink:
     @property
     def count(self) -> int:
         return len(self.written)
+
+    def finished(self, expected: int) -> bool:
+        """Every one of ``expected`` submitted tasks is written, and every child a
+        written parent announced (fan-out: ids ``<parent>/<i>``; submitted ids have no
+        ``/``). Counted over this output file, across restarts."""
+        children = sum(1 for i in self.written if "/" in i)
+        return len(self.written) - children >= expected and children >= self.announced
 
     async def run(self, stop: asyncio.Event, *, expect: int | None = None,
                   ready: asyncio.Event | None = None) -> int:
@@ -125,6 +133,7 @@ class Sink:
         (disk full) propagates, leaving the batch unacked for redelivery.
         """
         self.written = load_written_ids(self.out, self.fmt)
+        self.announced = announced_children(self.out, self.fmt)
         await topology.ensure_workflow(self.bus, self.spec, roles=(), replicas=self.replicas,
                                        results_consumers=[self.durable])
         puller = await self.bus.puller(self.names.results_stream, self.durable)
@@ -132,6 +141,7 @@ class Sink:
         skipped = RowWriter(self.skipped_path, "jsonl") if self.skipped_path else None
         if self.skipped_path is not None:
             self.written |= load_written_ids(self.skipped_path)
+            self.announced += announced_children(self.skipped_path)
         if ready is not None:
             ready.set()
         backoff = Retrying(0.1, 5.0)
@@ -192,7 +202,10 @@ class Sink:
         """Write the row of a task not written before (kept-only: or its id to the side
         file); False if its offloaded values cannot be read now."""
         if skipped is not None and not is_kept(task):
-            skipped.write(_row_encoder.encode({"id": task.id, "status": task.status}) + b"\n")
+            skipped.write(_row_encoder.encode({
+                "id": task.id, "status": task.status,
+                **({"children": task.state["children"]} if "children" in task.state else {}),
+            }) + b"\n")
         else:
             try:
                 await self.offload.load(task, missing_ok=True)
@@ -204,6 +217,7 @@ class Sink:
             writer.write(_row_encoder.encode(to_row(task)) + b"\n")
         self.written.add(task.id)
         self.counts.add(task)
+        self.announced += int(task.state.get("children", 0))
         if task.status == "done":
             self.done += 1
         else:

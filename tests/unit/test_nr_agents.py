@@ -22,7 +22,7 @@ from matrix_p2p.envelope import Task, new_task
 from matrix_p2p.errors import ConfigError, FailTask, RetryLater
 from matrix_p2p.llm.types import LLMError, LLMResponse, LLMResult
 from matrix_p2p.runtime import routing
-from matrix_p2p.runtime.hop import advance
+from matrix_p2p.runtime.hop import advance, spawn
 from matrix_p2p.runtime.routing import Done, Failed, Forward
 from matrix_p2p.sim.answer import plan_answer
 from matrix_p2p.sim.config import SimConfig
@@ -85,7 +85,13 @@ async def drive(task: Task, agents: dict[str, Agent], llm: Any) -> Task:
     """The worker's loop without the broker: handle, decide, advance, until terminal."""
     while task.status == "running":
         try:
-            await agents[task.role].handle(task, ctx_for(task, task.role, llm))
+            ctx = ctx_for(task, task.role, llm)
+            await agents[task.role].handle(task, ctx)
+            if ctx.children:  # fan-out: follow the first child, as the hop machine makes it
+                kids = spawn(task, ctx.children)
+                assert [k.id for k in kids] == [f"{task.id}/{i}" for i in range(len(kids))]
+                assert len({k.state["question"] for k in kids}) == len(kids)  # different draws
+                task = kids[0]
             decision = routing.decide(task, WF)
         except FailTask as exc:
             decision = Failed(reason=exc.reason)
@@ -186,10 +192,11 @@ async def test_dedup_task_scope_only_records_the_key() -> None:
 
 
 async def test_llm_role_asks_again_with_another_seed_then_fails() -> None:
-    agent = make_agents()["question_writer"]
+    wf = spec.parse(WF_TEXT.replace("questions: 2", "questions: 1"), path=WF.path)
+    agent = make_agents(wf)["question_writer"]
     llm = Scripted("no labels here", "Question: What is 6 times 7, exactly?\nReference answer: 42")
     task = doc_task("doc", "question_writer")
-    await agent.handle(task, ctx_for(task, "question_writer", llm))
+    await agent.handle(task, ctx_for(task, "question_writer", llm, wf=wf))
     assert task.state == {"question": "What is 6 times 7, exactly?", "reference_answer": "42",
                           "kept": True, "filter_reason": None}
     assert llm.seeds == [11, 12]
@@ -199,6 +206,21 @@ async def test_llm_role_asks_again_with_another_seed_then_fails() -> None:
         await agent.handle(doc_task("doc", "question_writer"), ctx_for(task, "question_writer", llm))
     assert exc.value.reason == ("question_writer: no usable reply in 3 attempts: "
                                 "question has fewer than 4 words: 'Why?'")
+
+
+async def test_question_writer_fans_out_one_child_per_question() -> None:
+    agent = make_agents()["question_writer"]  # the bundled workflow: questions: 2
+    llm = Scripted("Question: What is 6 times 7, exactly?\nReference answer: 42", "junk",
+                   "Question: What is 5 plus 5, exactly?\nReference answer: 10")
+    task = doc_task("doc", "question_writer")
+    ctx = ctx_for(task, "question_writer", llm)
+    await agent.handle(task, ctx)
+    assert llm.seeds == [11, 14, 15]  # question i draws seeds from seed + i * attempts
+    assert [c["state"]["question"] for c in ctx.children] == [
+        "What is 6 times 7, exactly?", "What is 5 plus 5, exactly?"]
+    assert [c["state"]["question_index"] for c in ctx.children] == [0, 1]
+    assert all(c["state"]["kept"] is True and "row" not in c for c in ctx.children)
+    assert task.state == {"kept": True, "filter_reason": None}
 
 
 async def test_llm_errors_become_routing_decisions() -> None:
