@@ -36,6 +36,14 @@ class ChatClient(Protocol):
     ) -> LLMResult: ...
 
 
+class SeenSet(Protocol):
+    """First claim of a key wins, fleet-wide (``runtime.seen.KVSeenSet``)."""
+
+    async def claim(self, key: str, task_id: str) -> str:
+        """Record ``task_id`` as the owner of ``key`` unless one exists; return the owner."""
+        ...
+
+
 class Context:
     """One hop's view of the runtime: the LLM, the spec, a bound logger, the clock."""
 
@@ -51,6 +59,7 @@ class Context:
         "resource",
         "resources",
         "role",
+        "seen",
         "spec",
         "task",
     )
@@ -67,8 +76,10 @@ class Context:
         now: float,
         resources: Resources | None = None,
         children: list[dict[str, Any]] | None = None,
+        seen: SeenSet | None = None,
     ) -> None:
         self.task = task
+        self.seen = seen  # the fleet's seen-set (None outside a worker)
         self.children = [] if children is None else children
         self.resources = resources or Resources()
         self.role = role

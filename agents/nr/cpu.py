@@ -105,10 +105,11 @@ class QualityFilter(Agent):
 class ExactDedup(Agent):
     """Drops a document whose normalized text an earlier task already claimed.
 
-    ``options.scope``: ``process`` (default) claims keys in this worker
-    process only (``dedup.LocalSeenSet``): duplicates handled by other
-    processes slip through until the runtime offers a fleet-wide, KV-backed
-    seen-set. ``task`` only records ``dedup_key`` and drops nothing. Keys are
+    ``options.scope``: ``fleet`` (default) claims keys in the runtime's seen-set
+    (``ctx.seen``: a JetStream KV bucket shared by every worker; outside a
+    worker, this process's); ``process`` claims them in this worker process
+    only (``dedup.LocalSeenSet``: duplicates handled by other processes slip
+    through). ``task`` only records ``dedup_key`` and drops nothing. Keys are
     claimed per trial, so the trials of one document are not each other's
     duplicates. Reason: ``duplicate`` (``duplicate_of`` names the owner).
     """
@@ -117,17 +118,19 @@ class ExactDedup(Agent):
                  seen: dedup.SeenSet | None = None) -> None:
         super().__init__(role, spec)
         self.field = str(role.options.get("text_field", "text"))
-        self.scope = str(role.options.get("scope", "process"))
-        if self.scope not in ("process", "task"):
-            raise _bad_option(role, spec, f"scope must be 'process' or 'task', got {self.scope!r}")
+        self.scope = str(role.options.get("scope", "fleet"))
+        if self.scope not in ("fleet", "process", "task"):
+            raise _bad_option(role, spec,
+                              f"scope must be 'fleet', 'process' or 'task', got {self.scope!r}")
         self.seen: dedup.SeenSet = seen or dedup.LocalSeenSet()
 
     async def handle(self, task: Task, ctx: Context) -> None:
         key = await off_loop(dedup.dedup_key, document(task, self.field))
         task.state["dedup_key"] = key
         owner = task.id
-        if self.scope == "process":
-            owner = await self.seen.claim(f"{key}.t{task.trial}", task.id)  # a valid NATS KV key
+        if self.scope != "task":
+            seen = ctx.seen if self.scope == "fleet" and ctx.seen is not None else self.seen
+            owner = await seen.claim(f"{key}.t{task.trial}", task.id)  # a valid NATS KV key
         dup = dedup.duplicate_of(owner, task.id)
         if dup is None:
             keep(task)

@@ -8,9 +8,10 @@ Deduplication across tasks needs state shared by every worker of the fleet.
 ``SeenSet`` is that interface: ``claim(key, task_id)`` records the first task
 to present a key and returns the owner's id. Keyed by task id, a redelivered
 task finds its own claim and is not taken for a duplicate of itself. The
-runtime will provide a JetStream KV-backed one (create-if-absent, like the
-"submitted" bucket); until then ``LocalSeenSet`` holds claims in one process,
-so duplicates handled by different processes are not caught.
+runtime provides a JetStream KV-backed one to agents as ``ctx.seen``
+(``matrix_p2p.runtime.seen``: create-if-absent, shared by the fleet);
+``LocalSeenSet`` holds claims in one process (``scope: process``, and unit
+tests), so duplicates handled by different processes are not caught there.
 """
 
 from __future__ import annotations

@@ -235,6 +235,10 @@ class MemoryKV:
         self._bus.check("kv.exists", key, f"key-value get {self.bucket}/{key}")
         return key in self._items
 
+    async def get(self, key: str) -> bytes | None:
+        self._bus.check("kv.get", key, f"key-value get {self.bucket}/{key}")
+        return self._items.get(key)
+
 
 class MemoryBus:
     """``types.Bus`` in memory. See the module docstring for what it models."""

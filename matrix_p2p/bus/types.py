@@ -150,6 +150,9 @@ class KeyValue(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
+    async def get(self, key: str) -> bytes | None:
+        """The key's value; None if it was never written (or deleted)."""
+
 
 class ObjectStore(Protocol):
     """Large values by name (offloaded envelope fields), any size: chunked by the bus."""

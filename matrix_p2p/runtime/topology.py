@@ -12,7 +12,8 @@ Layout of one workflow namespace (``<prefix>`` is ``mx`` unless the file says so
 - ``<prefix>.<wf>.dlq`` on ``<PREFIX>_<WF>_DLQ``: the original bytes, with headers
   ``Mx-Reason``, ``Mx-Subject`` and optionally ``Mx-Task`` and ``Mx-Truncated``;
 - key-value bucket ``<PREFIX>_<WF>_SUBMITTED``: the ids ``submit`` has created;
-- object bucket ``<PREFIX>_<WF>_OBJECTS``: offloaded large values (``offload``).
+- object bucket ``<PREFIX>_<WF>_OBJECTS``: offloaded large values (``offload``);
+- key-value bucket ``<PREFIX>_<WF>_SEEN``: the fleet's seen-set (``seen``: dedup claims).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Names:
     """The names of one workflow namespace."""
 
     __slots__ = ("dlq", "dlq_stream", "done", "failed", "objects_bucket", "prefix",
-                 "results_stream", "submitted_bucket", "task_prefix", "tasks_stream", "workflow")
+                 "results_stream", "seen_bucket", "submitted_bucket", "task_prefix",
+                 "tasks_stream", "workflow")
 
     def __init__(self, workflow: str, prefix: str = "mx") -> None:
         self.workflow = workflow
@@ -52,6 +54,7 @@ class Names:
         self.dlq_stream = f"{up}_DLQ"
         self.submitted_bucket = f"{up}_SUBMITTED"
         self.objects_bucket = f"{up}_OBJECTS"
+        self.seen_bucket = f"{up}_SEEN"
 
     @classmethod
     def of(cls, spec: WorkflowSpec) -> Names:

@@ -42,6 +42,7 @@ from matrix_p2p.runtime.hop import (
     spawn,
 )
 from matrix_p2p.runtime.offload import MissingObject, Offloader
+from matrix_p2p.runtime.seen import KVSeenSet
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow.spec import RoleSpec, WorkflowSpec
 
@@ -91,6 +92,7 @@ class RoleWorker:
         resources: Resources | None = None,
         clock: Callable[[], float] = time.time,
         offloader: Offloader | None = None,
+        seen: KVSeenSet | None = None,
     ) -> None:
         self.bus = bus
         self.spec = spec
@@ -104,6 +106,7 @@ class RoleWorker:
         self.names = Names.of(spec)
         self.hop = Hop(spec, role, bus.max_payload)
         self.offload = offloader or Offloader(bus, spec)
+        self.seen = seen or KVSeenSet(bus, spec)
         self.resource = spec.llm_for(role.name)
         self.log = log.bind(role=role.name, workflow=spec.name)
         self._inflight: dict[Delivery, float] = {}
@@ -249,6 +252,7 @@ class RoleWorker:
         ctx = Context(
             task=task, role=self.role, spec=self.spec, llm=self.llm, resource=self.resource,
             log=self.log, now=self.clock(), resources=self.resources, children=spawned,
+            seen=self.seen,
         )
         try:
             async with asyncio.timeout(self.role.hop_timeout_s):
@@ -343,6 +347,7 @@ async def serve_roles(
         await agent.setup()
     readies = [asyncio.Event() for _ in roles]
     offloader = Offloader(bus, spec)  # one object bucket handle for every role
+    seen = KVSeenSet(bus, spec)
     try:
         async with asyncio.TaskGroup() as tg:
             for name, role_ready in zip(roles, readies, strict=True):
@@ -350,7 +355,7 @@ async def serve_roles(
                 rw = RoleWorker(
                     bus=bus, spec=spec, role=role, agent=agents[name], llm=llm_for.get(name),
                     concurrency=concurrency or role.concurrency, stats=stats, resources=resources,
-                    offloader=offloader,
+                    offloader=offloader, seen=seen,
                 )
                 tg.create_task(rw.run(stop, role_ready, drain_timeout))
             if ready is not None:

@@ -176,6 +176,9 @@ async def test_key_value_creates_once(any_bus: Bus) -> None:
     assert await (await any_bus.key_value(bucket)).create("task-1") is False  # reopened
     assert await kv.exists("task-1") is True
     assert await kv.exists("task-2") is False
+    assert await kv.create("owned", b"task-9") is True
+    assert await kv.get("owned") == b"task-9"
+    assert await kv.get("task-2") is None
 
 
 async def test_reading_a_stream_back(any_bus: Bus) -> None:

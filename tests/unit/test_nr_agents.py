@@ -183,7 +183,7 @@ async def test_dedup_claims_per_trial_and_survives_redelivery() -> None:
 
 
 async def test_dedup_task_scope_only_records_the_key() -> None:
-    wf = spec.parse(WF_TEXT.replace("scope: process", "scope: task"), path=WF.path)
+    wf = spec.parse(WF_TEXT.replace("scope: fleet", "scope: task"), path=WF.path)
     agent = make_agents(wf)["dedup"]
     a, b = doc_task("same words", "dedup", "a"), doc_task("Same words!", "dedup", "b")
     for t in (a, b):
@@ -253,7 +253,8 @@ def test_bad_options_are_config_errors() -> None:
         "keep: [en]": ("keep: [xx]", "roles.langid.options: unknown ISO 639-1 language code 'xx'"),
         "accuracy: high": ("accuracy: best", "accuracy must be 'low' or 'high', got 'best'"),
         "min_alpha_words: 0.6": ("min_alpa_words: 0.6", "Object contains unknown field `min_alpa_words`"),
-        "scope: process": ("scope: fleet", "scope must be 'process' or 'task', got 'fleet'"),
+        "scope: fleet": ("scope: cluster",
+                         "scope must be 'fleet', 'process' or 'task', got 'cluster'"),
         "      Difficulty: N/10\n": ("\n", "prompt has no line 'Difficulty: N/10' for a dimension"),
     }
     for old, (new, message) in cases.items():
