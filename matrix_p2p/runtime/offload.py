@@ -17,6 +17,9 @@ Protocol (why it is exactly-once and leak-free):
   reference (no put at all).
 - Objects are put before the envelope that names them is published, so a
   published reference always resolves.
+- Workers keep recently read and written objects in a small cache (``CACHE_BYTES``
+  per process): safe because an object's bytes never change, and it spares the
+  next hop of the same task (often in the same process) a read.
 - Only the sink deletes: after it has written the row and fsynced the file,
   and before it acks the result. A crash before the deletes redelivers the
   result; the row is a duplicate then (skipped), and the deletes run again
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import OrderedDict
 from typing import Any
 
 import msgspec
@@ -45,6 +49,7 @@ from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow.spec import WorkflowSpec
 
 REF = "$mx_obj"
+CACHE_BYTES = 64 * 1024 * 1024
 SECTIONS = ("row", "state")
 
 _encoder = msgspec.msgpack.Encoder()
@@ -78,6 +83,27 @@ class Offloader:
         self.bucket = Names.of(spec).objects_bucket
         self._store: ObjectStore | None = None
         self._opening = asyncio.Lock()
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cached_bytes = 0
+
+    def _remember(self, name: str, data: bytes) -> None:
+        if len(data) > CACHE_BYTES // 4 or name in self._cache:
+            return
+        self._cache[name] = data
+        self._cached_bytes += len(data)
+        while self._cached_bytes > CACHE_BYTES:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= len(old)
+
+    async def _get(self, name: str) -> bytes | None:
+        data = self._cache.get(name)
+        if data is not None:
+            self._cache.move_to_end(name)
+            return data
+        data = await (await self.objects()).get(name)
+        if data is not None:
+            self._remember(name, data)
+        return data
 
     async def objects(self) -> ObjectStore:
         if self._store is None:
@@ -96,9 +122,8 @@ class Offloader:
         resolved: Resolved = {}
         if not found:
             return resolved
-        store = await self.objects()
         for section, key, name in found:
-            data = await store.get(name)
+            data = await self._get(name)
             if data is None:
                 if missing_ok:
                     continue
@@ -135,6 +160,7 @@ class Offloader:
                 name = f"{task.id}/{hashlib.blake2b(data, digest_size=16).hexdigest()}"
                 if name not in task.objects:
                     await (await self.objects()).put(name, data)
+                    self._remember(name, data)
                     task.objects.append(name)
                     put.append(name)
                 holder[key] = {REF: name, "bytes": len(data)}
@@ -148,3 +174,6 @@ class Offloader:
         store = await self.objects()
         for name in task.objects:
             await store.delete(name)
+            data = self._cache.pop(name, None)
+            if data is not None:
+                self._cached_bytes -= len(data)
