@@ -2,10 +2,11 @@
 
 One hop, as in DESIGN.md: fetch only as many messages as there are free
 slots; ask the pure hop machine (``hop.Hop``) what to do with each message;
-run ``agent.handle`` while a heartbeat keeps ``ack_wait`` short; ask again;
-carry out the action: publish the next envelope with msg-id ``<task>:<hop>``
-and await its PubAck, and only then ack the input (or nak it, or dead-letter
-it). A crash anywhere redelivers, and the msg-id dedups the republish. This
+run ``agent.handle`` (between resolving and re-offloading the task's large
+values: ``offload``) while a heartbeat keeps ``ack_wait`` short; ask again;
+carry out the action: publish the next envelope (after the children of a
+fan-out) with msg-id ``<task>:<hop>`` and await its PubAck, and only then ack
+the input (or nak it, or dead-letter it). A crash anywhere redelivers, and the msg-id dedups the republish. This
 module does the I/O the actions name and nothing else.
 """
 
