@@ -6,8 +6,9 @@ run ``agent.handle`` (between resolving and re-offloading the task's large
 values: ``offload``) while a heartbeat keeps ``ack_wait`` short; ask again;
 carry out the action: publish the next envelope (after the children of a
 fan-out) with msg-id ``<task>:<hop>`` and await its PubAck, and only then ack
-the input (or nak it, or dead-letter it). A crash anywhere redelivers, and the msg-id dedups the republish. This
-module does the I/O the actions name and nothing else.
+the input (or nak it, or dead-letter it). A crash anywhere redelivers, and the
+msg-id dedups the republish. This module does the I/O the actions name and
+nothing else.
 """
 
 from __future__ import annotations
