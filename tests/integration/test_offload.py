@@ -93,12 +93,12 @@ async def test_big_documents_go_through_and_leave_no_object(
     try:
         async with open_llms(spec, list(spec.roles), [s.url for s in sims]) as llms:
             sink, stats, _ = await run_until(small_bus, spec, tmp_path / "out.jsonl", expect=2,
-                                             deadline_s=120, llm_for=llms.by_role)
+                                             deadline_s=120, llm_for=llms.by_role, fan_out=True)
     finally:
         for s in sims:
             await s.stop()
     rows = {r["id"]: r for r in read_rows(tmp_path / "out.jsonl")}
-    assert sorted(rows) == ["big-t0", "small-t0"]
+    assert {i for i in rows if "/" not in i} == {"big-t0", "small-t0"}
     for d in docs:
         row = rows[f"{d['id']}-t0"]
         assert row["status"] == "done", row["error"]
@@ -107,7 +107,12 @@ async def test_big_documents_go_through_and_leave_no_object(
         # past every CPU filter into the LLM roles
         roles = [t["role"] for t in row["dialogue"]]
         assert roles[:4] == ["langid", "quality", "dedup", "llm_filter"], (roles, row["result"])
+        # a kept document fans out (two questions), each child with its own copy of the text
+        kids = [r for r in rows.values() if r.get("parent") == row["id"]]
+        assert len(kids) == row.get("children", 0)
+        assert all(k["input"]["text"] == d["text"] and k["result"]["question"] for k in kids)
+    assert rows["big-t0"].get("children") == 2  # offload and fan-out together
     assert stats.failed == 0 and stats.dead_lettered == 0
     # nothing left in the object store: no chunk, no meta record, no tombstone
     assert await small_bus.stream_msgs(stream_of(Names.of(spec).objects_bucket)) == 0
-    assert sink.count == 2
+    assert sink.finished(2) and sink.count == len(rows)
