@@ -126,7 +126,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                 stop_progress = asyncio.Event()
 
                 def snapshot() -> Snapshot:
-                    return Snapshot(done=sink.done, failed=sink.failed, total=expected,
+                    return Snapshot(done=sink.done, failed=sink.failed,
+                                    total=expected + sink.announced,  # + fan-out children
                                     inflight=stats.inflight, tokens=llms.completion_tokens,
                                     submitted=submitted.submitted)
 
