@@ -21,6 +21,7 @@ from matrix_p2p import envelope
 from matrix_p2p.bus import Bus
 from matrix_p2p.envelope import EnvelopeError, Task
 from matrix_p2p.errors import ConfigError
+from matrix_p2p.runtime.attempts import kv_key
 from matrix_p2p.runtime.source import wait_for_room
 from matrix_p2p.runtime.topology import Names, ensure_workflow, hop_msg_id
 from matrix_p2p.workflow.spec import WorkflowSpec
@@ -50,11 +51,6 @@ def split_replay_id(task_id: str) -> tuple[str, int]:
     """``x~r2`` -> ``("x", 2)``; an original id has generation 0."""
     m = _REPLAY_RE.match(task_id)
     return (m["base"], int(m["gen"])) if m else (task_id, 0)
-
-
-def _kv_key(task_id: str) -> str:
-    # "~" is not allowed in key-value keys; "=" is, and source ids never contain it
-    return task_id.replace("~", "=")
 
 
 def replayed_task(task: Task, *, target: WorkflowSpec, role: str, generation: int) -> Task:
@@ -120,7 +116,7 @@ async def replay(
             result.skipped += 1
             continue
         nxt = replayed_task(task, target=target, role=role, generation=generation)
-        if await kv.exists(_kv_key(nxt.id)):
+        if await kv.exists(kv_key(nxt.id)):
             result.already += 1
             continue
         result.replayed += 1
@@ -132,7 +128,7 @@ async def replay(
         live += 1
         # publish first, then record: a crash in between republishes, dedup'd by msg-id
         await bus.publish(dst.task(role), envelope.encode(nxt), msg_id=hop_msg_id(nxt.id, nxt.hop))
-        await kv.create(_kv_key(nxt.id))
+        await kv.create(kv_key(nxt.id))
     log.info("replay.finished", workflow=spec.name, target=target.name, role=role,
              generation=generation, **msgspec.structs.asdict(result))
     return result

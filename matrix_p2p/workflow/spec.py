@@ -94,7 +94,8 @@ class SourceSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 class SinkSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     path: str = "out/{workflow}.jsonl"
-    format: Literal["jsonl", "jsonl.zst", "parquet"] = "jsonl"
+    # None: the output's extension decides (runtime/files.py out_format)
+    format: Literal["jsonl", "jsonl.zst", "parquet"] | None = None
 
 
 class Limits(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -1,0 +1,73 @@
+"""Issue 10: each bug a new user met in the first hour, against the real broker.
+
+Every test here failed on the code before the fix (see the issue's "Why").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from matrix_p2p.bus import Bus
+from matrix_p2p.errors import ConfigError
+from matrix_p2p.runtime.sink import Sink
+from tests.conftest import DUMMY_YAML, make_spec
+from tests.integration.helpers import read_rows, run_until
+
+
+async def _sink_all(bus: Bus, spec, out: Path, n: int) -> Sink:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    sink = Sink(bus, spec, out)
+    async with asyncio.timeout(30):
+        await sink.run(asyncio.Event(), expect=n)
+    return sink
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "other_run"])
+async def test_a_damaged_output_is_rebuilt_from_the_stream(bus: Bus, tmp_path: Path,
+                                                           damage: str) -> None:
+    """Why: delete or truncate the output and run again: `run` hung forever."""
+    n = 20
+    spec = make_spec(tmp_path, DUMMY_YAML, [{"n": i} for i in range(n)])
+    out = tmp_path / "out.jsonl"
+    await run_until(bus, spec, out, expect=n)
+    before = {r["id"] for r in read_rows(out)}
+    assert len(before) == n
+    if damage == "delete":
+        out.unlink()
+    elif damage == "truncate":
+        lines = out.read_bytes().splitlines(keepends=True)
+        out.write_bytes(b"".join(lines[:5]))
+    else:  # a file of the same name from another store: its ids must not count
+        out.write_text("".join(json.dumps({"id": f"x{i}"}) + "\n" for i in range(n)))
+    await _sink_all(bus, spec, out, n)
+    assert {r["id"] for r in read_rows(out)} == before
+
+
+async def test_out_extension_decides_the_format(bus: Bus, tmp_path: Path) -> None:
+    """Why: `--out x.parquet` on a JSONL workflow wrote JSON lines into `x.parquet`."""
+    import pyarrow.parquet as pq
+
+    n = 10
+    spec = make_spec(tmp_path, DUMMY_YAML, [{"n": i} for i in range(n)])
+    out = tmp_path / "x.parquet"
+    await run_until(bus, spec, out, expect=n)
+    assert pq.read_table(out).num_rows == n
+    assert not (tmp_path / "x.jsonl").exists()  # the old code wrote its JSON lines here
+
+
+def test_a_contradicting_format_is_one_line(tmp_path: Path) -> None:
+    """Why: `format: parquet` with `--out x.jsonl` wrote Parquet bytes into the .jsonl file."""
+    from matrix_p2p.runtime.files import out_format
+    from tests.conftest import make_spec as mk
+
+    spec = mk(tmp_path, DUMMY_YAML + "sink: {format: parquet}\n", [{"n": 1}])
+    with pytest.raises(ConfigError, match=r"--out x.jsonl: the extension says jsonl but "):
+        out_format(Path("x.jsonl"), spec)
+    assert out_format(Path("x.parquet"), spec) == "parquet"
+    plain = mk(tmp_path, DUMMY_YAML, [{"n": 1}])
+    assert out_format(Path("x.jsonl.zst"), plain) == "jsonl.zst"
+    assert out_format(Path("x.parquet"), plain) == "parquet"
