@@ -22,10 +22,11 @@ from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.resources.llm import open_fleet_state, open_llms
 from matrix_p2p.runtime.progress import Progress, Snapshot
-from matrix_p2p.runtime.sink import Sink
+from matrix_p2p.runtime.files import SUFFIX, check_writable, out_format, staging_path
+from matrix_p2p.runtime.sink import Sink, sink_name
 from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
 from matrix_p2p.runtime.worker import WorkerStats, serve_roles
-from matrix_p2p.workflow.spec import WorkflowSpec
+from matrix_p2p.workflow.spec import SinkSpec, WorkflowSpec
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +59,10 @@ class RunResult(msgspec.Struct):
 
 
 def default_out(spec: WorkflowSpec) -> Path:
-    return Path(spec.sink.path.format(workflow=spec.name))
+    out = Path(spec.sink.path.format(workflow=spec.name))
+    if spec.sink.format and spec.sink.path == SinkSpec().path:
+        out = out.with_name(sink_name(out) + SUFFIX[spec.sink.format])  # format: parquet
+    return out
 
 
 @contextlib.asynccontextmanager
@@ -107,6 +111,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     """
     expected = count_tasks(spec, opts.limit)
     out = Path(opts.out) if opts.out else default_out(spec)
+    check_writable(staging_path(out, out_format(out, spec)))  # one line now, not mid-run
     roles = list(spec.roles)
     loop = asyncio.get_running_loop()
     started = loop.time()

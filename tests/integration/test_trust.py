@@ -15,6 +15,7 @@ from matrix_p2p.errors import ConfigError
 from matrix_p2p.runtime.sink import Sink
 from tests.conftest import DUMMY_YAML, make_spec
 from tests.integration.helpers import read_rows, run_until
+from tests.procs import mx
 
 
 async def _sink_all(bus: Bus, spec, out: Path, n: int) -> Sink:  # type: ignore[no-untyped-def]
@@ -71,3 +72,15 @@ def test_a_contradicting_format_is_one_line(tmp_path: Path) -> None:
     plain = mk(tmp_path, DUMMY_YAML, [{"n": 1}])
     assert out_format(Path("x.jsonl.zst"), plain) == "jsonl.zst"
     assert out_format(Path("x.parquet"), plain) == "parquet"
+
+
+def test_an_unwritable_out_is_one_line(tmp_path: Path) -> None:
+    """Why: an unwritable `--out` ended in an ExceptionGroup traceback."""
+    (tmp_path / "afile").write_text("")
+    r = mx("run", "dummy", "--limit", "2", "--store", str(tmp_path / "st"), "--no-progress",
+           "--out", str(tmp_path / "afile" / "x.jsonl"))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "ExceptionGroup" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"matrix_p2p: error: --out {tmp_path / 'afile' / 'x.jsonl'}: cannot write:")
+    assert not (tmp_path / "st").exists()  # checked before any broker started
