@@ -23,6 +23,8 @@ def add_parsers(sub: Any) -> None:
         "limits.max_inflight tasks live in the stream.")
     common.add_workflow(s)
     s.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
+    s.add_argument("--retry-failed", action="store_true",
+                   help="also resubmit tasks whose latest attempt failed, as a new attempt")
     common.add_stream_replicas(s)
     common.add_nats(s, required=True)
     common.add_common(s)
@@ -63,6 +65,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         r = await submit(bus, spec, limit=args.limit, stop=stop, replicas=args.stream_replicas)
         print(f"submitted {r.submitted} new tasks, {r.already} already submitted, "
               f"{r.bad_rows} bad rows (recorded as failed)", file=sys.stderr)
+        if args.retry_failed:
+            from matrix_p2p.runtime.attempts import retry_failed
+
+            again = await retry_failed(bus, spec)
+            print(f"resubmitted {len(again)} failed tasks as a new attempt", file=sys.stderr)
         return 130 if stop.is_set() else 0
 
     return common.with_bus(args, "submit", "stopping submission; re-run to continue", body)

@@ -22,6 +22,7 @@ from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.resources.llm import open_fleet_state, open_llms
 from matrix_p2p.runtime.progress import Progress, Snapshot
+from matrix_p2p.runtime.attempts import retry_failed
 from matrix_p2p.runtime.files import SUFFIX, check_writable, out_format, staging_path
 from matrix_p2p.runtime.sink import Sink, sink_name
 from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
@@ -43,6 +44,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
     progress: bool = True
     drain_timeout_s: float = 30.0
     fleet_state: bool = True  # share learned LLM endpoint limits through JetStream KV
+    retry_failed: bool = False  # resubmit tasks whose latest attempt failed (attempts.py)
 
 
 class RunResult(msgspec.Struct):
@@ -56,6 +58,9 @@ class RunResult(msgspec.Struct):
     interrupted: bool
     submit: SubmitResult
     worker: WorkerStats
+    dataset_done: int = 0  # over the whole output (the latest attempt of each task)
+    dataset_failed: int = 0
+    retried: int = 0  # failed tasks resubmitted as a new attempt by this run
 
 
 def default_out(spec: WorkflowSpec) -> Path:
@@ -134,11 +139,18 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
 
                 progress = Progress(snapshot)
                 sink_ready = asyncio.Event()
+                retried: list[str] = []
+                retry_ready = asyncio.Event()
+
+                def unfinished() -> bool:
+                    return sink.count < expected or any(not sink.has(t) for t in retried)
 
                 async def supervise() -> None:
-                    # the run ends when the sink has every task, or on Ctrl-C
+                    # the run ends when the sink has every task (and every new attempt),
+                    # or on Ctrl-C
                     await sink_ready.wait()
-                    while sink.count < expected and not stop.is_set():
+                    await wait_any(retry_ready, stop)
+                    while unfinished() and not stop.is_set():
                         sink.changed.clear()
                         await wait_any(sink.changed, stop)
                     stop_workers.set()
@@ -150,6 +162,9 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                     stop_sink.set()  # after the drain: what finished during it is written too
 
                 async def source() -> None:
+                    if opts.retry_failed:
+                        retried.extend(await retry_failed(bus, spec))
+                    retry_ready.set()
                     await submit(bus, spec, limit=opts.limit, stop=stop_workers,
                                  progress=submitted)
 
@@ -168,7 +183,9 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     return RunResult(
         out=str(out), rows=sink.count, expected=expected, done=sink.done, failed=sink.failed,
         elapsed_s=loop.time() - started, completion_tokens=tokens,
-        interrupted=stop.is_set() and sink.count < expected, submit=submitted, worker=stats,
+        interrupted=stop.is_set() and unfinished(), submit=submitted, worker=stats,
+        dataset_done=sink.latest.counts()[0], dataset_failed=sink.latest.counts()[1],
+        retried=len(retried),
     )
 
 
@@ -177,4 +194,6 @@ def summary_line(r: RunResult) -> str:
     status = "interrupted: " if r.interrupted else ""
     return (f"{status}{r.rows}/{r.expected} rows in {r.out} ({r.done} done, {r.failed} failed "
             f"this run) in {r.elapsed_s:.1f}s: {rate:,.1f} tasks/s, "
-            f"{r.completion_tokens / max(r.elapsed_s, 1e-9):,.0f} generated tok/s")
+            f"{r.completion_tokens / max(r.elapsed_s, 1e-9):,.0f} generated tok/s; "
+            f"output: {r.dataset_done} done, {r.dataset_failed} failed"
+            + (f" ({r.retried} retried)" if r.retried else ""))

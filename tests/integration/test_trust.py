@@ -6,6 +6,7 @@ Every test here failed on the code before the fix (see the issue's "Why").
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,38 @@ def test_an_unwritable_out_is_one_line(tmp_path: Path) -> None:
     assert r.stderr.strip().splitlines()[-1].startswith(
         f"matrix_p2p: error: --out {tmp_path / 'afile' / 'x.jsonl'}: cannot write:")
     assert not (tmp_path / "st").exists()  # checked before any broker started
+
+
+FLAKY = """name: {name}
+source: {{path: rows.jsonl}}
+roles:
+  only: {{agent: "matrix_p2p_agents.dummy:Flaky", llm: null, concurrency: 50}}
+routing: {{type: cycle, roles: [only], stop_when: agreed, max_turns: 3}}
+limits: {{ack_wait_s: 5, retry_backoff_s: 0.02, max_deliveries: 3}}
+"""
+
+
+def _flaky(tmp_path: Path, behaviours: list[str], name: str) -> Path:
+    (tmp_path / "rows.jsonl").write_text(
+        "".join(json.dumps({"behaviour": b}) + "\n" for b in behaviours))
+    wf = tmp_path / f"{name}.yaml"
+    wf.write_text(FLAKY.format(name=name))
+    return wf
+
+
+def test_failed_tasks_fail_the_run_and_retry_as_a_new_attempt(tmp_path: Path) -> None:
+    """Why: failed tasks were never retried on a re-run, and `run` exited 0."""
+    wf = _flaky(tmp_path, ["ok", "fail_first_attempt", "ok"], f"retry{os.getpid()}")
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(wf), "--store", str(tmp_path / "st"), "--out", str(out), "--no-progress"]
+    first = mx(*args)
+    assert first.returncode == 1, first.stderr
+    assert "output: 2 done, 1 failed" in first.stderr
+    assert "1 task(s) failed: re-run with --retry-failed" in first.stderr
+    assert mx(*args, "--accept-failures").returncode == 0
+    again = mx(*args, "--retry-failed")
+    assert again.returncode == 0, again.stderr
+    assert "output: 3 done, 0 failed (1 retried)" in again.stderr
+    rows = read_rows(out)
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"done"}
+    assert sorted(r["id"].rsplit("~", 1)[-1] for r in rows if "~" in r["id"]) == ["a2"]
