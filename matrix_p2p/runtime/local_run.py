@@ -19,7 +19,7 @@ import structlog
 
 from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
-from matrix_p2p.broker import EmbeddedNats
+from matrix_p2p.broker import StoreBroker
 from matrix_p2p.resources.llm import open_fleet_state, open_llms
 from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.attempts import retry_failed
@@ -75,14 +75,23 @@ async def _broker(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[busmod.
     if opts.nats is not None:
         yield opts.nats
         return
-    store = Path(opts.store or Path(".mx") / spec.name)
-    server = EmbeddedNats(store_dir=store, sync=opts.sync)
-    await asyncio.to_thread(server.start)
-    log.info("broker.started", url=server.url, store=str(server.store_dir), pid=server.pid)
+    broker = StoreBroker(Path(opts.store or Path(".mx") / spec.name), sync=opts.sync)
+    broker.lock()
     try:
-        yield busmod.ConnectOptions(url=server.url, name=f"mx-run-{spec.name}")
+        url = broker.spawn_or_adopt()  # in this thread: the broker dies with it
+        if url is not None:
+            log.warning("broker.adopted", url=url, store=str(broker.store_dir),
+                        pid=broker.adopted.pid if broker.adopted else None,
+                        detail="a broker left running by an earlier run of this store")
+        else:
+            assert broker.server is not None
+            await asyncio.to_thread(broker.server.wait_ready)
+            url = broker.server.url
+            log.info("broker.started", url=url, store=str(broker.store_dir),
+                     pid=broker.server.pid)
+        yield busmod.ConnectOptions(url=url, name=f"mx-run-{spec.name}")
     finally:
-        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(broker.stop)
 
 
 @contextlib.asynccontextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from matrix_p2p.errors import ConfigError
 from matrix_p2p.runtime.sink import Sink
 from tests.conftest import DUMMY_YAML, make_spec
 from tests.integration.helpers import read_rows, run_until
-from tests.procs import mx
+from matrix_p2p.broker import EmbeddedNats
+from tests.procs import Proc, mx, procs
 
 
 async def _sink_all(bus: Bus, spec, out: Path, n: int) -> Sink:  # type: ignore[no-untyped-def]
@@ -120,3 +122,74 @@ def test_failed_tasks_fail_the_run_and_retry_as_a_new_attempt(tmp_path: Path) ->
     rows = read_rows(out)
     assert len(rows) == 3 and {r["status"] for r in rows} == {"done"}
     assert sorted(r["id"].rsplit("~", 1)[-1] for r in rows if "~" in r["id"]) == ["a2"]
+
+
+def _gone(pid: int, timeout: float = 15.0) -> bool:
+    """Whether ``pid`` (not our child) exits within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        status = Path(f"/proc/{pid}/status")
+        if status.exists() and "\\nState:\\tZ" in status.read_text():
+            return True
+        time.sleep(0.05)  # another process's exit: nothing to wait on
+    return False
+
+
+def _wait_file(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # written by another process
+    assert path.exists(), path
+
+
+def test_the_broker_dies_with_run_and_the_next_run_starts_one(tmp_path: Path) -> None:
+    """Why: kill -9 of `run` left its nats-server running; the next run started a second."""
+    wf = _flaky(tmp_path, ["ok", "ok"], f"brk{os.getpid()}")
+    store = tmp_path / "st"
+    args = ["run", str(wf), "--store", str(store), "--out", str(tmp_path / "o.jsonl"),
+            "--no-progress"]
+    with procs() as ps:
+        ps.append(Proc(args, tmp_path / "run1.log"))
+        _wait_file(store / "broker.json")
+        broker = json.loads((store / "broker.json").read_text())["pid"]
+        ps[0].p.kill()
+        ps[0].p.wait()
+        assert _gone(broker), "the broker outlived its run"
+    second = mx(*args)
+    assert second.returncode == 0, second.stderr
+    assert not (store / "broker.json").exists()
+
+
+def test_a_live_orphan_broker_is_adopted_and_stopped(tmp_path: Path) -> None:
+    """Where no parent-death signal exists: the next run adopts the orphan, never a second."""
+    wf = _flaky(tmp_path, ["ok"], f"adopt{os.getpid()}")
+    store = tmp_path / "st"
+    orphan = EmbeddedNats(store_dir=store, sync="interval")
+    orphan.start()
+    try:
+        (store / "broker.json").write_text(json.dumps({"pid": orphan.pid, "port": orphan.port}))
+        r = mx("run", str(wf), "--store", str(store), "--out", str(tmp_path / "o.jsonl"),
+               "--no-progress")
+        assert r.returncode == 0, r.stderr
+        assert '"event": "broker.adopted"' in r.stderr and '"broker.started"' not in r.stderr
+        assert orphan.proc is not None and orphan.proc.wait(timeout=15) is not None
+    finally:
+        orphan.cleanup()
+
+
+def test_a_second_live_run_on_one_store_is_refused(tmp_path: Path) -> None:
+    wf = _flaky(tmp_path, ["slow"], f"busy{os.getpid()}")
+    store = tmp_path / "st"
+    with procs() as ps:
+        ps.append(Proc(["run", str(wf), "--store", str(store), "--no-progress",
+                        "--out", str(tmp_path / "o.jsonl")], tmp_path / "run1.log"))
+        _wait_file(store / "broker.json")
+        r = mx("run", str(wf), "--store", str(store), "--out", str(tmp_path / "p.jsonl"))
+        assert r.returncode == 2
+        assert r.stderr.strip().splitlines()[-1] == (
+            f"matrix_p2p: error: --store {store}: in use by another run (pid {ps[0].pid}); "
+            "stop it first or use another --store")
