@@ -193,3 +193,24 @@ def test_a_second_live_run_on_one_store_is_refused(tmp_path: Path) -> None:
         assert r.stderr.strip().splitlines()[-1] == (
             f"matrix_p2p: error: --store {store}: in use by another run (pid {ps[0].pid}); "
             "stop it first or use another --store")
+
+
+async def test_a_bug_in_an_agent_fails_at_once_with_one_traceback(bus: Bus, tmp_path: Path) -> None:
+    """Why: an AttributeError in an agent was retried five times, a traceback each time."""
+    import structlog
+
+    wf = _flaky(tmp_path, ["bug", "ok"], f"bug{os.getpid()}")
+    from matrix_p2p.workflow import loader
+
+    spec = loader.load(str(wf))
+    out = tmp_path / "o.jsonl"
+    with structlog.testing.capture_logs() as logs:
+        _, stats, _ = await run_until(bus, spec, out, expect=2)
+    by = {r["input"]["behaviour"]: r for r in read_rows(out)}
+    assert by["bug"]["status"] == "failed"
+    assert by["bug"]["error"] == (
+        "bug in agent 'only' raised AttributeError: 'dict' object has no attribute "
+        "'no_such_method'")
+    assert stats.retried == 0
+    bugs = [e for e in logs if e["event"] == "agent.bug"]
+    assert len(bugs) == 1 and bugs[0]["exc_info"] is True
