@@ -1,9 +1,10 @@
 """Replay of stored results: feeds finished tasks from the results stream into a role, for example
 to re-judge every done task with a new judge without regenerating dialogues.
-A replayed task keeps its turns, row and state, becomes ``running`` at the
-target role, and gets a new id ``<original id>~r<generation>`` (and
-``state["replay"] = {"generation", "of", "role"}``), so the sink writes it as a
-new row next to the original. A replay is recorded in the target workflow's
+A replayed task keeps its turns, row and state (less ``rounds`` and
+``stop_reason``), becomes ``running`` at the target role, and gets a new id ``<original id>~r<generation>`` (and
+``state["replay"] = {"generation", "of", "role", "from_turn", "from_hop"}``), so
+the sink writes it as a new row next to the original; that row's usage, hops and
+timings count only what the replay added (turns from ``from_turn`` on). A replay is recorded in the target workflow's
 "submitted" key-value bucket before it counts as done, so running the same
 replay (same generation) again publishes nothing new; a crash mid-replay is
 resumed by running it again (the hop msg-id dedups the one in flight).
@@ -55,8 +56,10 @@ def split_replay_id(task_id: str) -> tuple[str, int]:
 
 def replayed_task(task: Task, *, target: WorkflowSpec, role: str, generation: int) -> Task:
     """The envelope that re-enters ``role``: same turns, running, a new id. Pure."""
-    state = {k: v for k, v in task.state.items() if k != "stop_reason"}
-    state["replay"] = {"generation": generation, "of": task.id, "role": role}
+    # the replay counts its own rounds, usage and hops: the original's stay in its own row
+    state = {k: v for k, v in task.state.items() if k not in ("stop_reason", "rounds")}
+    state["replay"] = {"generation": generation, "of": task.id, "role": role,
+                       "from_turn": len(task.turns), "from_hop": task.hop}
     return msgspec.structs.replace(
         task, id=replay_id(task.id, generation), workflow=target.name,
         workflow_version=target.version, role=role, status="running", error=None,

@@ -26,7 +26,7 @@ from matrix_p2p import envelope
 from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus
-from matrix_p2p.envelope import EnvelopeError, Task
+from matrix_p2p.envelope import EnvelopeError, Task, Usage
 from matrix_p2p.errors import BusError
 from matrix_p2p.runtime import topology
 from matrix_p2p.runtime.attempts import Latest, split_attempt
@@ -59,12 +59,18 @@ _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def to_row(task: Task) -> dict[str, Any]:
-    """The dataset row of a finished task."""
+    """The dataset row of a finished task. A replay's usage, hops and timings count only
+    the turns it added (its original's are in the original's row)."""
+    replay = task.state.get("replay")
+    from_turn = int(replay.get("from_turn", 0)) if isinstance(replay, dict) else 0
+    from_hop = int(replay.get("from_hop", 0)) if isinstance(replay, dict) else 0
+    own = task.turns[from_turn:]
     by_role: dict[str, float] = {}
-    for t in task.turns:
+    for t in own:
         by_role[t.role] = round(by_role.get(t.role, 0.0) + t.elapsed_s, 6)
-    usage = {r: msgspec.structs.asdict(u) for r, u in task.usage_by_role().items()}
-    usage["total"] = msgspec.structs.asdict(task.usage())
+    usage = {r: msgspec.structs.asdict(u)
+             for r, u in msgspec.structs.replace(task, turns=own).usage_by_role().items()}
+    usage["total"] = msgspec.structs.asdict(sum((t.usage for t in own), Usage()))
     finished = task.finished_at or 0.0
     return {
         "id": task.id,
@@ -96,7 +102,7 @@ def to_row(task: Task) -> dict[str, Any]:
             "elapsed_s": round(finished - task.created_at, 6) if finished else None,
             "by_role": by_role,
         },
-        "hops": task.hop,
+        "hops": task.hop - from_hop,
     }
 
 

@@ -214,3 +214,24 @@ async def test_a_bug_in_an_agent_fails_at_once_with_one_traceback(bus: Bus, tmp_
     assert stats.retried == 0
     bugs = [e for e in logs if e["event"] == "agent.bug"]
     assert len(bugs) == 1 and bugs[0]["exc_info"] is True
+
+
+async def test_a_replay_counts_only_what_it_added(bus: Bus, tmp_path: Path) -> None:
+    """Why: `replay` double-counted usage and rounds of the replayed task."""
+    from matrix_p2p.runtime import replay as ops
+
+    n = 10
+    spec = make_spec(tmp_path, DUMMY_YAML, [{"n": i} for i in range(n)])
+    out = tmp_path / "out.jsonl"
+    await run_until(bus, spec, out, expect=n)
+    originals = {r["id"]: r for r in read_rows(out)}
+    await ops.replay(bus, spec, role="judge")
+    await run_until(bus, spec, out, expect=2 * n, submit_rows=False)
+    replays = [r for r in read_rows(out) if "~r" in r["id"]]
+    assert len(replays) == n
+    for row in replays:
+        orig = originals[ops.split_replay_id(row["id"])[0]]
+        added = row["dialogue"][len(orig["dialogue"]):]
+        assert row["result"]["rounds"] == sum(1 for d in added if d["role"] == "judge")
+        assert row["hops"] == len(added)
+        assert set(row["timings"]["by_role"]) == {d["role"] for d in added}
