@@ -78,12 +78,16 @@ def llm_urls(args: argparse.Namespace) -> list[str]:
     return [u.strip() for v in args.llm_url or () for u in v.split(",") if u.strip()]
 
 
-def positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
-    """A numeric flag that must be positive: a one-line ``ConfigError`` otherwise."""
+def positive(name: str, value: float | None, *, allow_zero: bool = False,
+             most: float | None = None) -> None:
+    """A numeric flag that must be positive (and at most ``most``): a one-line
+    ``ConfigError`` otherwise."""
     if value is None:
         return
-    if value < 0 or (value == 0 and not allow_zero):
+    if value != value or value < 0 or (value == 0 and not allow_zero):  # NaN too
         raise ConfigError(f"{name}: must be {'at least 0' if allow_zero else 'positive'}, got {value}")
+    if most is not None and value > most:
+        raise ConfigError(f"{name}: must be at most {most}, got {value}")
 
 
 # ---------------------------------------------------------------- connection and loop

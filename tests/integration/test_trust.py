@@ -235,3 +235,24 @@ async def test_a_replay_counts_only_what_it_added(bus: Bus, tmp_path: Path) -> N
         assert row["result"]["rounds"] == sum(1 for d in added if d["role"] == "judge")
         assert row["hops"] == len(added)
         assert set(row["timings"]["by_role"]) == {d["role"] for d in added}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "dummy", "--concurrency", "0"], "--concurrency: must be positive, got 0"),
+    (["run", "dummy", "--limit", "-1"], "--limit: must be at least 0, got -1"),
+    (["worker", "dummy", "--role", "all", "--concurrency", "0", "--nats", "nats://127.0.0.1:9"],
+     "--concurrency: must be positive, got 0"),
+    (["submit", "dummy", "--limit", "-3", "--nats", "nats://127.0.0.1:9"],
+     "--limit: must be at least 0, got -3"),
+    (["sink", "dummy", "--out", "x.jsonl", "--timeout", "-1", "--nats", "nats://127.0.0.1:9"],
+     "--timeout: must be positive, got -1.0"),
+    (["replay", "dummy", "--role", "judge", "--generation", "0", "--nats", "nats://127.0.0.1:9"],
+     "--generation: must be positive, got 0"),
+    (["dlq", "show", "dummy", "0", "--nats", "nats://127.0.0.1:9"], "SEQ: must be positive, got 0"),
+    (["sim-llm", "--port", "70000"], "--port: must be at most 65535, got 70000"),
+])
+def test_numeric_flags_are_checked_in_one_line(args: list[str], message: str) -> None:
+    """Why: `--concurrency 0` hung; a negative `--limit` was accepted."""
+    r = mx(*args, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f"matrix_p2p: error: {message}"]
