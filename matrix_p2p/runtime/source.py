@@ -15,7 +15,7 @@ import glob
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +170,11 @@ async def submit(
             await bus.publish(subject, envelope.encode(task), msg_id=hop_msg_id(tid, 0))
             await kv.create(tid)
         finally:
+            sending.discard(tid)
             sem.release()
 
+    # admitted but not yet stored: the stream's count does not show them, admission does
+    sending: set[str] = set()
     rows_seen = 0
     live = 0
     async with asyncio.TaskGroup() as tg:
@@ -184,19 +187,24 @@ async def submit(
                     return result
                 # admission control: live tasks in the stream stay under the window
                 if live >= window or (result.submitted % 256 == 0 and result.submitted):
-                    live = await wait_for_room(bus, names, window, stop)
+                    live = await wait_for_room(bus, names, window, stop,
+                                               sending=lambda: len(sending))
                 await sem.acquire()
                 live += 1
+                sending.add(task_id(row.key, trial))
                 tg.create_task(one(row, trial))
     return result
 
 
-async def wait_for_room(bus: Bus, names: Names, window: int, stop: asyncio.Event | None) -> int:
-    """Admission control: wait until fewer than ``window`` tasks are live in the task
-    stream (or ``stop``). Returns the live count it saw."""
+async def wait_for_room(bus: Bus, names: Names, window: int, stop: asyncio.Event | None,
+                        *, sending: Callable[[], int] | None = None) -> int:
+    """Admission control: wait until fewer than ``window`` tasks are live: stored in the
+    task stream, plus those this process admitted whose publish has not been stored yet
+    (``sending``; reading the stream alone let 2.5x the window through). Returns the live
+    count it saw."""
     backoff = Retrying(0.05, 1.0)
     while True:
-        live = await bus.stream_msgs(names.tasks_stream)
+        live = await bus.stream_msgs(names.tasks_stream) + (sending() if sending else 0)
         if live < window or (stop is not None and stop.is_set()):
             return live
         await pause(backoff.next(), stop)

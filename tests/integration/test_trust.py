@@ -256,3 +256,28 @@ def test_numeric_flags_are_checked_in_one_line(args: list[str], message: str) ->
     r = mx(*args, timeout=60)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [f"matrix_p2p: error: {message}"]
+
+
+def peak_alive(rows: list[dict[str, object]]) -> int:
+    """Most tasks alive at once, from the rows' own created/finished times."""
+    events = []
+    for r in rows:
+        t = r["timings"]
+        assert isinstance(t, dict)
+        events += [(t["created_at"], 1), (t["finished_at"], -1)]
+    peak = alive = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+        alive += step
+        peak = max(peak, alive)
+    return peak
+
+
+async def test_admission_holds_the_window(bus: Bus, tmp_path: Path) -> None:
+    """Why: with `limits.max_inflight: 100`, 257 tasks were alive at once."""
+    n = 1500
+    yaml = DUMMY_YAML.replace("limits: {", "limits: {max_inflight: 100, ")
+    spec = make_spec(tmp_path, yaml, [{"n": i} for i in range(n)])
+    out = tmp_path / "out.jsonl"
+    await run_until(bus, spec, out, expect=n, deadline_s=120)
+    peak = peak_alive(read_rows(out))
+    assert peak <= 100 + 10, peak
