@@ -66,7 +66,8 @@ class Task(msgspec.Struct, kw_only=True, omit_defaults=True):
     workflow: str
     role: str
     v: int = SCHEMA_VERSION
-    workflow_version: str = ""
+    workflow_version: str = ""  # the workflow file's own `version:`
+    code_version: str = ""  # hash of the workflow file and its agents' code (workflow/version.py)
     source: str = ""
     row_index: int = 0
     trial: int = 0
@@ -129,6 +130,7 @@ def new_task(
     role: str,
     row: dict[str, Any],
     workflow_version: str = "",
+    code_version: str = "",
     source: str = "",
     row_index: int = 0,
     trial: int = 0,
@@ -139,6 +141,7 @@ def new_task(
         id=task_id,
         workflow=workflow,
         workflow_version=workflow_version,
+        code_version=code_version,
         role=role,
         source=source,
         row_index=row_index,

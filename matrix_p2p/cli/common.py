@@ -74,6 +74,15 @@ def add_llm_urls(p: argparse.ArgumentParser, default: str) -> None:
                    help=f"OpenAI-compatible endpoint, repeatable or comma-separated (default: {default})")
 
 
+def add_version_mode(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--new-version", action="store_const", const="new", dest="version_mode",
+                   default="check", help="the workflow or its agents changed: start fresh rows "
+                                         "under the new code version")
+    g.add_argument("--reuse", action="store_const", const="reuse", dest="version_mode",
+                   help="the workflow or its agents changed: keep the results already stored")
+
+
 def llm_urls(args: argparse.Namespace) -> list[str]:
     return [u.strip() for v in args.llm_url or () for u in v.split(",") if u.strip()]
 

@@ -25,6 +25,7 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
     s.add_argument("--retry-failed", action="store_true",
                    help="also resubmit tasks whose latest attempt failed, as a new attempt")
+    common.add_version_mode(s)
     common.add_stream_replicas(s)
     common.add_nats(s, required=True)
     common.add_common(s)
@@ -62,13 +63,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     common.positive("--stream-replicas", args.stream_replicas)
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
-        r = await submit(bus, spec, limit=args.limit, stop=stop, replicas=args.stream_replicas)
+        from matrix_p2p.runtime.topology import Names
+        from matrix_p2p.workflow.version import code_hash, resolve
+
+        digest = code_hash(spec)
+        ns = await resolve(bus, Names.of(spec).submitted_bucket, spec, digest, args.version_mode,
+                           replicas=args.stream_replicas)
+        r = await submit(bus, spec, limit=args.limit, stop=stop, replicas=args.stream_replicas,
+                         namespace=ns, code_version=digest)
         print(f"submitted {r.submitted} new tasks, {r.already} already submitted, "
               f"{r.bad_rows} bad rows (recorded as failed)", file=sys.stderr)
         if args.retry_failed:
             from matrix_p2p.runtime.attempts import retry_failed
 
-            again = await retry_failed(bus, spec)
+            again = await retry_failed(bus, spec, namespace=ns)
             print(f"resubmitted {len(again)} failed tasks as a new attempt", file=sys.stderr)
         return 130 if stop.is_set() else 0
 

@@ -40,6 +40,7 @@ def add_parsers(sub: Any) -> None:
                         "<id>~a<n>); the output keeps the latest attempt of each task")
     r.add_argument("--accept-failures", action="store_true",
                    help="exit 0 even when some tasks failed")
+    common.add_version_mode(r)
     common.add_fleet_state(r)
     common.add_nats(r, required=False)
     common.add_common(r)
@@ -61,6 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         llm_urls=common.llm_urls(args), sim_replicas=args.sim_replicas,
         concurrency=args.concurrency, progress=not args.no_progress,
         fleet_state=not args.no_fleet_state, retry_failed=args.retry_failed,
+        version_mode=args.version_mode,
     )
 
     async def main() -> int:

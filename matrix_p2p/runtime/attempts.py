@@ -74,12 +74,13 @@ def next_attempt(task: Task, entry: str) -> Task:
     base, n = split_attempt(task.id)
     return envelope.new_task(
         task_id=attempt_id(base, n + 1), workflow=task.workflow,
-        workflow_version=task.workflow_version, role=entry, row=task.row, source=task.source,
-        row_index=task.row_index, trial=task.trial, seed=task.seed,
+        workflow_version=task.workflow_version, code_version=task.code_version, role=entry,
+        row=task.row, source=task.source, row_index=task.row_index, trial=task.trial, seed=task.seed,
     )
 
 
-async def retry_failed(bus: Bus, spec: WorkflowSpec) -> list[str]:
+async def retry_failed(bus: Bus, spec: WorkflowSpec, *,
+                       namespace: str | None = None) -> list[str]:
     """Resubmit every task whose latest attempt failed, as its next attempt. Returns the
     new ids. Idempotent: an attempt already recorded in the "submitted" bucket is not
     published again (a crash mid-way is resumed by running it again).
@@ -87,6 +88,7 @@ async def retry_failed(bus: Bus, spec: WorkflowSpec) -> list[str]:
     Error handling: bus errors propagate.
     """
     from matrix_p2p.runtime.replay import split_replay_id
+    from matrix_p2p.workflow.version import namespace_of
 
     names = await ensure_workflow(bus, spec)
     kv = await bus.key_value(names.submitted_bucket)
@@ -99,6 +101,8 @@ async def retry_failed(bus: Bus, spec: WorkflowSpec) -> list[str]:
             continue
         if split_replay_id(task.id)[1]:
             continue  # replays are retried by replaying again
+        if namespace is not None and namespace_of(task.id) != namespace:
+            continue  # another code version's task
         if order.offer(task.id, task.status) in ("new", "supersedes"):
             latest[split_attempt(task.id)[0]] = task
     entry = spec.entry_role()

@@ -21,13 +21,15 @@ from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import StoreBroker
 from matrix_p2p.resources.llm import open_fleet_state, open_llms
-from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.attempts import retry_failed
 from matrix_p2p.runtime.files import SUFFIX, check_writable, out_format, staging_path
+from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.sink import Sink, sink_name
 from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
+from matrix_p2p.runtime.topology import Names
 from matrix_p2p.runtime.worker import WorkerStats, serve_roles
 from matrix_p2p.workflow.spec import SinkSpec, WorkflowSpec
+from matrix_p2p.workflow.version import Mode, code_hash, resolve
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +47,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
     drain_timeout_s: float = 30.0
     fleet_state: bool = True  # share learned LLM endpoint limits through JetStream KV
     retry_failed: bool = False  # resubmit tasks whose latest attempt failed (attempts.py)
+    version_mode: Mode = "check"  # a changed workflow: refuse, "reuse" or start "new" rows
 
 
 class RunResult(msgspec.Struct):
@@ -126,15 +129,18 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     expected = count_tasks(spec, opts.limit)
     out = Path(opts.out) if opts.out else default_out(spec)
     check_writable(staging_path(out, out_format(out, spec)))  # one line now, not mid-run
+    digest = code_hash(spec)
     roles = list(spec.roles)
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls:
         bus = await busmod.connect(conn)
         try:
+            ns = await resolve(bus, Names.of(spec).submitted_bucket, spec, digest,
+                               opts.version_mode)
             async with open_fleet_state(bus, enabled=opts.fleet_state) as fleet, \
                     open_llms(spec, roles, urls, fleet=fleet) as llms:
-                sink = Sink(bus, spec, out)
+                sink = Sink(bus, spec, out, namespace=ns)
                 stats = WorkerStats()
                 submitted = SubmitResult()
                 stop_workers = asyncio.Event()
@@ -172,10 +178,10 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
 
                 async def source() -> None:
                     if opts.retry_failed:
-                        retried.extend(await retry_failed(bus, spec))
+                        retried.extend(await retry_failed(bus, spec, namespace=ns))
                     retry_ready.set()
                     await submit(bus, spec, limit=opts.limit, stop=stop_workers,
-                                 progress=submitted)
+                                 progress=submitted, namespace=ns, code_version=digest)
 
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(sink.run(stop_sink, ready=sink_ready))

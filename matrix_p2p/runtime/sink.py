@@ -51,6 +51,7 @@ from matrix_p2p.runtime.sink_state import (
 )
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow.spec import WorkflowSpec
+from matrix_p2p.workflow.version import namespace_of
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +77,7 @@ def to_row(task: Task) -> dict[str, Any]:
         "id": task.id,
         "workflow": task.workflow,
         "workflow_version": task.workflow_version,
+        "code_version": task.code_version,
         "status": task.status,
         "error": task.error,
         "source": task.source,
@@ -130,7 +132,8 @@ class Sink:
     """
 
     def __init__(self, bus: Bus, spec: WorkflowSpec, out: Path, *, fmt: str | None = None,
-                 durable: str | None = None, replicas: int | None = None) -> None:
+                 durable: str | None = None, replicas: int | None = None,
+                 namespace: str | None = None) -> None:
         self.bus = bus
         self.spec = spec
         self.out = out
@@ -146,6 +149,9 @@ class Sink:
         self.duplicates = 0
         self.changed = asyncio.Event()
         self.replicas = replicas
+        # a code version's id namespace (workflow/version.py): other versions' rows are
+        # not this dataset's; None takes every result
+        self.namespace = namespace
         self._side: Sidecar | None = None
 
     @property
@@ -156,12 +162,15 @@ class Sink:
     def has(self, task_id: str) -> bool:
         return task_id in self.written
 
+    def accepts(self, task_id: str) -> bool:
+        return self.namespace is None or namespace_of(task_id) == self.namespace
+
     async def _open(self) -> None:
         """Trust the file as the sidecar describes it, or rebuild it from the stream."""
         identity = await stream_identity(self.bus, self.names)
         side = load_sidecar(self.out)
         why = trust_reason(side, self.staging, identity=identity, fmt=self.fmt,
-                           stream=self.names.results_stream)
+                           stream=self.names.results_stream, namespace=self.namespace)
         if why is None and side is not None:
             truncate_to(self.staging, side.good_length)
             for ln in read_lines(self.staging, self.fmt):
@@ -172,11 +181,12 @@ class Sink:
             fresh = side is None and not self.staging.exists()
             (log.info if fresh else log.warning)("sink.rebuild", out=str(self.out), reason=why)
             good = await rebuild(self.bus, self.names, self.staging, self.fmt,
-                                 lambda t: _row_encoder.encode(to_row(t)) + b"\n", self.latest)
+                                 lambda t: _row_encoder.encode(to_row(t)) + b"\n", self.latest,
+                                 accept=self.accepts)
         self.written = self.latest.ids()
         self._side = Sidecar(workflow=self.spec.name, stream=self.names.results_stream,
                              identity=identity, format=self.fmt, count=self.count,
-                             good_length=good)
+                             good_length=good, namespace=self.namespace)
         save_sidecar(self.out, self._side)
 
     async def _commit(self, writer: RowWriter, superseded: bool) -> RowWriter:
@@ -239,6 +249,9 @@ class Sink:
                             log.warning("sink.dead_letter_failed", error=str(exc2))
                             continue
                         await d.term()
+                        continue
+                    if not self.accepts(task.id):
+                        keep.append(d)  # another code version's result
                         continue
                     prev = self.latest.by_base.get(split_attempt(task.id)[0])
                     verdict = self.latest.offer(task.id, task.status)

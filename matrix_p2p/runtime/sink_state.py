@@ -35,6 +35,7 @@ class Sidecar(msgspec.Struct, kw_only=True):
     format: str
     count: int = 0
     good_length: int = 0
+    namespace: str | None = None  # the code version's id namespace it keeps (None: all)
 
 
 def sidecar_path(out: Path) -> Path:
@@ -63,7 +64,7 @@ async def stream_identity(bus: Bus, names: Names) -> str:
 
 
 def trust_reason(side: Sidecar | None, staging: Path, *, identity: str, fmt: str,
-                 stream: str) -> str | None:
+                 stream: str, namespace: str | None = None) -> str | None:
     """Why the file cannot be trusted as it is (then it is rebuilt), or None."""
     if side is None:
         return "no sidecar"
@@ -71,6 +72,8 @@ def trust_reason(side: Sidecar | None, staging: Path, *, identity: str, fmt: str
         return "missing"
     if side.stream != stream or side.format != fmt:
         return "written for another stream or format"
+    if side.namespace != namespace:
+        return "written for another code version"
     if side.identity != identity and (side.identity or side.count):
         return "written by another run"
     if staging.stat().st_size < side.good_length:
@@ -79,7 +82,8 @@ def trust_reason(side: Sidecar | None, staging: Path, *, identity: str, fmt: str
 
 
 async def rebuild(bus: Bus, names: Names, staging: Path, fmt: str,
-                  to_line: Callable[[Task], bytes], latest: Latest) -> int:
+                  to_line: Callable[[Task], bytes], latest: Latest, *,
+                  accept: Callable[[str], bool] = lambda _: True) -> int:
     """Write every result in the stream (the latest attempt of each task) to ``staging``,
     atomically. Fills ``latest``; returns the file's length."""
     rows: dict[str, bytes] = {}
@@ -88,7 +92,7 @@ async def rebuild(bus: Bus, names: Names, staging: Path, fmt: str,
             task = envelope.decode(m.data)
         except EnvelopeError:
             continue  # the sink's consumer dead-letters it when it gets there
-        if latest.offer(task.id, task.status) in ("new", "supersedes"):
+        if accept(task.id) and latest.offer(task.id, task.status) in ("new", "supersedes"):
             rows[split_attempt(task.id)[0]] = to_line(task)
     return replace_file(staging, list(rows.values()), fmt)
 

@@ -27,6 +27,7 @@ from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus
 from matrix_p2p.errors import ConfigError
+from matrix_p2p.runtime.attempts import kv_key
 from matrix_p2p.runtime.topology import Names, ensure_workflow, hop_msg_id
 from matrix_p2p.workflow.spec import WorkflowSpec
 
@@ -132,8 +133,13 @@ async def submit(
     window: int | None = None,
     parallel: int = 256,
     replicas: int | None = None,
+    namespace: str = "",
+    code_version: str = "",
 ) -> SubmitResult:
     """Submit the first ``limit`` rows (times ``spec.trials``). Idempotent; resumable.
+
+    ``namespace`` (``workflow/version.py``) suffixes every id: a fresh set of
+    tasks for a new code version; ``code_version`` is recorded in each envelope.
 
     Error handling: bus errors propagate (the caller reports them); a bad row
     becomes a failed task, counted in ``bad_rows``.
@@ -144,15 +150,17 @@ async def submit(
     window = window or spec.limits.max_inflight
     entry = spec.entry_role()
     sem = asyncio.Semaphore(parallel)
+    ns = f"~v{namespace}" if namespace else ""
 
     async def one(row: Row, trial: int) -> None:
-        tid = task_id(row.key, trial)
+        tid = task_id(row.key, trial) + ns
         try:
-            if await kv.exists(tid):
+            if await kv.exists(kv_key(tid)):
                 result.already += 1
                 return
             task = envelope.new_task(
-                task_id=tid, workflow=spec.name, workflow_version=spec.version, role=entry,
+                task_id=tid, workflow=spec.name, workflow_version=spec.version,
+                code_version=code_version, role=entry,
                 row=row.data or {}, source=row.source, row_index=row.index, trial=trial,
                 seed=spec.seed * 1_000_003 + row.index * 101 + trial,
             )
@@ -168,7 +176,7 @@ async def submit(
                 result.submitted += 1
             # publish first, then record: a crash in between republishes (dedup'd by msg-id)
             await bus.publish(subject, envelope.encode(task), msg_id=hop_msg_id(tid, 0))
-            await kv.create(tid)
+            await kv.create(kv_key(tid))
         finally:
             sending.discard(tid)
             sem.release()
@@ -191,7 +199,7 @@ async def submit(
                                                sending=lambda: len(sending))
                 await sem.acquire()
                 live += 1
-                sending.add(task_id(row.key, trial))
+                sending.add(task_id(row.key, trial) + ns)
                 tg.create_task(one(row, trial))
     return result
 

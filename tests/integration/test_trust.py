@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.bus import Bus
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.runtime.sink import Sink
 from tests.conftest import DUMMY_YAML, make_spec
 from tests.integration.helpers import read_rows, run_until
-from matrix_p2p.broker import EmbeddedNats
 from tests.procs import Proc, mx, procs
 
 
@@ -281,3 +281,51 @@ async def test_admission_holds_the_window(bus: Bus, tmp_path: Path) -> None:
     await run_until(bus, spec, out, expect=n, deadline_s=120)
     peak = peak_alive(read_rows(out))
     assert peak <= 100 + 10, peak
+
+
+LOCAL_AGENT = '''
+from matrix_p2p.agent import Agent
+
+
+class Once(Agent):
+    async def handle(self, task, ctx):
+        ctx.say("{text}")
+        task.state["agreed"] = True
+'''
+
+
+def test_a_changed_workflow_asks_for_new_version_or_reuse(tmp_path: Path) -> None:
+    """Why: changing a prompt or the workflow and re-running silently reused old results."""
+    name = f"ver{os.getpid()}"
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"n": i}) + "\n" for i in range(3)))
+    (tmp_path / "my_agents.py").write_text(LOCAL_AGENT.format(text="v1"))
+    wf = tmp_path / f"{name}.yaml"
+    wf.write_text(f"name: {name}\nsource: {{path: rows.jsonl}}\n"
+                  "roles:\n  only: {agent: 'my_agents:Once', llm: null}\n"
+                  "routing: {type: cycle, roles: [only], stop_when: agreed, max_turns: 2}\n")
+    out = tmp_path / "o.jsonl"
+    args = ["run", str(wf), "--store", str(tmp_path / "st"), "--out", str(out), "--no-progress"]
+    assert mx(*args).returncode == 0
+    v1 = {r["code_version"] for r in read_rows(out)}
+    assert len(v1) == 1 and "" not in v1
+
+    (tmp_path / "my_agents.py").write_text(LOCAL_AGENT.format(text="v2"))  # a new prompt
+    refused = mx(*args)
+    assert refused.returncode == 2, refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"matrix_p2p: error: {wf}: the workflow or its agents' code changed")
+    assert last.endswith("pass --new-version to start fresh rows under this version, or "
+                         "--reuse to keep the old results")
+
+    reused = mx(*args, "--reuse")
+    assert reused.returncode == 0, reused.stderr
+    assert [r["dialogue"][0]["content"] for r in read_rows(out)] == ["v1"] * 3
+
+    fresh = mx(*args, "--new-version")
+    assert fresh.returncode == 0, fresh.stderr
+    rows = read_rows(out)
+    assert len(rows) == 3 and {r["dialogue"][0]["content"] for r in rows} == {"v2"}
+    (v2,) = {r["code_version"] for r in rows}
+    assert v2 not in v1 and all(r["id"].endswith(f"~v{v2[:8]}") for r in rows)
+    assert mx(*args).returncode == 0  # the new version is now the store's: no question
+    assert len(read_rows(out)) == 3
