@@ -118,18 +118,26 @@ SUFFIX = {"jsonl": ".jsonl", "jsonl.zst": ".jsonl.zst", "parquet": ".parquet"}
 
 
 def out_format(out: Path, spec: Any) -> str:
-    """The dataset format of ``out``: its extension (``.jsonl``, ``.jsonl.zst``,
-    ``.parquet``) decides; the workflow's ``sink.format`` applies to other names. An
-    extension that contradicts an explicit ``sink.format`` is a one-line ``ConfigError``."""
-    by_ext = EXTENSIONS.get(out.suffix)
+    """The dataset format of an output the user named (``--out``): its extension
+    (``.jsonl``, ``.jsonl.zst``, ``.parquet``) decides; the workflow's ``sink.format``
+    applies to other names."""
+    return EXTENSIONS.get(out.suffix) or spec.sink.format or "jsonl"
+
+
+def default_out(spec: Any) -> Path:
+    """The output when no ``--out`` is given: the workflow's ``sink.path`` (with
+    ``sink.format``'s extension if the path is the default one). A ``sink.path`` whose
+    extension contradicts ``sink.format`` is a one-line ``ConfigError``."""
     declared: str | None = spec.sink.format
-    if by_ext is None:
-        return declared or "jsonl"
-    if declared is not None and declared != by_ext:
+    out = Path(spec.sink.path.format(workflow=spec.name))
+    if declared and spec.sink.path == type(spec.sink)().path:
+        return out.with_name(out.name.removesuffix(".jsonl") + SUFFIX[declared])
+    by_ext = EXTENSIONS.get(out.suffix)
+    if declared and by_ext and by_ext != declared:
         raise ConfigError(
-            f"--out {out}: the extension says {by_ext} but {spec.path}: sink.format says "
-            f"{declared}; use a {SUFFIX[declared]} name or drop sink.format")
-    return by_ext
+            f"{spec.path}: sink.path {spec.sink.path!r} says {by_ext} but sink.format says "
+            f"{declared}: make them agree (or give --out)")
+    return out
 
 
 def staging_path(out: Path, fmt: str) -> Path:

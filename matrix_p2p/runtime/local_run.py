@@ -22,13 +22,13 @@ from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import StoreBroker
 from matrix_p2p.resources.llm import open_fleet_state, open_llms
 from matrix_p2p.runtime.attempts import retry_failed
-from matrix_p2p.runtime.files import SUFFIX, check_writable, out_format, staging_path
+from matrix_p2p.runtime.files import check_writable, default_out, out_format, staging_path
 from matrix_p2p.runtime.progress import Progress, Snapshot
-from matrix_p2p.runtime.sink import Sink, sink_name
+from matrix_p2p.runtime.sink import Sink
 from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.runtime.worker import WorkerStats, serve_roles
-from matrix_p2p.workflow.spec import SinkSpec, WorkflowSpec
+from matrix_p2p.workflow.spec import WorkflowSpec
 from matrix_p2p.workflow.version import Mode, code_hash, resolve
 
 log = structlog.get_logger(__name__)
@@ -64,13 +64,6 @@ class RunResult(msgspec.Struct):
     dataset_done: int = 0  # over the whole output (the latest attempt of each task)
     dataset_failed: int = 0
     retried: int = 0  # failed tasks resubmitted as a new attempt by this run
-
-
-def default_out(spec: WorkflowSpec) -> Path:
-    out = Path(spec.sink.path.format(workflow=spec.name))
-    if spec.sink.format and spec.sink.path == SinkSpec().path:
-        out = out.with_name(sink_name(out) + SUFFIX[spec.sink.format])  # format: parquet
-    return out
 
 
 @contextlib.asynccontextmanager

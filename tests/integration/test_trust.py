@@ -61,20 +61,27 @@ async def test_out_extension_decides_the_format(bus: Bus, tmp_path: Path) -> Non
     await run_until(bus, spec, out, expect=n)
     assert pq.read_table(out).num_rows == n
     assert not (tmp_path / "x.jsonl").exists()  # the old code wrote its JSON lines here
+    pq_spec = make_spec(tmp_path, DUMMY_YAML + "sink: {format: parquet}\n")
+    await run_until(bus, pq_spec, tmp_path / "y.jsonl", expect=n)
+    assert len(read_rows(tmp_path / "y.jsonl")) == n  # JSON lines, not Parquet bytes
 
 
-def test_a_contradicting_format_is_one_line(tmp_path: Path) -> None:
+def test_format_follows_out_and_a_contradiction_is_one_line(tmp_path: Path) -> None:
     """Why: `format: parquet` with `--out x.jsonl` wrote Parquet bytes into the .jsonl file."""
-    from matrix_p2p.runtime.files import out_format
-    from tests.conftest import make_spec as mk
+    from matrix_p2p.runtime.files import default_out, out_format
 
-    spec = mk(tmp_path, DUMMY_YAML + "sink: {format: parquet}\n", [{"n": 1}])
-    with pytest.raises(ConfigError, match=r"--out x.jsonl: the extension says jsonl but "):
-        out_format(Path("x.jsonl"), spec)
-    assert out_format(Path("x.parquet"), spec) == "parquet"
-    plain = mk(tmp_path, DUMMY_YAML, [{"n": 1}])
+    spec = make_spec(tmp_path, DUMMY_YAML + "sink: {format: parquet}\n", [{"n": 1}])
+    assert out_format(Path("x.jsonl"), spec) == "jsonl"  # --out names the format
+    assert out_format(Path("x.data"), spec) == "parquet"  # else the workflow does
+    assert default_out(spec) == Path(f"out/{spec.name}.parquet")
+    plain = make_spec(tmp_path, DUMMY_YAML, [{"n": 1}])
     assert out_format(Path("x.jsonl.zst"), plain) == "jsonl.zst"
     assert out_format(Path("x.parquet"), plain) == "parquet"
+    bad = make_spec(tmp_path, DUMMY_YAML + "sink: {path: out/x.jsonl, format: parquet}\n")
+    with pytest.raises(ConfigError) as err:
+        default_out(bad)
+    assert str(err.value) == (f"{bad.path}: sink.path 'out/x.jsonl' says jsonl but "
+                              "sink.format says parquet: make them agree (or give --out)")
 
 
 def test_an_unwritable_out_is_one_line(tmp_path: Path) -> None:
