@@ -45,6 +45,9 @@ class Turn(msgspec.Struct, kw_only=True, omit_defaults=True):
     elapsed_s: float = 0.0
     llm_calls: int = 0
     endpoint: str | None = None
+    model: str | None = None  # the model that answered the hop's last LLM call
+    finish_reason: str | None = None  # and why it stopped ("stop", "length" ...)
+    messages: list[dict[str, Any]] | None = None  # its request, if sink.messages is on
     meta: dict[str, Any] = msgspec.field(default_factory=dict)
 
 

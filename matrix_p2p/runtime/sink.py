@@ -93,6 +93,9 @@ def to_row(task: Task) -> dict[str, Any]:
                 "usage": msgspec.structs.asdict(t.usage),
                 "elapsed_s": t.elapsed_s,
                 "endpoint": t.endpoint,
+                "model": t.model,
+                "finish_reason": t.finish_reason,
+                **({"messages": t.messages} if t.messages is not None else {}),
                 **({"meta": t.meta} if t.meta else {}),
             }
             for t in task.turns

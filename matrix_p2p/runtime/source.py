@@ -14,6 +14,7 @@ import asyncio
 import glob
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,11 +38,12 @@ _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class Row(msgspec.Struct, frozen=True):
-    source: str
-    index: int
+    source: str  # as the workflow gives it (relative stays relative)
+    index: int  # line number (files) or position (datasets): seeds and messages
     key: str
     data: dict[str, Any] | None
     error: str | None = None
+    row_index: int = 0  # from 0: the row's place in its source, as dataset tools count
 
 
 class SubmitResult(msgspec.Struct):
@@ -80,31 +82,36 @@ def iter_rows(spec: WorkflowSpec) -> Iterator[Row]:
         yield from _iter_hf(spec)
         return
     id_field = spec.source.id_field
+    relative = not Path(spec.source.path or "").is_absolute()
     for path in source_files(spec):
+        # the source as the workflow names it: a relative path stays relative to the file
+        name = os.path.relpath(path, spec.base_dir) if relative else str(path)
         with path.open("r", encoding="utf-8", errors="replace") as fh:
             for lineno, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
                 default_key = f"{path.stem}-{lineno}"
+                at = {"row_index": lineno - 1}
                 try:
                     data = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield Row(str(path), lineno, default_key, None,
-                              error=f"{path}:{lineno}: not valid JSON: {exc.msg}")
+                    yield Row(name, lineno, default_key, None,
+                              error=f"{path}:{lineno}: not valid JSON: {exc.msg}", **at)
                     continue
                 if not isinstance(data, dict):
-                    yield Row(str(path), lineno, default_key, None,
+                    yield Row(name, lineno, default_key, None,
                               error=f"{path}:{lineno}: expected a JSON object, got "
-                                    f"{type(data).__name__}")
+                                    f"{type(data).__name__}", **at)
                     continue
                 key = default_key
                 if id_field is not None:
                     if id_field not in data:
-                        yield Row(str(path), lineno, default_key, data,
-                                  error=f"{path}:{lineno}: no {id_field!r} field (source.id_field)")
+                        yield Row(name, lineno, default_key, data,
+                                  error=f"{path}:{lineno}: no {id_field!r} field (source.id_field)",
+                                  **at)
                         continue
                     key = str(data[id_field])
-                yield Row(str(path), lineno, key, data)
+                yield Row(name, lineno, key, data, **at)
 
 
 def _iter_hf(spec: WorkflowSpec) -> Iterator[Row]:
@@ -120,7 +127,7 @@ def _iter_hf(spec: WorkflowSpec) -> Iterator[Row]:
     name = f"hf:{hf.dataset}/{hf.split}"
     for i, data in enumerate(ds):
         key = str(data[spec.source.id_field]) if spec.source.id_field else f"{hf.split}-{i}"
-        yield Row(name, i, key, dict(data))
+        yield Row(name, i, key, dict(data), row_index=i)
 
 
 async def submit(
@@ -161,7 +168,7 @@ async def submit(
             task = envelope.new_task(
                 task_id=tid, workflow=spec.name, workflow_version=spec.version,
                 code_version=code_version, role=entry,
-                row=row.data or {}, source=row.source, row_index=row.index, trial=trial,
+                row=row.data or {}, source=row.source, row_index=row.row_index, trial=trial,
                 seed=spec.seed * 1_000_003 + row.index * 101 + trial,
             )
             if row.error is not None:

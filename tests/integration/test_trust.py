@@ -336,3 +336,35 @@ def test_a_changed_workflow_asks_for_new_version_or_reuse(tmp_path: Path) -> Non
     assert v2 not in v1 and all(r["id"].endswith(f"~v{v2[:8]}") for r in rows)
     assert mx(*args).returncode == 0  # the new version is now the store's: no question
     assert len(read_rows(out)) == 3
+
+
+def test_rows_say_what_produced_them(tmp_path: Path) -> None:
+    """Why: rows did not say which model answered, the finish_reason or the messages sent;
+    `source` was an absolute path; `row_index` counted from 1."""
+    out = tmp_path / "coral.jsonl"
+    r = mx("run", "coral", "--limit", "3", "--store", str(tmp_path / "st"), "--out", str(out),
+           "--no-progress", timeout=180)
+    assert r.returncode == 0, r.stderr
+    rows = read_rows(out)
+    assert sorted(row["row_index"] for row in rows) == [0, 1, 2]
+    assert {row["source"] for row in rows} == {"data/coral_questions.jsonl"}
+    turns = [t for row in rows for t in row["dialogue"]]
+    assert turns and all(t["model"] and t["finish_reason"] for t in turns)
+    assert not any("messages" in t for t in turns)  # off unless sink.messages
+
+    import matrix_p2p_workflows
+
+    coral = Path(matrix_p2p_workflows.__file__).parent / "coral.yaml"
+    wf = tmp_path / f"msgs{os.getpid()}.yaml"
+    wf.write_text(coral.read_text().replace("name: coral", f"name: msgs{os.getpid()}")
+                  .replace("path: data/coral_questions.jsonl",
+                           f"path: {coral.parent / 'data' / 'coral_questions.jsonl'}")
+                  .replace("  format: jsonl", "  format: jsonl\n  messages: true"))
+    out2 = tmp_path / "m.jsonl"
+    r2 = mx("run", str(wf), "--limit", "2", "--store", str(tmp_path / "st2"), "--out", str(out2),
+            "--no-progress", timeout=180)
+    assert r2.returncode == 0, r2.stderr
+    rows2 = read_rows(out2)
+    assert {row["source"] for row in rows2} == {str(coral.parent / "data/coral_questions.jsonl")}
+    first = rows2[0]["dialogue"][0]
+    assert first["messages"][0]["role"] == "system" and first["messages"][-1]["role"] == "user"
