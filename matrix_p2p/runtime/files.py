@@ -148,10 +148,13 @@ def staging_path(out: Path, fmt: str) -> Path:
 
 def check_writable(out: Path) -> None:
     """A one-line ``ConfigError`` now rather than a failure in the middle of a run."""
+    existed = out.exists()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "ab"):
             pass
+        if not existed:
+            out.unlink()  # a probe: an empty file here would look like a damaged output
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
 

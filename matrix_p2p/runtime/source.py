@@ -91,27 +91,27 @@ def iter_rows(spec: WorkflowSpec) -> Iterator[Row]:
                 if not line.strip():
                     continue
                 default_key = f"{path.stem}-{lineno}"
-                at = {"row_index": lineno - 1}
+                ri = lineno - 1
                 try:
                     data = json.loads(line)
                 except json.JSONDecodeError as exc:
                     yield Row(name, lineno, default_key, None,
-                              error=f"{path}:{lineno}: not valid JSON: {exc.msg}", **at)
+                              error=f"{path}:{lineno}: not valid JSON: {exc.msg}", row_index=ri)
                     continue
                 if not isinstance(data, dict):
                     yield Row(name, lineno, default_key, None,
                               error=f"{path}:{lineno}: expected a JSON object, got "
-                                    f"{type(data).__name__}", **at)
+                                    f"{type(data).__name__}", row_index=ri)
                     continue
                 key = default_key
                 if id_field is not None:
                     if id_field not in data:
                         yield Row(name, lineno, default_key, data,
                                   error=f"{path}:{lineno}: no {id_field!r} field (source.id_field)",
-                                  **at)
+                                  row_index=ri)
                         continue
                     key = str(data[id_field])
-                yield Row(name, lineno, key, data, **at)
+                yield Row(name, lineno, key, data, row_index=ri)
 
 
 def _iter_hf(spec: WorkflowSpec) -> Iterator[Row]:

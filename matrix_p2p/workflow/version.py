@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+import msgspec
+
 from matrix_p2p.bus import Bus
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.workflow.refs import import_ref
@@ -30,11 +32,11 @@ _NS_RE = re.compile(r"~v(?P<ns>[0-9a-f]{8})(?=~|$)")
 
 
 def code_hash(spec: WorkflowSpec) -> str:
-    """sha256 (12 hex digits) of the workflow file's bytes and the source bytes of the
-    modules its ``module:Class`` refs name (agents, router)."""
+    """sha256 (12 hex digits) over the workflow file's bytes (``spec.digest``) and the
+    source bytes of the modules its ``module:Class`` refs name (agents, router)."""
     h = hashlib.sha256()
-    if spec.path and Path(spec.path).is_file():
-        h.update(Path(spec.path).read_bytes())
+    # a spec built in Python has no file: its own encoding stands in for the file's bytes
+    h.update(spec.digest.encode() if spec.digest else msgspec.json.encode(spec))
     refs = {role.agent for role in spec.roles.values()}
     if isinstance(spec.routing, PythonRouting):
         refs.add(spec.routing.router)
