@@ -33,14 +33,17 @@ def add_parsers(sub: Any) -> None:
 
     k = common.add_command(
         sub, "sink", "write finished tasks to a dataset file (each task once; resumable)",
-        "Consume the results stream and append one JSON line per finished task.")
+        "Consume the results stream and write one row per finished task (the latest\n"
+        "attempt of each). The format follows --out's extension (.jsonl, .jsonl.zst,\n"
+        ".parquet); a deleted, truncated or foreign output is rebuilt from the stream.")
     common.add_workflow(k)
     k.add_argument("--out", required=True, metavar="PATH")
     k.add_argument("--expect", type=int, metavar="N",
                    help="exit 0 once N distinct tasks are in the file")
     k.add_argument("--timeout", type=float, metavar="S", help="give up (exit 1) after S seconds")
     k.add_argument("--durable", metavar="NAME",
-                   help="consumer name (default derived from the output path)")
+                   help="consumer name (default sink-<output file name>: progress belongs to the "
+                        "dataset, not its path; give two same-named outputs distinct names)")
     common.add_stream_replicas(k)
     common.add_nats(k, required=True)
     common.add_common(k)
