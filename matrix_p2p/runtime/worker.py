@@ -69,8 +69,9 @@ class RoleWorker:
 
     Error handling: a message that cannot be decoded or belongs elsewhere is
     dead-lettered and terminated. Agent errors become routing decisions
-    (``RetryLater`` -> nak with backoff, ``FailTask`` and the last allowed
-    delivery -> the task ends as failed with the reason). A failed publish
+    (``RetryLater`` and transient exceptions -> nak with backoff; ``FailTask``,
+    a bug in agent code (``hop.classify``) and the last allowed delivery -> the
+    task ends as failed with the reason). A failed publish
     leaves the input unacked, so it is redelivered. Bus errors in the fetch
     loop are logged and retried with backoff; the loop ends only on stop.
     """
