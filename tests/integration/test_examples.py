@@ -61,5 +61,5 @@ routing: {{type: cycle, roles: [teacher, judge], stop_when: agreed, max_turns: 1
 """)
     result = await matrix_p2p.run_async(spec, out=tmp_path / "o.jsonl", store=tmp_path / "st")
     assert (result.rows, result.dataset_done, result.dataset_failed) == (5, 5, 0)
-    with pytest.raises(matrix_p2p.ConfigError, match="use `await matrix_p2p.run_async"):
+    with pytest.raises(matrix_p2p.ConfigError, match=r"use `await matrix_p2p\.run_async"):
         matrix_p2p.run(spec)
