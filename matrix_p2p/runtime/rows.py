@@ -29,11 +29,12 @@ PARQUET_BATCH = 1024  # rows decoded at a time from a Parquet file
 
 
 class Row(msgspec.Struct, frozen=True):
-    source: str
-    index: int
+    source: str  # as the workflow gives it (relative stays relative)
+    index: int  # line number (files) or position (datasets): seeds and messages
     key: str
     data: dict[str, Any] | None
     error: str | None = None
+    row_index: int = 0  # from 0: the row's place in its source, as dataset tools count
 
 
 def with_source(spec: WorkflowSpec, override: str | None) -> WorkflowSpec:
@@ -73,11 +74,14 @@ def iter_rows(spec: WorkflowSpec) -> Iterator[Row]:
     if spec.source.hf is not None:
         yield from _iter_hf(spec)
         return
+    relative = not Path(spec.source.path or "").is_absolute()
     for path in source_files(spec):
+        # the source as the workflow names it: a relative path stays relative to the file
+        name = os.path.relpath(path, spec.base_dir) if relative else str(path)
         if path.name.endswith(".parquet"):
-            yield from _keyed(spec, path, _parquet_records(spec, path))
+            yield from _keyed(spec, path, name, _parquet_records(spec, path))
         else:
-            yield from _keyed(spec, path, _json_lines(path))
+            yield from _keyed(spec, path, name, _json_lines(path))
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
@@ -120,24 +124,26 @@ def _parquet_records(spec: WorkflowSpec, path: Path) -> Iterator[tuple[int, Any,
                 yield index, record, None
 
 
-def _keyed(spec: WorkflowSpec, path: Path,
+def _keyed(spec: WorkflowSpec, path: Path, name: str,
            records: Iterable[tuple[int, Any, str | None]]) -> Iterator[Row]:
-    """Rows with their keys: the ``id_field``, else ``<file stem>-<line or row number>``."""
+    """Rows with their keys: the ``id_field``, else ``<file stem>-<line or row number>``
+    (numbers from 1; ``row_index`` from 0)."""
     id_field = spec.source.id_field
     stem = Path(path.stem).stem if path.suffix == ".zst" else path.stem
     for index, data, error in records:
         default_key = f"{stem}-{index}"
+        ri = index - 1
         if error is not None:
-            yield Row(str(path), index, default_key, None, error=error)
+            yield Row(name, index, default_key, None, error=error, row_index=ri)
         elif not isinstance(data, dict):
-            yield Row(str(path), index, default_key, None,
+            yield Row(name, index, default_key, None, row_index=ri,
                       error=f"{path}:{index}: expected a JSON object, got {type(data).__name__}")
         elif id_field is not None and id_field not in data:
-            yield Row(str(path), index, default_key, data,
+            yield Row(name, index, default_key, data, row_index=ri,
                       error=f"{path}:{index}: no {id_field!r} field (source.id_field)")
         else:
             key = str(data[id_field]) if id_field is not None else default_key
-            yield Row(str(path), index, key, data)
+            yield Row(name, index, key, data, row_index=ri)
 
 
 def _iter_hf(spec: WorkflowSpec) -> Iterator[Row]:
@@ -153,4 +159,4 @@ def _iter_hf(spec: WorkflowSpec) -> Iterator[Row]:
     name = f"hf:{hf.dataset}/{hf.split}"
     for i, data in enumerate(ds):
         key = str(data[spec.source.id_field]) if spec.source.id_field else f"{hf.split}-{i}"
-        yield Row(name, i, key, dict(data))
+        yield Row(name, i, key, dict(data), row_index=i)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from collections.abc import Callable
 
 import msgspec
 import structlog
@@ -21,6 +22,7 @@ from matrix_p2p import envelope
 from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus
+from matrix_p2p.runtime.attempts import kv_key
 from matrix_p2p.runtime.offload import Offloader
 from matrix_p2p.runtime.rows import Row, iter_rows
 from matrix_p2p.runtime.topology import Names, ensure_workflow, hop_msg_id
@@ -59,8 +61,13 @@ async def submit(
     window: int | None = None,
     parallel: int = 256,
     replicas: int | None = None,
+    namespace: str = "",
+    code_version: str = "",
 ) -> SubmitResult:
     """Submit the first ``limit`` rows (times ``spec.trials``). Idempotent; resumable.
+
+    ``namespace`` (``workflow/version.py``) suffixes every id: a fresh set of
+    tasks for a new code version; ``code_version`` is recorded in each envelope.
 
     Error handling: bus errors propagate (the caller reports them); a bad row
     becomes a failed task, counted in ``bad_rows``.
@@ -71,17 +78,19 @@ async def submit(
     window = window or spec.limits.max_inflight
     entry = spec.entry_role()
     sem = asyncio.Semaphore(parallel)
+    ns = f"~v{namespace}" if namespace else ""
     offloader = Offloader(bus, spec)
 
     async def one(row: Row, trial: int) -> None:
-        tid = task_id(row.key, trial)
+        tid = task_id(row.key, trial) + ns
         try:
-            if await kv.exists(tid):
+            if await kv.exists(kv_key(tid)):
                 result.already += 1
                 return
             task = envelope.new_task(
-                task_id=tid, workflow=spec.name, workflow_version=spec.version, role=entry,
-                row=row.data or {}, source=row.source, row_index=row.index, trial=trial,
+                task_id=tid, workflow=spec.name, workflow_version=spec.version,
+                code_version=code_version, role=entry,
+                row=row.data or {}, source=row.source, row_index=row.row_index, trial=trial,
                 seed=spec.seed * 1_000_003 + row.index * 101 + trial,
             )
             if row.error is not None:
@@ -97,10 +106,13 @@ async def submit(
             await offloader.store(task)  # big values to the object store, before the publish
             # publish first, then record: a crash in between republishes (dedup'd by msg-id)
             await bus.publish(subject, envelope.encode(task), msg_id=hop_msg_id(tid, 0))
-            await kv.create(tid)
+            await kv.create(kv_key(tid))
         finally:
+            sending.discard(tid)
             sem.release()
 
+    # admitted but not yet stored: the stream's count does not show them, admission does
+    sending: set[str] = set()
     rows_seen = 0
     live = 0
     async with asyncio.TaskGroup() as tg:
@@ -113,19 +125,24 @@ async def submit(
                     return result
                 # admission control: live tasks in the stream stay under the window
                 if live >= window or (result.submitted % 256 == 0 and result.submitted):
-                    live = await wait_for_room(bus, names, window, stop)
+                    live = await wait_for_room(bus, names, window, stop,
+                                               sending=lambda: len(sending))
                 await sem.acquire()
                 live += 1
+                sending.add(task_id(row.key, trial) + ns)
                 tg.create_task(one(row, trial))
     return result
 
 
-async def wait_for_room(bus: Bus, names: Names, window: int, stop: asyncio.Event | None) -> int:
-    """Admission control: wait until fewer than ``window`` tasks are live in the task
-    stream (or ``stop``). Returns the live count it saw."""
+async def wait_for_room(bus: Bus, names: Names, window: int, stop: asyncio.Event | None,
+                        *, sending: Callable[[], int] | None = None) -> int:
+    """Admission control: wait until fewer than ``window`` tasks are live: stored in the
+    task stream, plus those this process admitted whose publish has not been stored yet
+    (``sending``; reading the stream alone let 2.5x the window through). Returns the live
+    count it saw."""
     backoff = Retrying(0.05, 1.0)
     while True:
-        live = await bus.stream_msgs(names.tasks_stream)
+        live = await bus.stream_msgs(names.tasks_stream) + (sending() if sending else 0)
         if live < window or (stop is not None and stop.is_set()):
             return live
         await pause(backoff.next(), stop)
