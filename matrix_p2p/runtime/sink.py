@@ -204,11 +204,23 @@ class Sink:
         else:
             fresh = side is None and not self.staging.exists()
             (log.info if fresh else log.warning)("sink.rebuild", out=str(self.out), reason=why)
-            # offloaded values are references here: their objects went once written
-            good = await rebuild(self.bus, self.names, self.staging, self.fmt,
-                                 lambda t: (_row_encoder.encode(to_row(t)) + b"\n"
-                                            if self.skipped_path is None or is_kept(t) else b""),
-                                 self.latest, accept=self.accepts)
+            # offloaded values are read back; those of results written (and their objects
+            # deleted) before the file was lost stay references
+            left_out: list[Task] = []  # kept-only: recorded in the side file below
+
+            def line(t: Task) -> bytes:
+                if self.skipped_path is None or is_kept(t):
+                    return _row_encoder.encode(to_row(t)) + b"\n"
+                left_out.append(t)
+                return b""
+
+            good = await rebuild(self.bus, self.names, self.staging, self.fmt, line,
+                                 self.latest, accept=self.accepts, prepare=self._resolve)
+            if self.skipped_path is not None:
+                side_file = RowWriter(self.skipped_path, "jsonl")
+                for t in left_out:
+                    side_file.write(_skipped_line(t))
+                side_file.close()
         if self.skipped_path is not None:
             for tid in load_written_ids(self.skipped_path):
                 self.latest.offer(tid, "done")
@@ -337,10 +349,7 @@ class Sink:
     def _write(self, task: Task, writer: RowWriter, skipped: RowWriter | None) -> None:
         """The row (kept-only: a filtered task's id goes to the side file instead)."""
         if skipped is not None and not is_kept(task):
-            skipped.write(_row_encoder.encode({
-                "id": task.id, "status": task.status,
-                **({"children": task.state["children"]} if "children" in task.state else {}),
-            }) + b"\n")
+            skipped.write(_skipped_line(task))
         else:
             writer.write(_row_encoder.encode(to_row(task)) + b"\n")
         self.counts.add(task)
@@ -349,6 +358,13 @@ class Sink:
             self.done += 1
         else:
             self.failed += 1
+
+
+def _skipped_line(task: Task) -> bytes:
+    return _row_encoder.encode({
+        "id": task.id, "status": task.status,
+        **({"children": task.state["children"]} if "children" in task.state else {}),
+    }) + b"\n"
 
 
 def is_kept(task: Task) -> bool:
