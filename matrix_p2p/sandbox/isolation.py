@@ -102,7 +102,7 @@ def rlimit_prefix(limits: Limits, cpu_s: int, prlimit: str | None) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", shim]
 
 
-def world_traversable(path: str) -> bool:
+def world_traversable(path: str, *, readable: bool = True) -> bool:
     """Every directory on the way to ``path`` is searchable by others (so an
     unprivileged sandbox uid can bind it), and ``path`` itself is readable."""
     p = Path(path)
@@ -111,7 +111,7 @@ def world_traversable(path: str) -> bool:
             mode = part.stat().st_mode
             if not mode & stat.S_IXOTH:
                 return False
-        return bool(p.stat().st_mode & stat.S_IROTH)
+        return not readable or bool(p.stat().st_mode & stat.S_IROTH)
     except OSError:
         return False
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from matrix_p2p.errors import ConfigError
-from matrix_p2p.sandbox import workdir
+from matrix_p2p.sandbox import isolation, workdir
 from matrix_p2p.sandbox.errors import SandboxUnavailable
 from matrix_p2p.sandbox.isolation import IsolationMode, Limits
 from matrix_p2p.sandbox.pool import Lease, Pool, Refusal
@@ -114,10 +114,15 @@ class SandboxService:
     async def start(self) -> None:
         self.root = workdir.make_root(self.config.work_root)
         try:
+            if self._as_root and not isolation.world_traversable(self.root, readable=False):
+                raise ConfigError(
+                    f"sandbox: the sandbox uids cannot reach {self.root} (a parent directory is not "
+                    "searchable by others); pick another --work-root"
+                )
             problem = await self._probe()
             if problem is not None:
                 raise ConfigError(
-                    f"sandbox: bwrap cannot create its namespaces on this host ({problem}); "
+                    f"sandbox: bwrap cannot create its namespaces or sandbox on this host ({problem}); "
                     "pass --isolation none to run commands without isolation (unsafe)"
                 )
             if self.config.isolation == "none":
