@@ -151,9 +151,12 @@ class SandboxClient:
                 delay = max(0.0, hinted - (self.clock() - sent)) if hinted is not None \
                     else self.backoff.delay(attempt)
             attempt += 1
-            if self.clock() + delay >= deadline:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
                 raise SandboxUnavailable(f"no sandbox before the deadline: {last}", last.status)
-            await self._sleep(delay)
+            # A hint past the deadline still gets one last try at the deadline:
+            # a braked pool can come back early.
+            await self._sleep(min(delay, remaining))
 
     async def execute(
         self,

@@ -110,7 +110,9 @@ class Pool:
         now = self.clock()
         if now < self.braked_until:
             self.counters.refused += 1
-            return Refusal("braked", self.braked_until - now)
+            # A recheck that passes lifts the brake early: hint whichever comes first.
+            rechecks = [s.next_check_at for s in self.slots if s.state == "unhealthy"]
+            return Refusal("braked", max(0.0, min([self.braked_until, *rechecks]) - now))
         for slot in self.slots:
             if slot.state == "free":
                 slot.state = "checking"

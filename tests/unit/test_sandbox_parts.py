@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from matrix_p2p.errors import ConfigError
 from matrix_p2p.sandbox import isolation, protocol, workdir
 from matrix_p2p.sandbox.errors import BadRequest
 from matrix_p2p.sandbox.isolation import Limits
-from matrix_p2p.errors import ConfigError
 
 
 def test_bwrap_argv_shape() -> None:
     argv = isolation.bwrap_argv(
         "/b/bwrap", "/host/slot3", ["python3", "-c", "pass"], limits=Limits(tmp_bytes=4096),
-        env={"PATH": "/usr/bin", "A": "1"}, cwd="sub", extra_ro=["/opt/py"], system=["--ro-bind", "/usr", "/usr"],
+        env={"PATH": "/usr/bin", "A": "1"}, cwd="sub", extra_ro=["/opt/py"],
+        system=["--ro-bind", "/usr", "/usr"],
     )
     assert argv[:4] == ["/b/bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
     joined = " ".join(argv)
@@ -139,7 +140,7 @@ def test_execute_field_checks() -> None:
         protocol.check_execute(E(forward_env=["HOME"]))
     with pytest.raises(BadRequest, match="env: bad variable name 'A=B'"):
         protocol.check_execute(E(env={"A=B": "1"}))
-    with pytest.raises(BadRequest, match="cwd: '/work/../etc'"):
+    with pytest.raises(BadRequest, match=r"cwd: '/work/\.\./etc'"):
         protocol.check_execute(E(cwd="/work/../etc"))
     with pytest.raises(BadRequest, match="timeout_s: must be > 0, got 0"):
         protocol.positive(0, "timeout_s", 10)

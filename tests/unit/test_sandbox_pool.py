@@ -139,7 +139,7 @@ def test_brake_engages_after_a_streak_and_one_success_releases_it() -> None:
     pool.failed(2)
     assert pool.braked() and pool.counters.brakes == 1
     refusal = pool.reserve()
-    assert refusal == Refusal("braked", 20.0)
+    assert refusal == Refusal("braked", 2.0)  # the first recheck is due before the brake ends
     clock.now += 5
     due = pool.due_rechecks()
     assert due == [0, 1, 2]
