@@ -3,7 +3,8 @@
 Modules, in data-path order: ``config`` (settings), ``pool`` (endpoint state
 and selection), ``limiter`` (AIMD limit), ``breaker`` (ejection), ``backoff``
 (retry spacing), ``fleet`` (state shared between workers), ``client`` (the
-only module doing HTTP), ``types`` (the results agents get back).
+only module doing HTTP), ``types`` (the results agents get back), ``tools``
+(tool calls on the wire and in the conversation).
 """
 
 from matrix_p2p.llm.backoff import Backoff
@@ -13,7 +14,16 @@ from matrix_p2p.llm.config import LLMConfig
 from matrix_p2p.llm.fleet import EndpointState, FleetState, InMemoryFleetState
 from matrix_p2p.llm.limiter import AIMDLimiter
 from matrix_p2p.llm.pool import EndpointStats
-from matrix_p2p.llm.types import TRANSIENT, ErrorKind, LLMError, LLMResponse, LLMResult
+from matrix_p2p.llm.tools import tool_message
+from matrix_p2p.llm.types import (
+    TRANSIENT,
+    ErrorKind,
+    LLMError,
+    LLMResponse,
+    LLMResult,
+    ToolCall,
+    ToolCallError,
+)
 
 __all__ = [
     "TRANSIENT",
@@ -30,4 +40,7 @@ __all__ = [
     "LLMError",
     "LLMResponse",
     "LLMResult",
+    "ToolCall",
+    "ToolCallError",
+    "tool_message",
 ]

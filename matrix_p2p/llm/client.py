@@ -34,6 +34,7 @@ from matrix_p2p.llm.config import LLMConfig
 from matrix_p2p.llm.fleet import EndpointState, FleetState, remote_effect, significant_change
 from matrix_p2p.llm.limiter import AIMDLimiter
 from matrix_p2p.llm.pool import Endpoint, EndpointStats, StickyMap, normalise_url, select
+from matrix_p2p.llm.tools import WireToolCall, from_wire
 from matrix_p2p.llm.types import ErrorKind, LLMError, LLMResponse, LLMResult
 
 log = structlog.get_logger(__name__)
@@ -46,6 +47,7 @@ MAX_RETRY_AFTER_S = 600.0
 # -- wire types (unknown fields ignored) --------------------------------------
 class _Message(msgspec.Struct):
     content: str | None = None
+    tool_calls: list[WireToolCall] | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -562,6 +564,7 @@ class LLMClient:
                 latency_s=latency,
                 finish_reason=ch.finish_reason,
                 attempts=attempt,
+                tool_calls=from_wire(ch.message.tool_calls) if ch.message is not None else (),
             )
             self._succeeded(ep, now, latency, resp_.completion_tokens)
             return resp_
