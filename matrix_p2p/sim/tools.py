@@ -246,7 +246,8 @@ def tool_answer(
         if malformed_kind == "unknown_tool":
             name += "_v2"
         elif malformed_kind == "missing_argument" and required:
-            arguments = json.dumps({p: v for p, v in args.items() if p != rng.choice(required)})
+            dropped = rng.choice(required)
+            arguments = json.dumps({p: v for p, v in args.items() if p != dropped})
         else:
             arguments = arguments[: max(1, len(arguments) // 2)]
     words = arguments.split(" ")
