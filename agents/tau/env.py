@@ -22,6 +22,9 @@ JSON object on stdout: ``{"ok": bool, "output": str, "db_hash": str | null}``
   them), not a crash.
 - ``hash`` prints the database's hash as both ``output`` and ``db_hash``.
 
+Callers build the argv with ``command()`` and read the result with
+``parse_result()`` (both stdlib, usable on either side of the sandbox).
+
 Exit status: 0 when a JSON result was printed, tool errors included; 1 when
 the database file is missing or unreadable (``ok`` false, ``output`` says
 why); 2 for a command-line usage error (argparse's message on stderr).
@@ -34,7 +37,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 if __package__:
     from .retail_db import bundled_db_path, db_hash, load_db, save_db
@@ -43,6 +46,35 @@ else:  # run by path: import the siblings flat (put the directory first: ``pytho
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from retail_db import bundled_db_path, db_hash, load_db, save_db  # type: ignore[no-redef]
     from retail_tools import TOOLS, call_tool, openai_schemas  # type: ignore[no-redef]
+
+
+ENV_PATH = Path(__file__).resolve()
+DB_FILE = "db.json"
+
+
+class EnvResult(NamedTuple):
+    ok: bool
+    output: str
+    db_hash: str | None
+
+
+def command(verb: str, *args: str, python: str = "python3", db: str = DB_FILE) -> list[str]:
+    """The argv that runs ``verb`` (init, call, hash) by path, for a sandbox's ``execute``.
+
+    ``command("call", "get_order_details", json.dumps({"order_id": "#W0000001"}))``
+    """
+    return [python, str(ENV_PATH), verb, "--db", db, *args]
+
+
+def parse_result(stdout: str) -> EnvResult:
+    """The printed JSON result; ``ValueError`` when the output is not one (a crash, a kill)."""
+    try:
+        data = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("output"), str):
+        raise ValueError(f"not an environment result: {stdout[:200]!r}")
+    return EnvResult(bool(data.get("ok")), data["output"], data.get("db_hash"))
 
 
 def _print(ok: bool, output: str, digest: str | None) -> None:

@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from agents.tau.retail_db import (
+from .retail_db import (
     Address,
     Order,
     OrderItem,
@@ -324,7 +324,7 @@ def generate_db(seed: int = DEFAULT_SEED) -> RetailDB:
 
 def write(out: Path, seed: int) -> tuple[Path, Path, int]:
     """Write ``db.json`` and ``tasks.jsonl`` under ``out``; returns the paths and the task count."""
-    from agents.tau.task_gen import generate_tasks  # the tasks need the database first
+    from .task_gen import generate_tasks  # the tasks need the database first
 
     out.mkdir(parents=True, exist_ok=True)
     db = generate_db(seed)

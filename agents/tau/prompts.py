@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from agents.tau.tasks import Task
+from .tasks import Task
 
 #: Must equal ``matrix_p2p.sim.usersim.USER_MARKER`` (a test checks it).
 USER_SIM_MARKER = "###USER-SIMULATOR###"

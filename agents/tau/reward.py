@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import msgspec
 
-from agents.tau.retail_db import RetailDB, db_hash
-from agents.tau.retail_tools import call_tool
-from agents.tau.tasks import Task
+from .retail_db import RetailDB, db_hash
+from .retail_tools import call_tool
+from .tasks import Task
 
 
 class Reward(msgspec.Struct, frozen=True):

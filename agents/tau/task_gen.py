@@ -14,9 +14,9 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from agents.tau.generate import random_address
-from agents.tau.retail_db import Order, OrderItem, RetailDB, User, cents
-from agents.tau.retail_tools import call_tool
+from .generate import random_address
+from .retail_db import Order, OrderItem, RetailDB, User, cents
+from .retail_tools import call_tool
 
 Action = dict[str, Any]
 TaskDict = dict[str, Any]

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from agents.tau.retail_db import RetailDB, bundled_db_path, load_db
+from .retail_db import RetailDB, bundled_db_path, load_db
 
 Ending = Literal["stop", "transfer", "out_of_scope"]
 

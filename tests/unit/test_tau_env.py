@@ -93,3 +93,13 @@ def test_missing_database_and_usage_errors(tmp_path: Path) -> None:
 def test_schemas_command_prints_the_tool_schemas(tmp_path: Path) -> None:
     rc, out = run_env(tmp_path, "schemas", by_path=True)
     assert rc == 0 and out == openai_schemas()
+
+
+def test_command_and_parse_result_round_trip(tmp_path: Path) -> None:
+    argv = env_module.command("init", python=sys.executable)
+    assert argv[1:] == [str(ENV_PATH), "init", "--db", "db.json"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
+    result = env_module.parse_result(done.stdout)
+    assert result == env_module.EnvResult(True, "initialized", db_hash(load_db(tmp_path / "db.json")))
+    with pytest.raises(ValueError, match=r"^not an environment result: 'Traceback'$"):
+        env_module.parse_result("Traceback")
