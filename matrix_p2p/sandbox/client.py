@@ -17,9 +17,9 @@ import aiohttp
 import msgspec
 import structlog
 
-from matrix_p2p.llm.backoff import Backoff
+from matrix_p2p.backoff import Backoff
 from matrix_p2p.llm.breaker import CircuitBreaker
-from matrix_p2p.llm.client import parse_retry_after
+from matrix_p2p.llm.wire import parse_retry_after
 from matrix_p2p.sandbox.errors import LeaseGone, SandboxError, SandboxUnavailable
 from matrix_p2p.sandbox.runner import ExecResult
 

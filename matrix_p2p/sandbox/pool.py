@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from matrix_p2p.llm.backoff import Backoff
+from matrix_p2p.backoff import Backoff
 from matrix_p2p.sandbox.errors import UnknownLease
 
 SlotState = Literal["free", "checking", "leased", "cleaning", "unhealthy"]

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from matrix_p2p.llm.backoff import Backoff
+from matrix_p2p.backoff import Backoff
 from matrix_p2p.sandbox.errors import UnknownLease
 from matrix_p2p.sandbox.pool import Pool, Refusal
 
