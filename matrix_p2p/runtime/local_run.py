@@ -21,6 +21,7 @@ from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.resources.llm import open_fleet_state, open_llms
+from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.sink import Sink
 from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
@@ -37,6 +38,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
     store: str | None = None
     sync: str = "always"
     llm_urls: list[str] = []
+    sandbox_urls: list[str] = []  # empty: an in-process sandbox server if the workflow needs one
     sim_replicas: int = 1
     concurrency: int | None = None
     progress: bool = True
@@ -55,6 +57,7 @@ class RunResult(msgspec.Struct):
     interrupted: bool
     submit: SubmitResult
     worker: WorkerStats
+    sandbox_leased: int | None = None  # leases the in-process sandbox server held at the end
 
 
 def default_out(spec: WorkflowSpec) -> Path:
@@ -98,6 +101,35 @@ async def _llm_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[list[
             await s.stop()
 
 
+class _SandboxServers(msgspec.Struct):
+    urls: list[str]
+    leased_at_end: int | None = None
+
+
+@contextlib.asynccontextmanager
+async def _sandbox_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[_SandboxServers]:
+    # like the simulator: a sandbox server in this process when the workflow declares
+    # sandbox resources and neither --sandbox-url nor the file names a server
+    declared = spec.resources.sandbox.values()
+    if opts.sandbox_urls or not declared or all(r.urls for r in declared):
+        yield _SandboxServers(list(opts.sandbox_urls))
+        return
+    from matrix_p2p.sandbox import Limits, SandboxConfig, SandboxServer
+
+    limits = Limits(memory_bytes=max(r.memory_mb for r in declared) << 20,
+                    cpu_s=max(r.cpu_s for r in declared))
+    config = SandboxConfig(pool_size=max(r.pool for r in declared), limits=limits,
+                           ttl_s=max(r.ttl_s for r in declared),
+                           default_timeout_s=max(r.timeout_s for r in declared))
+    async with SandboxServer(config) as server:
+        log.info("sandbox.started", url=server.url, pool=config.pool_size)
+        found = _SandboxServers([server.url])
+        try:
+            yield found
+        finally:
+            found.leased_at_end = int(server.service.status()["leased"])  # type: ignore[call-overload]
+
+
 async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event) -> RunResult:
     """Run ``spec`` to completion (or until ``stop``). Returns what was written.
 
@@ -110,11 +142,13 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     roles = list(spec.roles)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls:
+    async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls, \
+            _sandbox_urls(opts, spec) as sandboxes:
         bus = await busmod.connect(conn)
         try:
             async with open_fleet_state(bus, enabled=opts.fleet_state) as fleet, \
-                    open_llms(spec, roles, urls, fleet=fleet) as llms:
+                    open_llms(spec, roles, urls, fleet=fleet) as llms, \
+                    open_sandboxes(spec, sandboxes.urls) as resources:
                 sink = Sink(bus, spec, out)
                 stats = WorkerStats()
                 submitted = SubmitResult()
@@ -141,7 +175,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                 async def workers_then_sink() -> None:
                     await serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop_workers,
                                       concurrency=opts.concurrency, stats=stats,
-                                      drain_timeout=opts.drain_timeout_s)
+                                      drain_timeout=opts.drain_timeout_s, resources=resources)
                     stop_sink.set()  # after the drain: what finished during it is written too
 
                 async def source() -> None:
@@ -164,6 +198,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         out=str(out), rows=sink.count, expected=expected, done=sink.done, failed=sink.failed,
         elapsed_s=loop.time() - started, completion_tokens=tokens,
         interrupted=stop.is_set() and sink.count < expected, submit=submitted, worker=stats,
+        sandbox_leased=sandboxes.leased_at_end,
     )
 
 
@@ -172,4 +207,6 @@ def summary_line(r: RunResult) -> str:
     status = "interrupted: " if r.interrupted else ""
     return (f"{status}{r.rows}/{r.expected} rows in {r.out} ({r.done} done, {r.failed} failed "
             f"this run) in {r.elapsed_s:.1f}s: {rate:,.1f} tasks/s, "
-            f"{r.completion_tokens / max(r.elapsed_s, 1e-9):,.0f} generated tok/s")
+            f"{r.completion_tokens / max(r.elapsed_s, 1e-9):,.0f} generated tok/s"
+            + (f"; sandbox leases held at the end: {r.sandbox_leased}"
+               if r.sandbox_leased is not None else ""))

@@ -68,6 +68,20 @@ class RunAs:
     gid: int
 
 
+def _drop_privileges(run_as: RunAs | None) -> dict[str, Any]:
+    """The spawn arguments that drop to ``run_as``. uvloop's subprocess_exec has no
+    ``user``/``group``/``extra_groups`` (``run`` uses uvloop), so there it is a preexec_fn."""
+    if run_as is None:
+        return {}
+    if type(asyncio.get_running_loop()).__module__.startswith("uvloop"):
+        def drop() -> None:
+            os.setgroups([])
+            os.setgid(run_as.gid)
+            os.setuid(run_as.uid)
+        return {"preexec_fn": drop}
+    return {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+
+
 async def _read_capped(stream: asyncio.StreamReader | None, limit: int) -> tuple[bytes, int]:
     """Read to EOF keeping the first ``limit`` bytes. Returns (kept, total)."""
     if stream is None:
@@ -169,9 +183,7 @@ class Runner:
             cwd=host_cwd,
             env=env if env is not None else {"PATH": os.environ.get("PATH", isolation.DEFAULT_PATH)},
             start_new_session=True,  # its pgid is its pid: one killpg ends it all
-            user=run_as.uid if run_as else None,
-            group=run_as.gid if run_as else None,
-            extra_groups=[] if run_as else None,
+            **_drop_privileges(run_as),
         )
         self._track(key, proc)
         timed_out = False
