@@ -5,7 +5,8 @@ The trace is the task's turns, in order: ``user`` and ``assistant`` turns (an
 assistant turn that called tools keeps the calls in ``meta.tool_calls``) and
 one ``tool`` turn per tool call, whose ``meta`` holds the call's id, name and
 arguments, ``ok``, and the sandbox that ran it (``sandbox``: the lease id,
-``sandbox_server``), with the execution's duration in ``elapsed_s``. Both
+``sandbox_server``), with the call's duration in ``elapsed_s`` (waiting for a sandbox
+included) and the execution's own in ``meta.exec_s``. Both
 speakers' conversations are rebuilt from the turns at every hop.
 
 ``task.state`` (the row's ``result``): ``steps`` (messages so far),
@@ -173,6 +174,7 @@ class Assistant(Agent):
         """Run one call in the sandbox; append its ``tool`` turn. Returns whether it succeeded."""
         started = time.time()
         lease: Lease | None = None
+        exec_s = 0.0
         try:
             arguments = call.parse_arguments()
         except ToolCallError as exc:
@@ -182,11 +184,12 @@ class Assistant(Agent):
             result, lease = await box.run(sandbox_env.argv("call", call.name,
                                                            msgspec.json.encode(arguments).decode()))
             ok, output = _env_output(result)
+            exec_s = result.elapsed_s
         task.turns.append(Turn(
             role="tool", content=output, hop=task.hop, started_at=started,
             elapsed_s=round(time.time() - started, 6),
             meta={"tool_call_id": call.id, "name": call.name, "arguments": call.arguments,
-                  "ok": ok, "sandbox": lease.ref if lease else None,
+                  "ok": ok, "exec_s": exec_s, "sandbox": lease.ref if lease else None,
                   "sandbox_server": lease.where if lease else None}))
         return ok
 

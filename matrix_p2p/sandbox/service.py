@@ -317,6 +317,7 @@ class SandboxService:
             "unhealthy": counts["unhealthy"], "cleaning": counts["cleaning"] + counts["checking"],
             "braked": self.pool.braked(), "isolation": self.config.isolation,
             "executions": ec.executions, "timeouts": ec.timeouts, "nonzero_exits": ec.nonzero,
+            "exec_seconds": round(ec.seconds, 3),
             "granted": pc.granted, "refused": pc.refused, "released": pc.released,
             "reclaimed": pc.reclaimed, "health_failed": pc.health_failed,
             "leases": [

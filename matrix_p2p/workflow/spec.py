@@ -51,7 +51,9 @@ class SandboxResource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     pool: int = 4
     ttl_s: float = 300.0
     timeout_s: float = 30.0  # default execution timeout
-    acquire_timeout_s: float = 120.0
+    # how long a hop waits for a free sandbox before it is handed back (nak) for later:
+    # short, so tasks that hold sandboxes are never starved of worker slots by waiters
+    acquire_timeout_s: float = 10.0
     max_restarts: int = 2  # trajectories restarted on a fresh sandbox when the old one is gone
     memory_mb: int = 1024
     cpu_s: int = 60

@@ -39,7 +39,7 @@ source: {{path: rows.jsonl, id_field: id}}
 resources:
   llm: {{default: {{max_tokens: 64}}}}
   sandbox:
-    env: {{ttl_s: {ttl}, timeout_s: 20, max_restarts: 3, acquire_timeout_s: 60}}
+    env: {{ttl_s: {ttl}, timeout_s: 20, max_restarts: 3, acquire_timeout_s: 5}}
 roles:
   user: {{agent: "matrix_p2p_agents.tau.roles:UserSimulator", concurrency: 50}}
   assistant: {{agent: "matrix_p2p_agents.tau.roles:Assistant", concurrency: 50, resources: [env]}}
