@@ -122,6 +122,11 @@ async def step_barrier(spec: WorkflowSpec, tasks: list[Task], batch: int) -> lis
     return out
 
 
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    return [{"status": r["status"], **r["result"]}
+            for r in map(json.loads, path.read_text().splitlines())]
+
+
 def _summary(name: str, n: int, secs: float, d: dict[str, Any], rows: list[dict[str, Any]],
              util: dict[str, Any]) -> dict[str, Any]:
     rewards = [float(r.get("reward", 0.0)) for r in rows]
@@ -153,8 +158,7 @@ async def run(sim: SimFleet, workdir: Path, *, tasks: int, concurrency: int,
                 sync="interval", llm_urls=sim.urls, sandbox_urls=[srv.url], progress=False,
                 fleet_state=False), asyncio.Event())
         d = delta(s0, await sim.stats())
-        rows = [{"status": r["status"], **r["result"]} for r in
-                map(json.loads, Path(result.out).read_text().splitlines())]
+        rows = _read_rows(Path(result.out))
         out["ours"] = _summary("ours", tasks, result.elapsed_s, d, rows, u)
         log(f"  ours          {out['ours']['tokens_per_s']:>9,.0f} tok/s, "
             f"{result.elapsed_s:.1f}s, sandbox busy {u['sandbox_busy']:.3f} "

@@ -83,7 +83,8 @@ def _print(ok: bool, output: str, digest: str | None) -> None:
 
 def run(argv: list[str]) -> int:
     """Run one command (see the module doc); returns the exit status."""
-    parser = argparse.ArgumentParser(prog="matrix_p2p_agents.tau.env", description="The retail tool environment.")
+    parser = argparse.ArgumentParser(prog="matrix_p2p_agents.tau.env",
+                                     description="The retail tool environment.")
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="write a fresh database to --db")
     init.add_argument("--db", default="db.json")

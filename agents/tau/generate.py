@@ -336,7 +336,8 @@ def write(out: Path, seed: int) -> tuple[Path, Path, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="matrix_p2p_agents.tau.generate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="matrix_p2p_agents.tau.generate",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data")
     args = parser.parse_args(argv)

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from matrix_p2p.errors import ConfigError
 from matrix_p2p.backoff import Backoff
+from matrix_p2p.errors import ConfigError
 from matrix_p2p.sandbox import (
     LeaseGone,
     SandboxClient,

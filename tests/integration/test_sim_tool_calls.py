@@ -9,11 +9,11 @@ from typing import Any
 
 import openai
 import pytest
-
 from matrix_p2p_agents.tau.prompts import assistant_system_prompt, user_system_prompt
 from matrix_p2p_agents.tau.retail_tools import call_tool, openai_schemas
 from matrix_p2p_agents.tau.reward import evaluate
 from matrix_p2p_agents.tau.tasks import fresh_db, load_tasks
+
 from matrix_p2p.llm import LLMClient, LLMConfig, LLMResponse, ToolCallError, tool_message
 from matrix_p2p.sim.config import SimConfig
 from matrix_p2p.sim.server import SimServer, start_sim

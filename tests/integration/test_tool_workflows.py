@@ -11,6 +11,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from matrix_p2p_agents.code_verify import HARNESS
 
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.bus import ConnectOptions
@@ -18,7 +19,6 @@ from matrix_p2p.runtime.local_run import RunOptions, RunResult, run_workflow
 from matrix_p2p.sandbox import SandboxClient, SandboxConfig, SandboxServer
 from matrix_p2p.workflow import loader
 from matrix_p2p.workflow.spec import WorkflowSpec
-from matrix_p2p_agents.code_verify import HARNESS
 from tests.integration.helpers import read_rows
 
 _n = itertools.count()

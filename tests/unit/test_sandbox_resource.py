@@ -8,6 +8,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from matrix_p2p_agents.code_verify import extract_code
+from matrix_p2p_agents.tau.roles import assistant_view, user_view
+from matrix_p2p_agents.tau.router import TauRouter
+from matrix_p2p_agents.tau.tasks import load_tasks
 
 from matrix_p2p import envelope
 from matrix_p2p.bus import MemoryBus
@@ -18,10 +22,6 @@ from matrix_p2p.resources.sandbox import SandboxPool, restart_trajectory
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow import loader, spec
 from matrix_p2p.workflow.spec import SandboxResource
-from matrix_p2p_agents.code_verify import extract_code
-from matrix_p2p_agents.tau.roles import assistant_view, user_view
-from matrix_p2p_agents.tau.router import TauRouter
-from matrix_p2p_agents.tau.tasks import load_tasks
 from tests.conftest import make_spec
 from tests.integration.helpers import read_rows, run_until
 from tests.unit.lease_agents import FakeKind
@@ -99,7 +99,8 @@ def test_a_lost_sandbox_restarts_the_trajectory_up_to_the_limit_then_fails() -> 
     task = Task(id="t", workflow="s", role="a", leases=[Lease(kind="box", ref="L1")])
     assert restart_trajectory(task, _Ctx(s, res), "box", "gone") == 1  # type: ignore[arg-type]
     assert task.leases == [] and task.state["sandbox_restarts"] == 1
-    with pytest.raises(FailTask, match=r"^sandbox lost 2 times \(resources.sandbox.box.max_restarts=1\): gone$"):
+    with pytest.raises(FailTask,
+                       match=r"^sandbox lost 2 times \(resources.sandbox.box.max_restarts=1\): gone$"):
         restart_trajectory(task, _Ctx(s, res), "box", "gone")  # type: ignore[arg-type]
 
 
@@ -120,7 +121,7 @@ async def test_the_worker_releases_leases_on_every_ending(tmp_path: Path) -> Non
     kind = FakeKind()
     bus = MemoryBus()
     try:
-        sink, stats, _ = await run_until(bus, s, tmp_path / "out.jsonl", expect=len(rows),
+        _, stats, _ = await run_until(bus, s, tmp_path / "out.jsonl", expect=len(rows),
                                          resources=Resources({"box": kind}))
         # a misrouted envelope holding a lease is dead-lettered: its lease is released too
         stray = Task(id="stray", workflow="other", role="a",

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import matrix_p2p_agents.tau.env as env_module
+import pytest
 from matrix_p2p_agents.tau.retail_db import bundled_db_path, db_hash, load_db
 from matrix_p2p_agents.tau.retail_tools import openai_schemas
 from matrix_p2p_agents.tau.reward import evaluate

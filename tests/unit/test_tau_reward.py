@@ -7,13 +7,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from matrix_p2p_agents.tau.generate import write
 from matrix_p2p_agents.tau.prompts import USER_SIM_MARKER, user_system_prompt
 from matrix_p2p_agents.tau.retail_db import bundled_db_path, db_hash
 from matrix_p2p_agents.tau.retail_tools import call_tool
 from matrix_p2p_agents.tau.reward import evaluate, expected_db
 from matrix_p2p_agents.tau.tasks import Action, Task, UserScenario, fresh_db, load_tasks, validate_db
+
 from matrix_p2p.sim.usersim import USER_MARKER
 from tests.unit.test_tau_tools import small_db
 

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-
 from matrix_p2p_agents.tau.retail_db import RetailDB, db_hash
 from matrix_p2p_agents.tau.retail_tools import TOOLS, call_tool, openai_schemas
 from matrix_p2p_agents.tau.tasks import validate_db
