@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from matrix_p2p.sandbox import isolation
+import matrix_p2p.sandbox.isolation as isolation
 from matrix_p2p.sandbox.isolation import IsolationMode, Limits
 
 log = structlog.get_logger(__name__)

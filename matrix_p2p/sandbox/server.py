@@ -16,7 +16,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from matrix_p2p.sandbox import metrics, protocol, workdir
+import matrix_p2p.sandbox.metrics as metrics
+import matrix_p2p.sandbox.protocol as protocol
+import matrix_p2p.sandbox.workdir as workdir
 from matrix_p2p.sandbox.errors import BadRequest, SandboxUnavailable, UnknownLease
 from matrix_p2p.sandbox.pool import Lease
 from matrix_p2p.sandbox.runner import ExecSpec

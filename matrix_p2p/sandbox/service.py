@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
+import matrix_p2p.sandbox.isolation as isolation
+import matrix_p2p.sandbox.workdir as workdir
 from matrix_p2p.errors import ConfigError
-from matrix_p2p.sandbox import isolation, workdir
 from matrix_p2p.sandbox.errors import SandboxUnavailable
 from matrix_p2p.sandbox.isolation import IsolationMode, Limits
 from matrix_p2p.sandbox.pool import Lease, Pool, Refusal
