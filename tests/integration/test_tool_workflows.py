@@ -94,3 +94,11 @@ async def test_the_harness_gives_the_verdict_in_the_sandbox(
     assert summary["verdict"] == verdict
     assert summary.get("passed", 0) == passed and summary.get("failed", 0) == failed
     assert got.returncode == {"pass": 0, "fail": 1, "error": 2}[verdict]
+
+
+def test_sandbox_server_flag_mistakes_are_one_line() -> None:
+    from tests.procs import mx
+
+    got = mx("sandbox-server", "--pool", "0", "--port", "0", timeout=60)
+    assert got.returncode == 2
+    assert got.stderr.strip().splitlines()[-1] == "matrix_p2p: error: sandbox: --pool must be >= 1"
