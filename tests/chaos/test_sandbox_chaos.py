@@ -83,6 +83,14 @@ class Fleet:
         self.tmp, self.wf, self.n = tmp, wf, n
         self.nats = EmbeddedNats(store_dir=tmp / "nats")
         self.nats.start()
+        try:
+            self._start(ps, wf, n, workers)
+        except BaseException:
+            self.nats.cleanup()  # the processes in ``ps`` are stopped by ``processes()``
+            raise
+
+    def _start(self, ps: list[Proc], wf: Path, n: int, workers: int) -> None:
+        tmp = self.tmp
         sim_port, self.sbx_port = free_port(), free_port()
         self.sbx_url = f"http://127.0.0.1:{self.sbx_port}"
         self.out = tmp / "out.jsonl"
