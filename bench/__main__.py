@@ -22,12 +22,12 @@ SIZES = {
               "saturation": [1000, 5000], "sat_warmup": 4.0, "sat_window": 8.0,
               "bl_tasks": 800, "bl_conc": 400, "ray": False,
               "lc_callers": 2000, "lc_warmup": 10.0, "lc_window": 15.0,
-              "lc_all_semaphores": False, "tau_tasks": 130, "tau_conc": 64},
+              "lc_all_semaphores": False, "tau_tasks": 65, "tau_conc": 16},
     "full": {"overhead_tasks": 5000, "scaling": [1000, 10000, 100000], "scaling_sync": "interval",
              "saturation": [1000, 5000, 20000], "sat_warmup": 6.0, "sat_window": 12.0,
              "bl_tasks": 2400, "bl_conc": 800, "ray": True,
              "lc_callers": 2000, "lc_warmup": 10.0, "lc_window": 20.0,
-             "lc_all_semaphores": True, "tau_tasks": 260, "tau_conc": 128},
+             "lc_all_semaphores": True, "tau_tasks": 260, "tau_conc": 64},
 }
 
 NOTES = Path(__file__).with_name("NOTES.md")
