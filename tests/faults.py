@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import msgspec
@@ -113,6 +113,7 @@ class FaultyBus:
         self.trace: list[Step] = [] if trace is None else trace
         self.dead = False
         self.fired = asyncio.Event()  # set when any fault fired
+        self._stepped = asyncio.Event()
 
     def check(self, point: str, subject: str, data: bytes | None, delivery: int | None = None) -> None:
         task, hop = peek(data) if data is not None else (None, None)
@@ -126,8 +127,8 @@ class FaultyBus:
                     f.fired += 1
                     injected = f
                     break
-        self.trace.append(Step(point, subject, task, hop, delivery,
-                               injected.describe() if injected else None))
+        self.record(Step(point, subject, task, hop, delivery,
+                         injected.describe() if injected else None))
         if injected is None:
             return
         self.fired.set()
@@ -135,6 +136,21 @@ class FaultyBus:
             self.dead = True
             raise Crash(injected.describe())
         raise bus_errors.failed(f"{point} {subject}", f"injected fault ({injected.describe()})")
+
+    def record(self, step: Step) -> None:
+        self.trace.append(step)
+        self._stepped.set()
+
+    async def wait_for(self, cond: Callable[[list[Step]], bool], what: str, within_s: float = 5.0) -> None:
+        """Wait (woken by each traced call, no polling) until ``cond(trace)`` holds."""
+        try:
+            async with asyncio.timeout(within_s):
+                while not cond(self.trace):
+                    self._stepped.clear()
+                    await self._stepped.wait()
+        except TimeoutError:
+            tail = "\n  ".join(str(s) for s in self.trace[-20:])
+            raise AssertionError(f"no {what} within {within_s}s; last calls:\n  {tail}") from None
 
     def history(self, task: str) -> list[Step]:
         return [s for s in self.trace if s.task == task]
@@ -213,7 +229,7 @@ class FaultyPuller:
             return []
         for d in got:
             task, hop = peek(d.data)
-            self._bus.trace.append(Step("delivered", d.subject, task, hop, d.num_delivered))
+            self._bus.record(Step("delivered", d.subject, task, hop, d.num_delivered))
         return [FaultyDelivery(self._bus, d) for d in got]
 
     async def unsubscribe(self) -> None:
