@@ -61,10 +61,13 @@ def _run_with_chaos(tmp: Path, *, n: int, delay: float, worker_kills: int,
             sink = Proc(["sink", str(wf), "--nats", url, "--out", str(out), "--expect", str(n),
                          "--timeout", "240"], tmp / "sink.log")
             ps.append(sink)
-            wait_for(lambda: count_lines(out) >= n // 20, 60, "the first results")
             kills_mid_run = 0
             for k in range(worker_kills):
-                time.sleep(rng.uniform(0.2, 0.8))  # chaos pacing, not synchronisation
+                # Paced by progress, not by the clock: kill k lands once (k+1)/(kills+2) of
+                # the tasks are written, so every kill is mid-run by construction, with
+                # the rest of the tasks in flight, however fast or slow the machine is.
+                at = (k + 1) * n // (worker_kills + 2)
+                wait_for(lambda at=at: count_lines(out) >= at, 90, f"{at} results before kill {k + 1}")
                 victim = rng.choice(fleet)
                 if count_lines(out) < n:
                     kills_mid_run += 1

@@ -35,7 +35,7 @@ from matrix_p2p import envelope
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.bus import MemoryBus
 from matrix_p2p.llm import LLMClient
-from matrix_p2p.runtime.hop import AgentRetry, Hop, Nak, Publish
+from matrix_p2p.runtime.hop import AgentRetry, DeadLetter, Hop, Nak, Publish
 from matrix_p2p.runtime.sink import Sink
 from matrix_p2p.runtime.source import submit
 from matrix_p2p.runtime.topology import Names, ensure_workflow
@@ -117,8 +117,7 @@ async def test_guard_finished_envelopes_rejected(mem: Rig, tmp_path: Path) -> No
     async with worker(mem.faulty(), spec):
         results = await wait_finished(mem.bus, names, ids, step="the run", hops=HOPS)
         for t in results:
-            assert hop.arrive(envelope.encode(t), names.task("a"), 1, now=0.0).__class__.__name__ \
-                == "DeadLetter"
+            assert isinstance(hop.arrive(envelope.encode(t), names.task("a"), 1, now=0.0), DeadLetter)
             await mem.bus.publish(names.task("a"), envelope.encode(t))
         await wait_finished(mem.bus, names, ids, step="finished envelopes put back on role a",
                             hops=HOPS, status="done")
