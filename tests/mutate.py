@@ -110,7 +110,9 @@ def apply(text: str, edits: list[tuple[str, str]]) -> str | None:
         pat = loose(old)
         if len(pat.findall(text)) != 1:
             return None
-        text = pat.sub(lambda _m, new=new: new, text, count=1)
+        m = pat.search(text)
+        assert m is not None
+        text = text[:m.start()] + new + text[m.end():]
     return text
 
 
