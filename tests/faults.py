@@ -300,7 +300,7 @@ def has_crash(exc: BaseException) -> bool:
     return False
 
 
-async def until_crash(run: Awaitable[Any], bus: FaultyBus, within_s: float = 5.0) -> None:
+async def until_crash(run: Awaitable[Any], bus: FaultyBus, within_s: float = 10.0) -> None:
     """Await ``run`` (a worker, a sink, a submit) until an injected ``Crash`` stops it.
 
     Fails at once when ``run`` ends without crashing and after ``within_s`` when the

@@ -92,7 +92,7 @@ def assert_exactly_once(results: Sequence[Task], submitted: Iterable[str], *, st
 
 
 async def wait_finished(bus: Bus, names: Names, submitted: Iterable[str], *, step: str,
-                        within_s: float = 8.0, hops: int | dict[str, int] | None = None,
+                        within_s: float = 10.0, hops: int | dict[str, int] | None = None,
                         status: str | None = None,
                         trace: Sequence[Step] | None = None) -> list[Task]:
     """Every task's result, read from the results stream as it arrives (no polling sleep).
