@@ -217,9 +217,18 @@ def test_guard_config_error_exit_2(tmp_path: Path) -> None:
 
 
 def test_guard_config_error_in_task_group_exit_2(tmp_path: Path, nats_server: EmbeddedNats) -> None:
-    """`submit` meets the missing source inside its TaskGroup (the error arrives wrapped)."""
+    """`submit` meets the missing source inside its TaskGroup, `run` the agent that
+    cannot be imported inside its own (the error arrives wrapped in a group)."""
     wf = tmp_path / "cfgerr.yaml"
     wf.write_text(NO_SOURCE)
     r = mx("submit", str(wf), "--nats", nats_server.url, cwd=tmp_path)
     assert (r.returncode, r.stderr.strip()) == (
         2, f"matrix_p2p: error: {wf}: source.path: no file matches 'nothing-*.jsonl'")
+    wf.write_text(NO_SOURCE.replace("nothing-*.jsonl", "cfgerr.yaml")
+                  .replace("matrix_p2p_agents.dummy:Talker", "no_such_module_here:Talker"))
+    r = mx("run", str(wf), "--no-progress", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"matrix_p2p: error: {wf}: roles.a.agent: cannot import 'no_such_module_here': "
+        "No module named 'no_such_module_here'")
+    assert "Traceback" not in r.stderr
