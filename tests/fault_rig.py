@@ -76,8 +76,9 @@ async def worker(bus: Bus, spec: WorkflowSpec) -> AsyncIterator[None]:
         yield
     finally:
         stop.set()
-        async with asyncio.timeout(10):
-            await t
+        done, _ = await asyncio.wait({t}, timeout=10)
+        assert done, "the worker did not stop within 10 s of its stop event"
+        t.result()
 
 
 async def setup(rig: Rig, tmp_path: Path, n: int = 3) -> tuple[WorkflowSpec, Names, list[str]]:

@@ -303,16 +303,33 @@ def has_crash(exc: BaseException) -> bool:
 async def until_crash(run: Awaitable[Any], bus: FaultyBus, within_s: float = 10.0) -> None:
     """Await ``run`` (a worker, a sink, a submit) until an injected ``Crash`` stops it.
 
-    Fails at once when ``run`` ends without crashing and after ``within_s`` when the
-    fault never fired (the point it names was never reached)."""
-    try:
-        async with asyncio.timeout(within_s):
-            await run
-    except TimeoutError:
+    Fails at once when ``run`` ends without crashing, after ``within_s`` when the
+    fault never fired (the point it names was never reached), and when whatever
+    ``run`` left running does not end once the crash has cancelled it."""
+    task = asyncio.ensure_future(run)
+    done, _ = await asyncio.wait({task}, timeout=within_s)
+    if not done:
         pending = [f.describe() for f in bus.faults if f.fired < f.times]
-        raise AssertionError(f"no crash within {within_s}s: never reached {pending}") from None
-    except BaseException as exc:
-        if has_crash(exc):
-            return
-        raise
+        task.cancel()
+        await asyncio.wait({task}, timeout=5.0)
+        if pending:
+            raise AssertionError(f"no crash within {within_s}s: never reached {pending}")
+        raise AssertionError(f"the crash fired but what crashed had not ended {within_s}s later "
+                             f"(a cancellation lost?); {'stuck' if not task.done() else 'ended'} "
+                             f"after a cancel. Tasks:\n{task_stacks()}")
+    exc = task.exception()
+    if exc is not None and has_crash(exc):
+        return
+    if exc is not None:
+        raise exc
     raise AssertionError("it ended without reaching the crash point")
+
+
+def task_stacks() -> str:
+    """Where every asyncio task of this loop is waiting (for a stuck-shutdown message)."""
+    import io
+
+    out = io.StringIO()
+    for t in asyncio.all_tasks():
+        t.print_stack(limit=6, file=out)
+    return out.getvalue()

@@ -96,6 +96,9 @@ MUTANTS = [
     Mutant("config error inside a task group: not unwrapped", "matrix_p2p/cli/__init__.py", [
         ("found = first_matrix_error(group)", "found = None"),
     ], [G + "test_guard_config_error_in_task_group_exit_2"]),
+    Mutant("a cancelled fetch is cancelled (nats-py swallows it)", "matrix_p2p/bus/jetstream.py", [
+        ("if task is not None and task.cancelling() > cancels:", "if False:"),
+    ], ["tests/integration/test_fetch_cancel.py", HOP]),
 ]
 
 

@@ -93,11 +93,18 @@ class JetStreamPuller:
         Error handling: other failures (say a 503 while a cluster re-elects the
         consumer's leader) raise ``BusError``: the caller backs off and fetches again.
         """
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
             with translate(self._what):
                 msgs = await self._sub.fetch(batch=batch, timeout=timeout)
         except TimedOut:
-            return []
+            msgs = []
+        if task is not None and task.cancelling() > cancels:
+            # nats-py's fetch can swallow a cancel that races its own wait (asyncio.wait_for
+            # on Python 3.11): honour it, or a cancelled worker fetches on forever. What it
+            # took comes back after ack_wait.
+            raise asyncio.CancelledError
         return [JetStreamDelivery(m) for m in msgs if m.data is not None]
 
     async def unsubscribe(self) -> None:
