@@ -57,7 +57,7 @@ MUTANTS = [
         ("msg_id=hop_msg_id(tid, 0)", "msg_id=None"),
     ], [G + "test_guard_msg_id_dedup_at_the_source", EDGE]),
     Mutant("sink dedup: skipped", "matrix_p2p/runtime/sink.py", [
-        ("if task.id in self.written:", "if False:"),
+        ('if verdict in ("duplicate", "stale"):', "if False:"),
     ], [G + "test_guard_sink_dedup", EDGE]),
     Mutant("dead-letter on the sink: garbage termed, not kept", "matrix_p2p/runtime/sink.py", [
         ("await topology.dead_letter(self.bus, self.names, d.data, reason=str(exc), subject=d.subject)",

@@ -8,6 +8,8 @@ Each ends with the invariant read from the output file or the results stream.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from matrix_p2p import envelope
@@ -37,16 +39,28 @@ async def results_setup(rig: Rig, tmp_path: Path) -> tuple[WorkflowSpec, Names]:
     return spec, await ensure_workflow(rig.bus, spec)
 
 
+@asynccontextmanager
+async def running_sink(sink: Sink, expect: int) -> AsyncIterator[None]:
+    """The sink runs (its start-up rebuild from the stream done) while the block
+    publishes, so what the block publishes goes through its consumer; ends when
+    ``expect`` tasks are written."""
+    ready = asyncio.Event()
+    run = asyncio.create_task(sink.run(asyncio.Event(), expect=expect, ready=ready))
+    await ready.wait()
+    yield
+    await run
+
+
 async def test_sink_writes_a_duplicate_result_once(rig: Rig, tmp_path: Path) -> None:
     """Guard: sink dedup (the results stream holds t1 twice: a republish past the
     dedup window, a replay; the dataset holds it once)."""
     spec, names = await results_setup(rig, tmp_path)
-    for tid in ("t1", "t1", "t2"):  # no msg-id: the stream keeps both copies of t1
-        await rig.bus.publish(names.done, envelope.encode(result(spec, tid)))
     out = tmp_path / "out.jsonl"
     sink = Sink(rig.faulty(), spec, out)
     async with asyncio.timeout(5):
-        await sink.run(asyncio.Event(), expect=2)  # t2 comes after both copies of t1
+        async with running_sink(sink, expect=2):
+            for tid in ("t1", "t1", "t2"):  # no msg-id: the stream keeps both copies of t1
+                await rig.bus.publish(names.done, envelope.encode(result(spec, tid)))
     assert_file_once(out, ["t1", "t2"], step="a duplicate result")
     assert sink.duplicates == 1
 
@@ -55,13 +69,13 @@ async def test_sink_dead_letters_garbage_on_the_results_subjects(rig: Rig, tmp_p
     """Guard: dead-lettering on the sink's consumer (kept with its reason, termed, and
     the sink goes on)."""
     spec, names = await results_setup(rig, tmp_path)
-    await rig.bus.publish(names.failed, b"\xc1not an envelope")
-    await rig.bus.publish(names.done, envelope.encode(result(spec, "t1")))
     out = tmp_path / "out.jsonl"
     faulty = rig.faulty()
     sink = Sink(faulty, spec, out)
     async with asyncio.timeout(5):
-        await sink.run(asyncio.Event(), expect=1)
+        async with running_sink(sink, expect=1):
+            await rig.bus.publish(names.failed, b"\xc1not an envelope")
+            await rig.bus.publish(names.done, envelope.encode(result(spec, "t1")))
     assert_file_once(out, ["t1"], step="garbage on the results subject")
     dead = [m async for m in rig.bus.iter_stream(names.dlq_stream)]
     assert len(dead) == 1, f"garbage on {names.failed} was not dead-lettered: {dead}"
