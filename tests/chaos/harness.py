@@ -66,6 +66,12 @@ class Proc:
         assert self.p is not None
         return self.p.pid
 
+    def wait_started(self, event: str, timeout: float = 60.0) -> None:
+        """Until this start (each restart included) has logged ``event``. A SIGTERM that
+        comes before the process installs its handler is a plain kill, not a drain."""
+        wait_for(lambda: len(self.events(event)) > self.kills, timeout,
+                 f"{event} from {self.args[0]} (pid {self.pid})")
+
     def alive(self) -> bool:
         return self.p is not None and self.p.poll() is None
 

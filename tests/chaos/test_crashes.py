@@ -84,6 +84,7 @@ def _run_with_chaos(tmp: Path, *, n: int, delay: float, worker_kills: int,
             assert sink.wait(timeout=240) == 0, sink.text()[-3000:]
             assert count_lines(out) == n
             for w in fleet:
+                w.wait_started("worker.ready")  # the last kills' restarts may still be starting
                 assert w.stop() == 0, w.text()[-3000:]
             st = status_json(wf, url)
             statuses = check_exactly_once(out, expected, st)
