@@ -67,9 +67,10 @@ class Proc:
         return self.p.pid
 
     def wait_started(self, event: str, timeout: float = 60.0) -> None:
-        """Until this start (each restart included) has logged ``event``. A SIGTERM that
-        comes before the process installs its handler is a plain kill, not a drain."""
-        wait_for(lambda: len(self.events(event)) > self.kills, timeout,
+        """Until the running process (not an earlier start: one may have been killed before
+        it was ready) has logged ``event`` with its pid. A SIGTERM that comes before the
+        process installs its handler is a plain kill, not a drain."""
+        wait_for(lambda: any(e.get("pid") == self.pid for e in self.events(event)), timeout,
                  f"{event} from {self.args[0]} (pid {self.pid})")
 
     def alive(self) -> bool:
