@@ -62,6 +62,7 @@ def _run_with_chaos(tmp: Path, *, n: int, delay: float, worker_kills: int,
                          "--timeout", "240"], tmp / "sink.log")
             ps.append(sink)
             kills_mid_run = 0
+            broker_mid_run = False
             for k in range(worker_kills):
                 # Paced by progress, not by the clock: kill k lands once (k+1)/(kills+2) of
                 # the tasks are written, so every kill is mid-run by construction, with
@@ -73,6 +74,7 @@ def _run_with_chaos(tmp: Path, *, n: int, delay: float, worker_kills: int,
                     kills_mid_run += 1
                 victim.restart()
                 if k == broker_restart_at:
+                    broker_mid_run = count_lines(out) < n
                     if broker_graceful:
                         server.stop()
                     else:
@@ -92,6 +94,7 @@ def _run_with_chaos(tmp: Path, *, n: int, delay: float, worker_kills: int,
             return {"statuses": statuses, "redelivered": redelivered,
                     "kills_mid_run": kills_mid_run, "elapsed_s": time.monotonic() - t0,
                     "worker_kills": sum(w.kills for w in fleet), "sink_kills": sink.kills,
+                    "broker_mid_run": broker_mid_run,
                     "logs": [w.text() for w in fleet]}
     finally:
         server.cleanup()
@@ -106,8 +109,9 @@ def test_worker_killed_ten_times_and_broker_restarted(tmp_path: Path) -> None:
     assert r["worker_kills"] == 10 and r["sink_kills"] == 1
     assert r["kills_mid_run"] == 10, "the run finished before the chaos did: make it longer"
     assert r["redelivered"] > 0  # kill -9 mid-hop brought hops back to other workers
-    assert any('"nats.reconnected"' in log or '"nats.disconnected"' in log
-               for log in r["logs"])  # type: ignore[attr-defined]
+    # the broker went down while tasks were still running (known by construction, not
+    # from log lines: a worker's own disconnect line is not the contract)
+    assert r["broker_mid_run"]
 
 
 @pytest.mark.slow
@@ -142,6 +146,9 @@ def test_broker_killed_and_restarted_twice_with_the_same_store(tmp_path: Path) -
                 time.sleep(rng.uniform(0.3, 1.5))
                 server.start()
             assert sink.wait(timeout=180) == 0, sink.text()[-3000:]
+            # a hop redelivered after a broker crash may still be in flight: the worker
+            # finishes it (its publish is a duplicate) before it is stopped
+            wait_for(lambda: status_json(wf, url)["live_tasks"] == 0, 30, "an empty task stream")
             assert ps[0].stop() == 0
             check_exactly_once(out, expected_ids(wf), status_json(wf, url))
     finally:
