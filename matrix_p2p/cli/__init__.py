@@ -15,7 +15,7 @@ import asyncio
 import sys
 
 from matrix_p2p import logs
-from matrix_p2p.cli import data, ops, run, servers, worker
+from matrix_p2p.cli import data, ops, run, sandbox, servers, worker
 from matrix_p2p.errors import ConfigError, MatrixError
 
 EPILOG = """\
@@ -25,7 +25,7 @@ data path of one task:
 docs: README.md in the project; every command takes --help.
 """
 
-COMMAND_GROUPS = (run, worker, data, ops, servers)
+COMMAND_GROUPS = (run, worker, data, ops, servers, sandbox)
 
 
 def build_parser() -> argparse.ArgumentParser:

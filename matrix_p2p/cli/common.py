@@ -89,6 +89,15 @@ def llm_urls(args: argparse.Namespace) -> list[str]:
     return [u.strip() for v in args.llm_url or () for u in v.split(",") if u.strip()]
 
 
+def add_sandbox_urls(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--sandbox-url", action="append", metavar="URL",
+                   help=f"sandbox server, repeatable or comma-separated (default: {default})")
+
+
+def sandbox_urls(args: argparse.Namespace) -> list[str]:
+    return [u.strip() for v in args.sandbox_url or () for u in v.split(",") if u.strip()]
+
+
 def positive(name: str, value: float | None, *, allow_zero: bool = False,
              most: float | None = None) -> None:
     """A numeric flag that must be positive (and at most ``most``): a one-line
@@ -169,6 +178,12 @@ def with_bus(args: argparse.Namespace, name: str, what: str,
             await bus.close()
 
     return run_async(main)
+
+
+def add_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", metavar="PATH|GLOB|hf:NAME",
+                   help="read this input instead of the workflow's source: JSONL, .jsonl.zst or "
+                        ".parquet files (a glob), or hf:NAME[:SPLIT] (a Hugging Face dataset)")
 
 
 def add_command(sub: Any, name: str, help_: str, desc: str) -> argparse.ArgumentParser:

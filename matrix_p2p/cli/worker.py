@@ -27,6 +27,7 @@ def add_parsers(sub: Any) -> None:
     w.add_argument("--workflow", dest="workflow_flag", metavar="WORKFLOW", help=argparse.SUPPRESS)
     w.add_argument("--role", required=True, metavar="ROLE[,ROLE...]|all")
     common.add_llm_urls(w, "the workflow's")
+    common.add_sandbox_urls(w, "the workflow's resources.sandbox urls")
     w.add_argument("--concurrency", type=int, metavar="N",
                    help="concurrent tasks per role in this process")
     w.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
@@ -40,6 +41,7 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from matrix_p2p.resources.llm import open_fleet_state, open_llms
+    from matrix_p2p.resources.sandbox import open_sandboxes
     from matrix_p2p.runtime.worker import WorkerStats, serve_roles
 
     if args.workflow and args.workflow_flag:
@@ -59,7 +61,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         roles = common.roles_list(args.role, spec)
         stats = WorkerStats()
         async with open_fleet_state(bus, enabled=not args.no_fleet_state) as fleet, \
-                open_llms(spec, roles, common.llm_urls(args), fleet=fleet) as llms:
+                open_llms(spec, roles, common.llm_urls(args), fleet=fleet) as llms, \
+                open_sandboxes(spec, common.sandbox_urls(args)) as resources:
             ready = asyncio.Event()
 
             async def announce() -> None:
@@ -72,7 +75,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 tg.create_task(serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop,
                                            concurrency=args.concurrency, stats=stats,
                                            ready=ready, drain_timeout=args.drain_timeout,
-                                           replicas=args.stream_replicas))
+                                           replicas=args.stream_replicas,
+                                           resources=resources))
         common.log.info("worker.stopped", **msgspec.structs.asdict(stats))
         return 0
 

@@ -21,8 +21,10 @@ from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import StoreBroker
 from matrix_p2p.resources.llm import open_fleet_state, open_llms
+from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runtime.attempts import retry_failed
 from matrix_p2p.runtime.files import check_writable, default_out, out_format, staging_path
+from matrix_p2p.runtime.filter_counts import FilterCounts
 from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.sink import Sink
 from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
@@ -41,6 +43,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
     store: str | None = None
     sync: str = "always"
     llm_urls: list[str] = []
+    sandbox_urls: list[str] = []  # empty: an in-process sandbox server if the workflow needs one
     sim_replicas: int = 1
     concurrency: int | None = None
     progress: bool = True
@@ -48,6 +51,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
     fleet_state: bool = True  # share learned LLM endpoint limits through JetStream KV
     retry_failed: bool = False  # resubmit tasks whose latest attempt failed (attempts.py)
     version_mode: Mode = "check"  # a changed workflow: refuse, "reuse" or start "new" rows
+    kept_only: bool = False  # the sink writes only rows the workflow's filters kept
 
 
 class RunResult(msgspec.Struct):
@@ -64,6 +68,8 @@ class RunResult(msgspec.Struct):
     dataset_done: int = 0  # over the whole output (the latest attempt of each task)
     dataset_failed: int = 0
     retried: int = 0  # failed tasks resubmitted as a new attempt by this run
+    sandbox_leased: int | None = None  # leases the in-process sandbox server held at the end
+    filters: FilterCounts = msgspec.field(default_factory=FilterCounts)
 
 
 @contextlib.asynccontextmanager
@@ -112,6 +118,35 @@ async def _llm_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[list[
             await s.stop()
 
 
+class _SandboxServers(msgspec.Struct):
+    urls: list[str]
+    leased_at_end: int | None = None
+
+
+@contextlib.asynccontextmanager
+async def _sandbox_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[_SandboxServers]:
+    # like the simulator: a sandbox server in this process when the workflow declares
+    # sandbox resources and neither --sandbox-url nor the file names a server
+    declared = spec.resources.sandbox.values()
+    if opts.sandbox_urls or not declared or all(r.urls for r in declared):
+        yield _SandboxServers(list(opts.sandbox_urls))
+        return
+    from matrix_p2p.sandbox import Limits, SandboxConfig, SandboxServer
+
+    limits = Limits(memory_bytes=max(r.memory_mb for r in declared) << 20,
+                    cpu_s=max(r.cpu_s for r in declared))
+    config = SandboxConfig(pool_size=max(r.pool for r in declared), limits=limits,
+                           ttl_s=max(r.ttl_s for r in declared),
+                           default_timeout_s=max(r.timeout_s for r in declared))
+    async with SandboxServer(config) as server:
+        log.info("sandbox.started", url=server.url, pool=config.pool_size)
+        found = _SandboxServers([server.url])
+        try:
+            yield found
+        finally:
+            found.leased_at_end = int(server.service.status()["leased"])  # type: ignore[call-overload]
+
+
 async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event) -> RunResult:
     """Run ``spec`` to completion (or until ``stop``). Returns what was written.
 
@@ -126,14 +161,16 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     roles = list(spec.roles)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls:
+    async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls, \
+            _sandbox_urls(opts, spec) as sandboxes:
         bus = await busmod.connect(conn)
         try:
             ns = await resolve(bus, Names.of(spec).submitted_bucket, spec, digest,
                                opts.version_mode)
             async with open_fleet_state(bus, enabled=opts.fleet_state) as fleet, \
-                    open_llms(spec, roles, urls, fleet=fleet) as llms:
-                sink = Sink(bus, spec, out, namespace=ns)
+                    open_llms(spec, roles, urls, fleet=fleet) as llms, \
+                    open_sandboxes(spec, sandboxes.urls) as resources:
+                sink = Sink(bus, spec, out, namespace=ns, kept_only=opts.kept_only)
                 stats = WorkerStats()
                 submitted = SubmitResult()
                 stop_workers = asyncio.Event()
@@ -141,7 +178,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                 stop_progress = asyncio.Event()
 
                 def snapshot() -> Snapshot:
-                    return Snapshot(done=sink.done, failed=sink.failed, total=expected,
+                    return Snapshot(done=sink.done, failed=sink.failed,
+                                    total=expected + sink.announced,  # + fan-out children
                                     inflight=stats.inflight, tokens=llms.completion_tokens,
                                     submitted=submitted.submitted)
 
@@ -151,7 +189,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                 retry_ready = asyncio.Event()
 
                 def unfinished() -> bool:
-                    return sink.count < expected or any(not sink.has(t) for t in retried)
+                    return (not sink.finished(expected)
+                            or any(not sink.has(t) for t in retried))
 
                 async def supervise() -> None:
                     # the run ends when the sink has every task (and every new attempt),
@@ -166,7 +205,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                 async def workers_then_sink() -> None:
                     await serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop_workers,
                                       concurrency=opts.concurrency, stats=stats,
-                                      drain_timeout=opts.drain_timeout_s)
+                                      drain_timeout=opts.drain_timeout_s, resources=resources)
                     stop_sink.set()  # after the drain: what finished during it is written too
 
                 async def source() -> None:
@@ -193,15 +232,20 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         elapsed_s=loop.time() - started, completion_tokens=tokens,
         interrupted=stop.is_set() and unfinished(), submit=submitted, worker=stats,
         dataset_done=sink.latest.counts()[0], dataset_failed=sink.latest.counts()[1],
-        retried=len(retried),
+        retried=len(retried), sandbox_leased=sandboxes.leased_at_end, filters=sink.counts,
     )
 
 
 def summary_line(r: RunResult) -> str:
     rate = (r.done + r.failed) / max(r.elapsed_s, 1e-9)
     status = "interrupted: " if r.interrupted else ""
-    return (f"{status}{r.rows}/{r.expected} rows in {r.out} ({r.done} done, {r.failed} failed "
+    spawned = r.rows - r.expected if r.rows > r.expected else 0  # fan-out children
+    return (f"{status}{r.rows}/{r.expected}" + (f" (+{spawned} children)" if spawned else "")
+            + f" rows in {r.out} ({r.done} done, {r.failed} failed "
             f"this run) in {r.elapsed_s:.1f}s: {rate:,.1f} tasks/s, "
             f"{r.completion_tokens / max(r.elapsed_s, 1e-9):,.0f} generated tok/s; "
             f"output: {r.dataset_done} done, {r.dataset_failed} failed"
-            + (f" ({r.retried} retried)" if r.retried else ""))
+            + (f" ({r.retried} retried)" if r.retried else "")
+            + (f"; sandbox leases held at the end: {r.sandbox_leased}"
+               if r.sandbox_leased is not None else "")
+            + (f"; {r.filters.line()}" if r.filters.line() else ""))
