@@ -44,9 +44,8 @@ class Mutant:
 
 MUTANTS = [
     Mutant("publish-then-ack: ack before publish", "matrix_p2p/runtime/worker.py", [
-        ("try:\n await self.bus.publish(p.subject, p.data, msg_id=p.msg_id)",
-         "await d.ack()  # MUTANT\n        try:\n            await self.bus.publish(p.subject, p.data, "
-         "msg_id=p.msg_id)"),
+        ("try:\n for child in children:",
+         "await d.ack()  # MUTANT\n        try:\n            for child in children:"),
         ("# and the msg-id dedups the republish\n await d.ack()", "# MUTANT: acked above"),
     ], [G + "test_guard_publish_then_ack", HOP]),
     Mutant("msg-id dedup: worker drops the msg-id", "matrix_p2p/runtime/worker.py", [
