@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 LIMIT  ?= 200
 
-.PHONY: run test test-all check bench clean
+.PHONY: run test test-all check bench clean mutate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,8 @@ bench: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) .mx out .pytest_cache .mypy_cache .ruff_cache
+
+## mutate: break each guard of the exactly-once promise in a copy of the tree, one at a
+## time, and show which test catches it (not part of CI; see tests/mutate.py)
+mutate: $(VENV)/.installed-dev
+	$(BIN)/python -m tests.mutate

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -15,6 +15,9 @@ from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.bus import Bus, ConnectOptions, MemoryBus, connect
 from matrix_p2p.workflow import loader
 from matrix_p2p.workflow import spec as specmod
+
+if TYPE_CHECKING:
+    from tests.fault_rig import Rig
 
 os.environ.setdefault("MX_LOG_LEVEL", "warning")
 _counter = itertools.count()
@@ -45,6 +48,23 @@ async def any_bus(request: pytest.FixtureRequest, nats_server: EmbeddedNats) -> 
         b = await connect(ConnectOptions(url=nats_server.url, name="tests"))
     yield b
     await b.close()
+
+
+@pytest.fixture(params=["memory", "jetstream"])
+async def rig(request: pytest.FixtureRequest, nats_server: EmbeddedNats) -> AsyncIterator[Rig]:
+    """A bus for the fault tests (``tests/fault_rig.py``): in memory with a movable clock,
+    or a connection to the real nats-server."""
+    from tests.fault_rig import Clock, Rig
+
+    if request.param == "memory":
+        clock = Clock()
+        b: Bus = MemoryBus(clock=clock)
+        r = Rig(b, clock)
+    else:
+        r = Rig(await connect(ConnectOptions(url=nats_server.url, name="fault-tests")), None)
+    yield r
+    await r.bus.close()
+
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:

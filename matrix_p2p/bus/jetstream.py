@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.js import api
 
+from matrix_p2p.aio import cancels_requested, honour_cancel
 from matrix_p2p.bus.errors import AUTH_HINT, AlreadyExists, NotFound, TimedOut, reason, translate, when_ready
 from matrix_p2p.bus.kv import JetStreamKV
 from matrix_p2p.bus.objects import JetStreamObjects
@@ -94,11 +95,13 @@ class JetStreamPuller:
         Error handling: other failures (say a 503 while a cluster re-elects the
         consumer's leader) raise ``BusError``: the caller backs off and fetches again.
         """
+        cancels = cancels_requested()
         try:
             with translate(self._what):
                 msgs = await self._sub.fetch(batch=batch, timeout=timeout)
         except TimedOut:
-            return []
+            msgs = []
+        honour_cancel(cancels)  # nats-py's fetch can swallow one; what it took is redelivered
         return [JetStreamDelivery(m) for m in msgs if m.data is not None]
 
     async def unsubscribe(self) -> None:

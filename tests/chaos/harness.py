@@ -66,6 +66,13 @@ class Proc:
         assert self.p is not None
         return self.p.pid
 
+    def wait_started(self, event: str, timeout: float = 60.0) -> None:
+        """Until the running process (not an earlier start: one may have been killed before
+        it was ready) has logged ``event`` with its pid. A SIGTERM that comes before the
+        process installs its handler is a plain kill, not a drain."""
+        wait_for(lambda: any(e.get("pid") == self.pid for e in self.events(event)), timeout,
+                 f"{event} from {self.args[0]} (pid {self.pid})")
+
     def alive(self) -> bool:
         return self.p is not None and self.p.poll() is None
 

@@ -61,15 +61,20 @@ def _run_with_chaos(tmp: Path, *, n: int, delay: float, worker_kills: int,
             sink = Proc(["sink", str(wf), "--nats", url, "--out", str(out), "--expect", str(n),
                          "--timeout", "240"], tmp / "sink.log")
             ps.append(sink)
-            wait_for(lambda: count_lines(out) >= n // 20, 60, "the first results")
             kills_mid_run = 0
+            broker_mid_run = False
             for k in range(worker_kills):
-                time.sleep(rng.uniform(0.2, 0.8))  # chaos pacing, not synchronisation
+                # Paced by progress, not by the clock: kill k lands once (k+1)/(kills+2) of
+                # the tasks are written, so every kill is mid-run by construction, with
+                # the rest of the tasks in flight, however fast or slow the machine is.
+                at = (k + 1) * n // (worker_kills + 2)
+                wait_for(lambda at=at: count_lines(out) >= at, 90, f"{at} results before kill {k + 1}")
                 victim = rng.choice(fleet)
                 if count_lines(out) < n:
                     kills_mid_run += 1
                 victim.restart()
                 if k == broker_restart_at:
+                    broker_mid_run = count_lines(out) < n
                     if broker_graceful:
                         server.stop()
                     else:
@@ -81,6 +86,7 @@ def _run_with_chaos(tmp: Path, *, n: int, delay: float, worker_kills: int,
             assert sink.wait(timeout=240) == 0, sink.text()[-3000:]
             assert count_lines(out) == n
             for w in fleet:
+                w.wait_started("worker.ready")  # the last kills' restarts may still be starting
                 assert w.stop() == 0, w.text()[-3000:]
             st = status_json(wf, url)
             statuses = check_exactly_once(out, expected, st)
@@ -88,6 +94,7 @@ def _run_with_chaos(tmp: Path, *, n: int, delay: float, worker_kills: int,
             return {"statuses": statuses, "redelivered": redelivered,
                     "kills_mid_run": kills_mid_run, "elapsed_s": time.monotonic() - t0,
                     "worker_kills": sum(w.kills for w in fleet), "sink_kills": sink.kills,
+                    "broker_mid_run": broker_mid_run,
                     "logs": [w.text() for w in fleet]}
     finally:
         server.cleanup()
@@ -102,8 +109,9 @@ def test_worker_killed_ten_times_and_broker_restarted(tmp_path: Path) -> None:
     assert r["worker_kills"] == 10 and r["sink_kills"] == 1
     assert r["kills_mid_run"] == 10, "the run finished before the chaos did: make it longer"
     assert r["redelivered"] > 0  # kill -9 mid-hop brought hops back to other workers
-    assert any('"nats.reconnected"' in log or '"nats.disconnected"' in log
-               for log in r["logs"])  # type: ignore[attr-defined]
+    # the broker went down while tasks were still running (known by construction, not
+    # from log lines: a worker's own disconnect line is not the contract)
+    assert r["broker_mid_run"]
 
 
 @pytest.mark.slow
@@ -138,6 +146,9 @@ def test_broker_killed_and_restarted_twice_with_the_same_store(tmp_path: Path) -
                 time.sleep(rng.uniform(0.3, 1.5))
                 server.start()
             assert sink.wait(timeout=180) == 0, sink.text()[-3000:]
+            # a hop redelivered after a broker crash may still be in flight: the worker
+            # finishes it (its publish is a duplicate) before it is stopped
+            wait_for(lambda: status_json(wf, url)["live_tasks"] == 0, 30, "an empty task stream")
             assert ps[0].stop() == 0
             check_exactly_once(out, expected_ids(wf), status_json(wf, url))
     finally:

@@ -51,6 +51,13 @@ def _set_faults(port: int, **faults: float) -> None:
         assert resp.status == 200
 
 
+def _faults(port: int) -> dict[str, int]:
+    """The faults a simulator has injected so far (its /sim/stats)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/sim/stats", timeout=10) as resp:
+        faults: dict[str, int] = json.load(resp)["faults"]
+    return faults
+
+
 def _wait_http(port: int) -> None:
     def up() -> bool:
         try:
@@ -80,16 +87,21 @@ def test_llm_replica_dies_hangs_and_answers_garbage(tmp_path: Path) -> None:
         fleet = [Proc(["worker", str(wf), "--role", "all", "--nats", url, *llm],
                       tmp_path / f"w{i}.log") for i in range(2)]
         ps.extend(fleet)
-        assert mx("submit", str(wf), "--nats", url).returncode == 0
+        # Long enough by construction: only the first rows are submitted before the
+        # faults; the rest only after them, so the run cannot finish first.
+        head = n // 6
+        assert mx("submit", str(wf), "--nats", url, "--limit", str(head)).returncode == 0
         sink = Proc(["sink", str(wf), "--nats", url, "--out", str(out), "--expect", str(n),
                      "--timeout", "240"], tmp_path / "sink.log")
         ps.append(sink)
-        wait_for(lambda: count_lines(out) >= n // 10, 120, "the first results")
+        wait_for(lambda: count_lines(out) >= 1, 120, "the first result (both replicas up)")
         # replica A dies; replica B starts hanging on some requests and answering garbage
         sim_a.kill9()
         _set_faults(pb, garbage_rate=0.15, timeout_rate=0.05, hang_s=30.0)
+        assert mx("submit", str(wf), "--nats", url).returncode == 0  # the other rows
         done_before = count_lines(out)
-        assert done_before < n, "the run finished before the faults"
+        wait_for(lambda: _faults(pb)["timeout"] > 0 and _faults(pb)["garbage"] > 0, 120,
+                 "a timeout and a garbage answer from replica B")
         wait_for(lambda: count_lines(out) >= min(n, done_before + n // 5), 120,
                  "progress on the faulty replica alone")
         # A comes back on the same port; the breaker re-probes it
@@ -105,7 +117,6 @@ def test_llm_replica_dies_hangs_and_answers_garbage(tmp_path: Path) -> None:
         print(statuses, "endpoints", endpoints,
               "failed reasons", {r["error"] for r in rows if r["status"] == "failed"})
         assert len(endpoints) == 2  # both replicas served
-        with urllib.request.urlopen(f"http://127.0.0.1:{pb}/sim/stats", timeout=10) as resp:
-            faults = json.load(resp)["faults"]
+        faults = _faults(pb)
         print("faults injected by replica B", faults)
         assert faults["garbage"] > 0 and faults["timeout"] > 0  # the faults did happen
