@@ -231,3 +231,12 @@ async def test_null_metrics_has_the_same_calls_and_records_nothing() -> None:
 
     await n.poll_consumers(read, asyncio.Event())
     assert n.render() == b"" and rm.inflight == 0
+
+
+def test_cost_benchmark_runs() -> None:
+    from bench.metrics_cost import measure
+
+    r = measure(2000)
+    assert set(r) >= {"bare_counter_ns", "metrics_ns", "null_metrics_ns", "prometheus_children_ns",
+                      "metrics_vs_bare", "metrics_share_of_hop"}
+    assert r["metrics_ns"] > 0
