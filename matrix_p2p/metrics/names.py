@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 METRIC_RE = re.compile(r"\bmatrix_p2p_[a-z_]+")
 # a histogram is queried by its series and exported as family + suffix
-_SERIES_SUFFIXES = ("_bucket", "_sum", "_count", "_created")
+_SERIES_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def base_name(series: str) -> str:
@@ -57,5 +57,6 @@ def exported_names(exposition: str) -> set[str]:
         base_name(sample.name)
         for family in text_string_to_metric_families(exposition)
         for sample in family.samples
-        if sample.name.startswith("matrix_p2p_")
+        # ``_created`` holds a family's start time, not a series anyone queries
+        if sample.name.startswith("matrix_p2p_") and not sample.name.endswith("_created")
     }
