@@ -8,6 +8,10 @@ prometheus_client's pre-bound children (the obvious implementation we did
 not keep). Each figure is the best of several repeats, in ns per hop, on the
 CPU this runs on; the share of a hop uses DESIGN.md's ~55 µs of client CPU
 per JetStream hop.
+
+Measured on the 2 shared cores of the development machine (8 runs): this
+package 160-380 ns per hop (0.3-0.7% of a hop), NullMetrics 25-80 ns, a
+bare increment 15-40 ns, prometheus_client's children 2.0-4.5 µs.
 """
 
 from __future__ import annotations
