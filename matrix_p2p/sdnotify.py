@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
-from matrix_p2p.aio import pause
+from matrix_p2p.aio import pause, wait_any
 
 log = structlog.get_logger(__name__)
 
@@ -197,3 +197,26 @@ class Watchdog:
                 healthy = False
             if await self._wait(self.interval_s, stop):
                 return
+
+
+async def supervise(ready: asyncio.Event, stop: asyncio.Event, done: asyncio.Event, *,
+                    status: str, alive: Callable[[], bool],
+                    notifier: Notifier | None = None) -> None:
+    """A service's whole conversation with systemd, run beside its body.
+
+    ``READY=1`` (with ``status``) once ``ready`` is set, ``STOPPING=1`` once
+    ``stop`` is set (SIGTERM: the drain begins) or the body ends, watchdog
+    pings while ``alive()`` passes, until ``done`` (set by the owner when the
+    body returned). A no-op without ``$NOTIFY_SOCKET``.
+    """
+    n = notifier if notifier is not None else Notifier.from_env()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(Watchdog.from_env(n, alive).run(done))
+            await wait_any(ready, done)
+            if ready.is_set():
+                n.ready(status)
+            await wait_any(stop, done)
+            n.stopping("draining" if stop.is_set() else "finished")
+    finally:
+        n.close()

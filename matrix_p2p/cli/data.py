@@ -24,6 +24,7 @@ def add_parsers(sub: Any) -> None:
     common.add_workflow(s)
     s.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
     common.add_stream_replicas(s)
+    common.add_metrics(s)
     common.add_nats(s, required=True)
     common.add_common(s)
     s.set_defaults(fn=cmd_submit)
@@ -39,6 +40,7 @@ def add_parsers(sub: Any) -> None:
     k.add_argument("--durable", metavar="NAME",
                    help="consumer name (default derived from the output path)")
     common.add_stream_replicas(k)
+    common.add_metrics(k)
     common.add_nats(k, required=True)
     common.add_common(k)
     k.set_defaults(fn=cmd_sink)
@@ -60,7 +62,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     common.positive("--stream-replicas", args.stream_replicas)
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
-        r = await submit(bus, spec, limit=args.limit, stop=stop, replicas=args.stream_replicas)
+        async with common.metrics(args, "submit") as metrics:
+            r = await submit(bus, spec, limit=args.limit, stop=stop, replicas=args.stream_replicas,
+                             metrics=metrics)
         print(f"submitted {r.submitted} new tasks, {r.already} already submitted, "
               f"{r.bad_rows} bad rows (recorded as failed)", file=sys.stderr)
         return 130 if stop.is_set() else 0
@@ -70,17 +74,30 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_sink(args: argparse.Namespace) -> int:
     from matrix_p2p.runtime.sink import Sink
+    from matrix_p2p.sdnotify import Liveness, supervise
 
     common.positive("--expect", args.expect, allow_zero=True)
     common.positive("--timeout", args.timeout)
     common.positive("--stream-replicas", args.stream_replicas)
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
-        sink = Sink(bus, spec, Path(args.out), durable=args.durable, replicas=args.stream_replicas)
-        try:
-            async with asyncio.timeout(args.timeout):
-                n = await sink.run(stop, expect=args.expect)
-        except TimeoutError:
+        ready, written = asyncio.Event(), asyncio.Event()
+        alive = Liveness(60.0)  # a fetch waits at most 1 s; a batch's write and fsync, seconds
+        n: int | None = None
+        async with common.metrics(args, "sink") as metrics, asyncio.TaskGroup() as tg:
+            sink = Sink(bus, spec, Path(args.out), durable=args.durable,
+                        replicas=args.stream_replicas, metrics=metrics)
+            sink.beat = alive.beat
+            tg.create_task(supervise(ready, stop, written, alive=alive,
+                                     status=f"writing {spec.name} to {args.out}"))
+            try:
+                async with asyncio.timeout(args.timeout):
+                    n = await sink.run(stop, expect=args.expect, ready=ready)
+            except TimeoutError:
+                pass
+            finally:
+                written.set()
+        if n is None:
             print(f"matrix_p2p: error: timed out after {args.timeout}s with {sink.count}"
                   f"/{args.expect} tasks in {args.out}", file=sys.stderr)
             return 1

@@ -33,18 +33,21 @@ def add_parsers(sub: Any) -> None:
                    help="slots per role (default: the workflow's roles.<r>.concurrency)")
     r.add_argument("--no-progress", action="store_true", help="no progress display")
     common.add_fleet_state(r)
+    common.add_metrics(r)
     common.add_nats(r, required=False)
     common.add_common(r)
     r.set_defaults(fn=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from matrix_p2p.runtime.local_run import RunOptions, run_workflow, summary_line
+    from matrix_p2p.runtime import summary
+    from matrix_p2p.runtime.local_run import RunOptions, run_workflow
     from matrix_p2p.workflow.loader import load
 
     common.positive("--limit", args.limit, allow_zero=True)
     common.positive("--concurrency", args.concurrency)
     common.positive("--sim-replicas", args.sim_replicas)
+    common.positive("--metrics-port", args.metrics_port, allow_zero=True)
     spec = load(args.workflow)
     opts = RunOptions(
         limit=args.limit, out=args.out,
@@ -53,13 +56,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         llm_urls=common.llm_urls(args), sim_replicas=args.sim_replicas,
         concurrency=args.concurrency, progress=not args.no_progress,
         fleet_state=not args.no_fleet_state,
+        metrics_port=args.metrics_port, metrics_host=args.metrics_host,
     )
 
     async def main() -> int:
         stop = asyncio.Event()
         common.install_signals(stop, "draining in-flight tasks; re-run the same command to resume")
         result = await run_workflow(spec, opts, stop)
-        print(summary_line(result), file=sys.stderr)
+        s = summary.summarize(result, spec)
+        path = summary.write_json(s)
+        print(summary.render(s) + f"\n  summary: {path}", file=sys.stderr)
         return 130 if result.interrupted else 0
 
     return common.run_async(main)

@@ -29,6 +29,7 @@ def add_parsers(sub: Any) -> None:
                    help="on stop, wait this long for in-flight hops, then hand them back")
     common.add_fleet_state(w)
     common.add_stream_replicas(w)
+    common.add_metrics(w)
     common.add_nats(w, required=True)
     common.add_common(w)
     w.set_defaults(fn=cmd_worker)
@@ -37,6 +38,7 @@ def add_parsers(sub: Any) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from matrix_p2p.resources.llm import open_fleet_state, open_llms
     from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+    from matrix_p2p.sdnotify import Liveness, supervise
 
     common.positive("--concurrency", args.concurrency)
     common.positive("--drain-timeout", args.drain_timeout, allow_zero=True)
@@ -48,21 +50,38 @@ def cmd_worker(args: argparse.Namespace) -> int:
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         roles = common.roles_list(args.role, spec)
         stats = WorkerStats()
-        async with open_fleet_state(bus, enabled=not args.no_fleet_state) as fleet, \
-                open_llms(spec, roles, common.llm_urls(args), fleet=fleet) as llms:
+        # the fleet bucket is only for LLM endpoint state: a worker without an LLM role skips it
+        uses_llm = any(spec.llm_for(r) is not None for r in roles)
+        # systemd's watchdog: the fetch loops beat; a full worker beats as hops end (each
+        # bounded by its hop_timeout_s)
+        alive = Liveness(60.0 + max(spec.roles[r].hop_timeout_s for r in roles))
+        async with common.metrics(args, f"worker-{args.role}") as metrics, \
+                open_fleet_state(bus, enabled=uses_llm and not args.no_fleet_state) as fleet, \
+                open_llms(spec, roles, common.llm_urls(args), fleet=fleet,
+                          recorder=metrics) as llms:
             ready = asyncio.Event()
+            served = asyncio.Event()
 
             async def announce() -> None:
                 await ready.wait()
                 common.log.info("worker.ready", workflow=spec.name, roles=roles, pid=os.getpid(),
                                 nats=nats_url)
 
+            async def serve() -> None:
+                try:
+                    await serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop,
+                                      concurrency=args.concurrency, stats=stats, ready=ready,
+                                      drain_timeout=args.drain_timeout,
+                                      replicas=args.stream_replicas, metrics=metrics,
+                                      beat=alive.beat)
+                finally:
+                    served.set()
+
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(announce())
-                tg.create_task(serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop,
-                                           concurrency=args.concurrency, stats=stats,
-                                           ready=ready, drain_timeout=args.drain_timeout,
-                                           replicas=args.stream_replicas))
+                tg.create_task(supervise(ready, stop, served, alive=alive,
+                                         status=f"serving {','.join(roles)} of {spec.name}"))
+                tg.create_task(serve())
         common.log.info("worker.stopped", **msgspec.structs.asdict(stats))
         return 0
 

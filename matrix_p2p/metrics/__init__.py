@@ -10,6 +10,7 @@ given), served with ``serve(metrics.registry, port)``. Who records what:
   ``metrics.poll_consumers(read, stop)`` in its TaskGroup.
 - LLM client: ``em = metrics.llm(endpoint)``; ``em.request_done(seconds,
   code)`` per request, ``em.set_limit(limit)`` when the limit moves.
+- the process: ``async with serving(port, host, what=...) as metrics`` (``--metrics-port``).
 - sink: ``task_finished(status)``, ``sink_rows_written(n)``,
   ``dead_lettered("sink")``; source: ``tasks_submitted(n)``.
 """
@@ -17,6 +18,7 @@ given), served with ``serve(metrics.registry, port)``. Who records what:
 from matrix_p2p.metrics.hops import HOP_BUCKETS, OUTCOMES, RoleMetrics
 from matrix_p2p.metrics.http import MetricsServer, serve
 from matrix_p2p.metrics.names import exported_names, queried_names
+from matrix_p2p.metrics.process import serving
 from matrix_p2p.metrics.registry import (
     ConsumerCounts,
     LLMEndpointMetrics,
@@ -40,4 +42,5 @@ __all__ = [
     "exported_names",
     "queried_names",
     "serve",
+    "serving",
 ]

@@ -110,6 +110,16 @@ class Metrics:
                 endpoint, self._llm_requests, self._llm_seconds, self._llm_limit)
         return em
 
+    def attempt(self, endpoint: str, seconds: float, code: int | str, limit: int) -> None:
+        """The LLM client's recorder (``llm.outcomes.AttemptRecorder``): one attempt."""
+        em = self.llm(endpoint)
+        em.request_done(seconds, code)
+        em.set_limit(limit)
+
+    def tokens(self, role: str, prompt: int, completion: int) -> None:
+        """The LLM client's recorder: one completion's usage, for ``role``."""
+        self.role(role).tokens(prompt, completion)
+
     # -------------------------------------------------------------- per event
     def task_finished(self, status: str) -> None:
         """A final result reached the sink (``done`` or ``failed``)."""
@@ -199,6 +209,12 @@ class NullMetrics:
     def llm(self, endpoint: str) -> _NullLLM:
         return self._llm
 
+    def attempt(self, endpoint: str, seconds: float, code: int | str, limit: int) -> None:
+        pass
+
+    def tokens(self, role: str, prompt: int, completion: int) -> None:
+        pass
+
     def task_finished(self, status: str) -> None:
         pass
 
@@ -235,6 +251,10 @@ class Recorder(Protocol):
     def role(self, name: str) -> RoleMetrics: ...
 
     def llm(self, endpoint: str) -> LLMRecorder: ...
+
+    def attempt(self, endpoint: str, seconds: float, code: int | str, limit: int) -> None: ...
+
+    def tokens(self, role: str, prompt: int, completion: int) -> None: ...
 
     def task_finished(self, status: str) -> None: ...
 

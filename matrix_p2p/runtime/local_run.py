@@ -20,6 +20,8 @@ import structlog
 from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import EmbeddedNats
+from matrix_p2p.envelope import Usage
+from matrix_p2p.metrics import serving
 from matrix_p2p.resources.llm import open_fleet_state, open_llms
 from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.sink import Sink
@@ -42,6 +44,8 @@ class RunOptions(msgspec.Struct, kw_only=True):
     progress: bool = True
     drain_timeout_s: float = 30.0
     fleet_state: bool = True  # share learned LLM endpoint limits through JetStream KV
+    metrics_port: int | None = None  # one /metrics for the whole run (0: a free port)
+    metrics_host: str = "127.0.0.1"
 
 
 class RunResult(msgspec.Struct):
@@ -55,6 +59,7 @@ class RunResult(msgspec.Struct):
     interrupted: bool
     submit: SubmitResult
     worker: WorkerStats
+    usage_by_role: dict[str, Usage] = {}  # LLM tokens this run, for the summary
 
 
 def default_out(spec: WorkflowSpec) -> Path:
@@ -113,9 +118,10 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls:
         bus = await busmod.connect(conn)
         try:
-            async with open_fleet_state(bus, enabled=opts.fleet_state) as fleet, \
-                    open_llms(spec, roles, urls, fleet=fleet) as llms:
-                sink = Sink(bus, spec, out)
+            async with serving(opts.metrics_port, opts.metrics_host, what="run") as metrics, \
+                    open_fleet_state(bus, enabled=opts.fleet_state) as fleet, \
+                    open_llms(spec, roles, urls, fleet=fleet, recorder=metrics) as llms:
+                sink = Sink(bus, spec, out, metrics=metrics)
                 stats = WorkerStats()
                 submitted = SubmitResult()
                 stop_workers = asyncio.Event()
@@ -141,12 +147,12 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                 async def workers_then_sink() -> None:
                     await serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop_workers,
                                       concurrency=opts.concurrency, stats=stats,
-                                      drain_timeout=opts.drain_timeout_s)
+                                      drain_timeout=opts.drain_timeout_s, metrics=metrics)
                     stop_sink.set()  # after the drain: what finished during it is written too
 
                 async def source() -> None:
                     await submit(bus, spec, limit=opts.limit, stop=stop_workers,
-                                 progress=submitted)
+                                 progress=submitted, metrics=metrics)
 
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(sink.run(stop_sink, ready=sink_ready))
@@ -158,18 +164,13 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                     await stop_sink.wait()
                     stop_progress.set()
                 tokens = llms.completion_tokens
+                usage = llms.usage_by_role()
         finally:
             await bus.close()
     return RunResult(
         out=str(out), rows=sink.count, expected=expected, done=sink.done, failed=sink.failed,
         elapsed_s=loop.time() - started, completion_tokens=tokens,
         interrupted=stop.is_set() and sink.count < expected, submit=submitted, worker=stats,
+        usage_by_role=usage,
     )
 
-
-def summary_line(r: RunResult) -> str:
-    rate = (r.done + r.failed) / max(r.elapsed_s, 1e-9)
-    status = "interrupted: " if r.interrupted else ""
-    return (f"{status}{r.rows}/{r.expected} rows in {r.out} ({r.done} done, {r.failed} failed "
-            f"this run) in {r.elapsed_s:.1f}s: {rate:,.1f} tasks/s, "
-            f"{r.completion_tokens / max(r.elapsed_s, 1e-9):,.0f} generated tok/s")

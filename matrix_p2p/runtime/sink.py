@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus
 from matrix_p2p.envelope import EnvelopeError, Task
 from matrix_p2p.errors import BusError
+from matrix_p2p.metrics import NullMetrics, Recorder
 from matrix_p2p.runtime import topology
 from matrix_p2p.runtime.files import RowWriter, load_written_ids, write_parquet
 from matrix_p2p.runtime.topology import Names
@@ -82,7 +84,8 @@ class Sink:
     """Writes the results of one workflow to ``out``. One instance per output file."""
 
     def __init__(self, bus: Bus, spec: WorkflowSpec, out: Path, *, fmt: str | None = None,
-                 durable: str | None = None, replicas: int | None = None) -> None:
+                 durable: str | None = None, replicas: int | None = None,
+                 metrics: Recorder | None = None) -> None:
         self.bus = bus
         self.spec = spec
         self.out = out
@@ -101,6 +104,8 @@ class Sink:
         self.duplicates = 0
         self.changed = asyncio.Event()
         self.replicas = replicas
+        self.metrics = metrics or NullMetrics()
+        self.beat: Callable[[], None] = lambda: None  # systemd watchdog: the fetch loop turns
 
     @property
     def count(self) -> int:
@@ -124,6 +129,7 @@ class Sink:
         backoff = Retrying(0.1, 5.0)
         try:
             while not stop.is_set():
+                self.beat()
                 if expect is not None and self.count >= expect:
                     break
                 try:
@@ -137,6 +143,7 @@ class Sink:
                 if not batch:
                     continue
                 keep = []
+                fresh: list[str] = []  # statuses of the rows written from this batch
                 for d in batch:
                     try:
                         task = envelope.decode(d.data)
@@ -149,18 +156,23 @@ class Sink:
                             log.warning("sink.dead_letter_failed", error=str(exc2))
                             continue
                         await d.term()
+                        self.metrics.dead_lettered("sink")
                         continue
                     if task.id in self.written:
                         self.duplicates += 1
                     else:
                         self.written.add(task.id)
                         writer.write(_row_encoder.encode(to_row(task)) + b"\n")
+                        fresh.append(task.status)
                         if task.status == "done":
                             self.done += 1
                         else:
                             self.failed += 1
                     keep.append(d)
                 writer.commit()  # durable before the acks
+                self.metrics.sink_rows_written(len(fresh))
+                for status in fresh:
+                    self.metrics.task_finished(status)
                 for d in keep:
                     await d.ack()
                 self.changed.set()

@@ -27,6 +27,7 @@ from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus
 from matrix_p2p.errors import ConfigError
+from matrix_p2p.metrics import NullMetrics, Recorder
 from matrix_p2p.runtime.topology import Names, ensure_workflow, hop_msg_id
 from matrix_p2p.workflow.spec import WorkflowSpec
 
@@ -132,6 +133,7 @@ async def submit(
     window: int | None = None,
     parallel: int = 256,
     replicas: int | None = None,
+    metrics: Recorder | None = None,
 ) -> SubmitResult:
     """Submit the first ``limit`` rows (times ``spec.trials``). Idempotent; resumable.
 
@@ -144,6 +146,7 @@ async def submit(
     window = window or spec.limits.max_inflight
     entry = spec.entry_role()
     sem = asyncio.Semaphore(parallel)
+    recorder = metrics or NullMetrics()
 
     async def one(row: Row, trial: int) -> None:
         tid = task_id(row.key, trial)
@@ -169,6 +172,7 @@ async def submit(
             # publish first, then record: a crash in between republishes (dedup'd by msg-id)
             await bus.publish(subject, envelope.encode(task), msg_id=hop_msg_id(tid, 0))
             await kv.create(tid)
+            recorder.tasks_submitted()
         finally:
             sem.release()
 
