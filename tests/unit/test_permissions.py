@@ -3,6 +3,7 @@ tests/chaos/test_permissions.py)."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,35 @@ def test_nats_config_refuses_missing_or_unsafe_passwords(cycle: WorkflowSpec) ->
             r"^MX_NATS_PASSWORD_ADMIN: the password of NATS user 'admin' must be printable ASCII "
             r"without quotes, backslashes or spaces$")):
         nats_config(users, {**pw, "admin": 'a"b'})
+
+
+def test_nats_users_command_writes_0600_config_and_env_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from matrix_p2p.cli import main
+
+    monkeypatch.setenv("MX_NATS_PASSWORD_CORAL_ROLE_JUDGE", "judge-secret-1")
+    out, env_dir = tmp_path / "nats" / "users.conf", tmp_path / "env"
+    assert main(["nats-users", "coral", "--out", str(out), "--env-dir", str(env_dir)]) == 0
+    assert "wrote 6 NATS users" in capsys.readouterr().err
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    text = out.read_text()
+    assert '{ user: "coral.role.judge", password: "judge-secret-1",' in text
+    assert "accounts {\n  MATRIX {" in text
+    files = sorted(p.name for p in env_dir.iterdir())
+    assert files == ["admin.env", "sink-coral.env", "source-coral.env", "worker-judge.env",
+                     "worker-student.env", "worker-teacher.env"]
+    assert all(stat.S_IMODE((env_dir / f).stat().st_mode) == 0o600 for f in files)
+    assert (env_dir / "worker-judge.env").read_text() == (
+        "MX_NATS_USER=coral.role.judge\nMX_NATS_PASSWORD=judge-secret-1\n")
+    # a generated password is the same in the config and in the user's env file
+    teacher = (env_dir / "worker-teacher.env").read_text().split("MX_NATS_PASSWORD=")[1].strip()
+    assert f'{{ user: "coral.role.teacher", password: "{teacher}",' in text
+
+    # two workflows with a role of the same name cannot share worker-<role>.env files
+    assert main(["nats-users", "coral", "dummy", "--out", str(out), "--env-dir", str(env_dir)]) == 2
+    assert "two workflows have a role named like 'worker-teacher.env'" in capsys.readouterr().err
+    assert main(["nats-users", "coral", "dummy", "--out", str(tmp_path / "two.conf"),
+                 "--account", "FLEET", "--no-manage-streams"]) == 0
+    two = (tmp_path / "two.conf").read_text()
+    assert "  FLEET {" in two and "dummy.role.teacher" in two
+    assert "STREAM.CREATE.MX_DUMMY_TASKS" not in two and "STREAM.CREATE.MX_CORAL_TASKS" not in two
