@@ -50,6 +50,11 @@ def add_parsers(sub: Any) -> None:
         "Read the workflow's streams and consumers and print their state.")
     common.add_workflow(st)
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--sample", type=float, default=2.0, metavar="S",
+                    help="measure hops/s per role over S seconds (default 2; 0: no rates)")
+    st.add_argument("--window", type=float, default=60.0, metavar="S",
+                    help="finished tasks/s, tokens/s and the ETA over the last S seconds "
+                         "(default 60)")
     common.add_nats(st, required=True)
     common.add_common(st)
     st.set_defaults(fn=cmd_status)
@@ -111,10 +116,17 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from matrix_p2p.runtime.rates import measure
     from matrix_p2p.runtime.status import render_status, workflow_status
+
+    common.positive("--sample", args.sample, allow_zero=True)
+    common.positive("--window", args.window)
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         st = await workflow_status(bus, spec)
+        if args.sample:
+            st.rates = await measure(bus, spec, sample_s=args.sample, window_s=args.window,
+                                     stop=stop)
         print(msgspec.json.encode(st).decode() if args.json else render_status(st))
         return 0
 

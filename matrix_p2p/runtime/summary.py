@@ -8,7 +8,6 @@ give a price per 1,000 tokens). ``write_json`` puts it next to the output as
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -104,6 +103,3 @@ def write_json(s: Summary) -> Path:
     tmp.replace(path)
     return path
 
-
-def as_dict(s: Summary) -> dict[str, Any]:
-    return msgspec.to_builtins(s)  # type: ignore[no-any-return]

@@ -12,13 +12,13 @@ import nats
 import pytest
 
 from matrix_p2p import envelope
-from matrix_p2p.workflow import loader as specmod
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.bus import Bus, ConnectOptions, connect
 from matrix_p2p.envelope import Task
 from matrix_p2p.errors import BusError
-from matrix_p2p.runtime.topology import Names, ensure_workflow
 from matrix_p2p.permissions import all_users, nats_config, passwords_for
+from matrix_p2p.runtime.topology import Names, ensure_workflow
+from matrix_p2p.workflow import loader as specmod
 from matrix_p2p.workflow.spec import WorkflowSpec
 from tests.chaos.harness import (
     Proc,
