@@ -1,4 +1,5 @@
-"""What recording one hop costs: ``python -m bench.metrics_cost [N]``.
+"""What recording one hop costs: ``python -m bench.metrics_cost [N]``, and what it does to the
+real worker's hop rate: ``python -m bench.metrics_cost --hops [TASKS] [REPEATS]``.
 
 One hop's metrics are ``hop_started()`` plus ``hop_done(seconds, outcome)``
 (in-flight up and down, the outcome counter, the latency histogram). Timed
@@ -16,9 +17,12 @@ bare increment 15-40 ns, prometheus_client's children 2.0-4.5 µs.
 
 from __future__ import annotations
 
+import asyncio
+import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -99,7 +103,32 @@ def measure(n: int = 200_000) -> dict[str, float]:
     return out
 
 
+async def hop_rates(n_tasks: int, repeats: int, procs: int = 1,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The real worker's hop rate with metrics off and on, side by side: runs alternate
+    (off, on, off, on, ...) on fresh brokers, so drift on a shared machine hits both."""
+    from bench.runtime import hop_run
+
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    for i in range(repeats):
+        for label in ("off", "on") if i % 2 == 0 else ("on", "off"):
+            r = await hop_run("runtime", procs, n_tasks, sync="interval", metrics=label == "on")
+            rates[label].append(r["hops_per_s"])
+            log(f"  metrics {label:3s} {r['hops_per_s']:>9,.0f} hops/s ({r['hops']} hops, "
+                f"worker cpu {r['worker_cpu_s']}s)")
+    off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    return {"tasks": n_tasks, "procs": procs, "repeats": repeats, "off": rates["off"],
+            "on": rates["on"], "median_off": off, "median_on": on, "ratio_on_off": round(on / off, 3)}
+
+
 def main(argv: list[str]) -> None:
+    if argv and argv[0] == "--hops":
+        n_tasks = int(argv[1]) if len(argv) > 1 else 3000
+        repeats = int(argv[2]) if len(argv) > 2 else 4
+        h = asyncio.run(hop_rates(n_tasks, repeats))
+        print(f"median hops/s: metrics off {h['median_off']:,.0f}, on {h['median_on']:,.0f}: "
+              f"on/off = {h['ratio_on_off']:.3f} ({repeats} runs each, {n_tasks} tasks per run)")
+        return
     n = int(argv[0]) if argv else 200_000
     r = measure(n)
     print(f"bare counter increment      {r['bare_counter_ns']:7.0f} ns/hop")

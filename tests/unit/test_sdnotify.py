@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from matrix_p2p.sdnotify import Liveness, Notifier, Watchdog, watchdog_interval
+from matrix_p2p.sdnotify import Liveness, Notifier, Watchdog, supervise, watchdog_interval
 
 
 @pytest.fixture
@@ -225,6 +225,11 @@ def test_worker_unit_is_notify_with_watchdog_and_a_stop_timeout_above_the_drain(
     assert int(s["TimeoutStopSec"]) >= drain + 10  # systemd never SIGKILLs a clean drain
 
 
+def test_sink_unit_is_notify_with_watchdog() -> None:
+    s = unit_settings("matrix-p2p-sink@.service")
+    assert (s["Type"], s["NotifyAccess"], int(s["WatchdogSec"])) == ("notify", "main", 30)
+
+
 def test_units_verify(tmp_path: Path) -> None:
     """``systemd-analyze verify`` on copies whose binaries exist on this machine."""
     tool = shutil.which("systemd-analyze")
@@ -241,3 +246,27 @@ def test_units_verify(tmp_path: Path) -> None:
     r = subprocess.run([tool, "verify", "--man=no", *names.values()], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+
+
+async def test_supervise_ready_then_stopping(notify_socket: tuple[str, socket.socket]) -> None:
+    path, sock = notify_socket
+    ready, stop, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    sup = asyncio.create_task(supervise(ready, stop, done, status="serving judge",
+                                        alive=lambda: True, notifier=Notifier(path)))
+    await asyncio.sleep(0)  # let it start: nothing is sent before READY
+    assert received(sock) == []
+    ready.set()
+    stop.set()
+    done.set()
+    await sup
+    assert received(sock) == ["READY=1\nSTATUS=serving judge", "STOPPING=1\nSTATUS=draining"]
+
+
+async def test_supervise_body_ended_before_ready_sends_no_ready(
+        notify_socket: tuple[str, socket.socket]) -> None:
+    path, sock = notify_socket
+    done = asyncio.Event()
+    done.set()  # the body failed during start-up
+    await supervise(asyncio.Event(), asyncio.Event(), done, status="x", alive=lambda: True,
+                    notifier=Notifier(path))
+    assert received(sock) == ["STOPPING=1\nSTATUS=finished"]
