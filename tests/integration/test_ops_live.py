@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -83,13 +82,7 @@ class Child:
             return "".join(self.lines)
 
     def stop(self, timeout: float = 40.0) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
+        procs.stop_process(self.p, timeout=timeout)
         self._reader.join(timeout=5)
         if self.p.stdout is not None:
             self.p.stdout.close()
@@ -202,20 +195,6 @@ def test_live_worker_and_sink_export_every_dashboard_metric(
     assert all(v >= 1 for v in w["matrix_p2p_llm_endpoint_limit"].values())
 
 
-@pytest.fixture
-def notify_socket() -> Iterator[tuple[str, socket.socket]]:
-    # AF_UNIX paths are limited to 107 bytes: a short directory, not pytest's tmp_path
-    with tempfile.TemporaryDirectory(prefix="mx-sd-") as d:
-        path = str(Path(d) / "notify")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.settimeout(60)  # each recv waits for the worker's next datagram
-        try:
-            yield path, sock
-        finally:
-            sock.close()
-
-
 def next_fields(sock: socket.socket, skip: str = "WATCHDOG=1") -> list[str]:
     """The next datagram's fields that are not a watchdog ping."""
     while True:
@@ -227,6 +206,7 @@ def next_fields(sock: socket.socket, skip: str = "WATCHDOG=1") -> list[str]:
 def test_worker_process_notifies_ready_then_stopping_on_sigterm(
         nats_server: EmbeddedNats, notify_socket: tuple[str, socket.socket], tmp_path: Path) -> None:
     path, sock = notify_socket
+    sock.settimeout(60)  # each recv below waits for the worker's next datagram
     spec = make_spec(tmp_path, DUMMY_YAML, [])
     # WATCHDOG_USEC of 1 s: a ping every 0.5 s while the fetch loops turn
     worker = Child(["worker", str(spec.path), "--role", "all", "--nats", nats_server.url],

@@ -9,28 +9,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from matrix_p2p.sdnotify import Liveness, Notifier, Watchdog, supervise, watchdog_interval
-
-
-@pytest.fixture
-def notify_socket() -> Iterator[tuple[str, socket.socket]]:
-    # a short directory: AF_UNIX paths are limited to 107 bytes, pytest's tmp_path can be longer
-    with tempfile.TemporaryDirectory(prefix="mx-sd-") as d:
-        path = str(Path(d) / "notify")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.setblocking(False)
-        try:
-            yield path, sock
-        finally:
-            sock.close()
 
 
 def received(sock: socket.socket) -> list[str]:
