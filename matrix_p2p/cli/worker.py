@@ -36,7 +36,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from matrix_p2p.resources.llm import open_fleet_state, open_llms
+    from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
     from matrix_p2p.runtime.worker import WorkerStats, serve_roles
     from matrix_p2p.sdnotify import Liveness, supervise
 
@@ -50,13 +50,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         roles = common.roles_list(args.role, spec)
         stats = WorkerStats()
-        # the fleet bucket is only for LLM endpoint state: a worker without an LLM role skips it
-        uses_llm = any(spec.llm_for(r) is not None for r in roles)
         # systemd's watchdog: the fetch loops beat; a full worker beats as hops end (each
         # bounded by its hop_timeout_s)
         alive = Liveness(60.0 + max(spec.roles[r].hop_timeout_s for r in roles))
         async with common.metrics(args, f"worker-{args.role}") as metrics, \
-                open_fleet_state(bus, enabled=uses_llm and not args.no_fleet_state) as fleet, \
+                open_fleet_state(bus, enabled=uses_llm(spec, roles) and not args.no_fleet_state) as fleet, \
                 open_llms(spec, roles, common.llm_urls(args), fleet=fleet,
                           recorder=metrics) as llms:
             ready = asyncio.Event()

@@ -52,6 +52,11 @@ def llm_config(res: LLMResource, urls: Sequence[str], where: str) -> LLMConfig:
     )
 
 
+def uses_llm(spec: WorkflowSpec, roles: Sequence[str]) -> bool:
+    """Whether any of ``roles`` calls an LLM (else the fleet's key-value bucket is not opened)."""
+    return any(spec.llm_for(role) is not None for role in roles)
+
+
 @contextlib.asynccontextmanager
 async def open_llms(
     spec: WorkflowSpec, roles: Sequence[str], urls: Sequence[str] = (),

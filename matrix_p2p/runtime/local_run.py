@@ -22,7 +22,7 @@ from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.envelope import Usage
 from matrix_p2p.metrics import serving
-from matrix_p2p.resources.llm import open_fleet_state, open_llms
+from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
 from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.sink import Sink
 from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
@@ -119,7 +119,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         bus = await busmod.connect(conn)
         try:
             async with serving(opts.metrics_port, opts.metrics_host, what="run") as metrics, \
-                    open_fleet_state(bus, enabled=opts.fleet_state) as fleet, \
+                    open_fleet_state(bus, enabled=opts.fleet_state and uses_llm(spec, roles)) as fleet, \
                     open_llms(spec, roles, urls, fleet=fleet, recorder=metrics) as llms:
                 sink = Sink(bus, spec, out, metrics=metrics)
                 stats = WorkerStats()

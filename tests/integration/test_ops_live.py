@@ -16,12 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.js.errors
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.bus import ConnectOptions, connect
+from matrix_p2p.bus.fleet_kv import FLEET_BUCKET
 from matrix_p2p.metrics import queried_names
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow import loader
@@ -204,42 +207,38 @@ def next_fields(sock: socket.socket, skip: str = "WATCHDOG=1") -> list[str]:
 
 
 def test_worker_process_notifies_ready_then_stopping_on_sigterm(
-        nats_server: EmbeddedNats, notify_socket: tuple[str, socket.socket], tmp_path: Path) -> None:
+        notify_socket: tuple[str, socket.socket], tmp_path: Path) -> None:
     path, sock = notify_socket
     sock.settimeout(60)  # each recv below waits for the worker's next datagram
     spec = make_spec(tmp_path, DUMMY_YAML, [])
-    # WATCHDOG_USEC of 1 s: a ping every 0.5 s while the fetch loops turn
-    worker = Child(["worker", str(spec.path), "--role", "all", "--nats", nats_server.url],
-                   extra_env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
-    try:
-        ready = next_fields(sock)
-        assert ready[0] == "READY=1", ready
-        assert ready[1] == f"STATUS=serving teacher,student,judge of {spec.name}"
-        # READY comes once the consumers are bound: the worker has logged it too
-        assert worker.event("worker.ready", timeout=5)
-        assert sock.recv(4096) == b"WATCHDOG=1"  # the watchdog pings while the loops turn
-        worker.p.send_signal(signal.SIGTERM)
-        stopping = next_fields(sock)
-        assert stopping == ["STOPPING=1", "STATUS=draining"], stopping
-        assert worker.p.wait(timeout=40) == 0
-    finally:
-        worker.stop()
-    # an LLM-free worker never opens the fleet's key-value bucket
-    assert "fleet" not in worker.text().lower()
+    # a broker of its own: afterwards, the fleet's bucket must not exist on it
+    with EmbeddedNats(store_dir=tmp_path / "nats", sync="interval") as server:
+        # WATCHDOG_USEC of 1 s: a ping every 0.5 s while the fetch loops turn
+        worker = Child(["worker", str(spec.path), "--role", "all", "--nats", server.url],
+                       extra_env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+        try:
+            ready = next_fields(sock)
+            assert ready[0] == "READY=1", ready
+            assert ready[1] == f"STATUS=serving teacher,student,judge of {spec.name}"
+            # READY comes once the consumers are bound: the worker has logged it too
+            assert worker.event("worker.ready", timeout=5)
+            assert sock.recv(4096) == b"WATCHDOG=1"  # the watchdog pings while the loops turn
+            worker.p.send_signal(signal.SIGTERM)
+            stopping = next_fields(sock)
+            assert stopping == ["STOPPING=1", "STATUS=draining"], stopping
+            assert worker.p.wait(timeout=40) == 0
+        finally:
+            worker.stop()
 
+        async def fleet_bucket_exists() -> bool:
+            nc = await nats.connect(server.url)
+            try:
+                await nc.jetstream().stream_info(f"KV_{FLEET_BUCKET}")
+            except nats.js.errors.NotFoundError:
+                return False
+            finally:
+                await nc.close()
+            return True
 
-def test_run_ends_with_a_summary_table_and_json(tmp_path: Path) -> None:
-    spec = make_spec(tmp_path, DUMMY_YAML, [{"n": i} for i in range(20)])
-    out = tmp_path / "out" / "rows.jsonl"
-    r = procs.mx("run", str(spec.path), "--no-progress", "--out", str(out), "--store",
-                 str(tmp_path / "store"), "--sync-interval", "--metrics-port", "0")
-    assert r.returncode == 0, r.stderr
-    assert '"event": "metrics.serving"' in r.stderr and '"process": "run"' in r.stderr
-    lines = r.stderr.splitlines()
-    [head] = [i for i, line in enumerate(lines) if line.startswith(f"{spec.name}: finished in ")]
-    assert lines[head].endswith(f"; 20/20 rows in {out}")
-    assert lines[head + 1].split()[:7] == ["tasks", "this", "run", "20", "done", "0", "failed"]
-    assert lines[-1] == f"  summary: {out}.summary.json"
-    summary = json.loads((tmp_path / "out" / "rows.jsonl.summary.json").read_text())
-    assert (summary["done"], summary["rows"], summary["cost"]) == (20, 20, None)
-    assert summary["roles"] == []  # the dummy agents call no LLM
+        # an LLM-free worker never opens the fleet's key-value bucket
+        assert not asyncio.run(fleet_bucket_exists())
