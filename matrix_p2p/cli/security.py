@@ -27,7 +27,7 @@ def add_parsers(sub: Any) -> None:
         "--env-dir /etc/matrix-p2p")
     u.add_argument("workflows", nargs="+", metavar="WORKFLOW", help="workflow files or bundled names")
     u.add_argument("--out", required=True, metavar="PATH",
-                   help="config file to write (mode 0600; `include` it from nats-server.conf)")
+                   help="config file to write (mode 0600; include it in the nats-server config)")
     u.add_argument("--account", default=ACCOUNT, help=f"account name (default {ACCOUNT})")
     u.add_argument("--no-manage-streams", action="store_true",
                    help="users may not create or update streams and consumers (create them "

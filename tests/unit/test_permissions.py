@@ -163,13 +163,21 @@ def test_nats_config_refuses_missing_or_unsafe_passwords(cycle: WorkflowSpec) ->
         nats_config(users, {**pw, "admin": 'a"b'})
 
 
+def nats_users(*argv: str) -> int:
+    """The command without ``cli.main``: main would point the process's logging at
+    pytest's captured stderr, which is closed after this test."""
+    from matrix_p2p.cli import build_parser
+
+    args = build_parser().parse_args(["nats-users", *argv])
+    code: int = args.fn(args)
+    return code
+
+
 def test_nats_users_command_writes_0600_config_and_env_files(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from matrix_p2p.cli import main
-
     monkeypatch.setenv("MX_NATS_PASSWORD_CORAL_ROLE_JUDGE", "judge-secret-1")
     out, env_dir = tmp_path / "nats" / "users.conf", tmp_path / "env"
-    assert main(["nats-users", "coral", "--out", str(out), "--env-dir", str(env_dir)]) == 0
+    assert nats_users("coral", "--out", str(out), "--env-dir", str(env_dir)) == 0
     assert "wrote 6 NATS users" in capsys.readouterr().err
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     text = out.read_text()
@@ -186,10 +194,10 @@ def test_nats_users_command_writes_0600_config_and_env_files(
     assert f'{{ user: "coral.role.teacher", password: "{teacher}",' in text
 
     # two workflows with a role of the same name cannot share worker-<role>.env files
-    assert main(["nats-users", "coral", "dummy", "--out", str(out), "--env-dir", str(env_dir)]) == 2
-    assert "two workflows have a role named like 'worker-teacher.env'" in capsys.readouterr().err
-    assert main(["nats-users", "coral", "dummy", "--out", str(tmp_path / "two.conf"),
-                 "--account", "FLEET", "--no-manage-streams"]) == 0
+    with pytest.raises(ConfigError, match="two workflows have a role named like 'worker-teacher.env'"):
+        nats_users("coral", "dummy", "--out", str(out), "--env-dir", str(env_dir))
+    assert nats_users("coral", "dummy", "--out", str(tmp_path / "two.conf"), "--account", "FLEET",
+                      "--no-manage-streams") == 0
     two = (tmp_path / "two.conf").read_text()
     assert "  FLEET {" in two and "dummy.role.teacher" in two
     assert "STREAM.CREATE.MX_DUMMY_TASKS" not in two and "STREAM.CREATE.MX_CORAL_TASKS" not in two
