@@ -194,7 +194,7 @@ def test_nats_users_command_writes_0600_config_and_env_files(
     assert f'{{ user: "coral.role.teacher", password: "{teacher}",' in text
 
     # two workflows with a role of the same name cannot share worker-<role>.env files
-    with pytest.raises(ConfigError, match="two workflows have a role named like 'worker-teacher.env'"):
+    with pytest.raises(ConfigError, match=r"two workflows have a role named like 'worker-teacher\.env'"):
         nats_users("coral", "dummy", "--out", str(out), "--env-dir", str(env_dir))
     assert nats_users("coral", "dummy", "--out", str(tmp_path / "two.conf"), "--account", "FLEET",
                       "--no-manage-streams") == 0
