@@ -35,7 +35,7 @@ from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus.errors import AlreadyExists, NotFound, TimedOut, translate
 from matrix_p2p.errors import BusError
-from matrix_p2p.llm.fleet import Callback, EndpointState
+from matrix_p2p.llm.fleet import EndpointState, Subscribers
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +61,7 @@ def key_endpoint(key: str) -> str:
         raise ValueError(f"not an endpoint key: {key!r}") from exc
 
 
-class KVFleetState:
+class KVFleetState(Subscribers):
     """``FleetState`` backed by a JetStream KV bucket shared by every worker on the bus.
 
     Use as ``async with KVFleetState(js) as fleet`` (or ``start()``/``close()``),
@@ -79,6 +79,7 @@ class KVFleetState:
         backoff_cap_s: float = 5.0,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__()
         self._js = js
         self.bucket = bucket
         self.ttl_s = ttl_s
@@ -89,7 +90,6 @@ class KVFleetState:
         self._kv: Any = None
         self._latest: dict[str, EndpointState] = {}
         self._revision: dict[str, int] = {}  # per url: the newest revision delivered
-        self._subscribers: list[Callback] = []
         self._stop = asyncio.Event()
         self._loaded = asyncio.Event()  # the first full read of the bucket is done
         self._task: asyncio.Task[None] | None = None
@@ -142,15 +142,6 @@ class KVFleetState:
     def latest(self) -> dict[str, EndpointState]:
         horizon = self._wall() - self.ttl_s
         return {u: s for u, s in self._latest.items() if s.updated_at >= horizon}
-
-    def subscribe(self, callback: Callback) -> Callable[[], None]:
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-
-        return unsubscribe
 
     # -- internals --------------------------------------------------------------
     async def _bucket(self) -> Any:
@@ -241,8 +232,4 @@ class KVFleetState:
         if revision:
             self._revision[url] = revision
         self._latest[url] = state
-        for cb in list(self._subscribers):
-            try:
-                cb(url, state)
-            except Exception:  # a subscriber's bug must not stop the watch
-                log.exception("fleet_kv.subscriber_failed", endpoint=url)
+        self.notify(url, state)

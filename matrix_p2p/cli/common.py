@@ -66,9 +66,11 @@ def add_fleet_state(p: argparse.ArgumentParser) -> None:
 
 
 def add_stream_replicas(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stream-replicas", type=int, default=None, metavar="R",
+    p.add_argument("--stream-replicas", "--replicas", type=int, default=None, metavar="R",
+                   dest="stream_replicas",
                    help="JetStream stream replicas on a cluster, e.g. 3 (default: keep the "
-                        "existing streams' setting; new streams get 1)")
+                        "existing streams' setting; new streams get 1; --replicas is the "
+                        "old spelling)")
 
 
 def add_metrics(p: argparse.ArgumentParser) -> None:

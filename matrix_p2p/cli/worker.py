@@ -11,6 +11,7 @@ import msgspec
 
 from matrix_p2p.bus import Bus
 from matrix_p2p.cli import common
+from matrix_p2p.errors import ConfigError
 from matrix_p2p.workflow.spec import WorkflowSpec
 
 
@@ -20,7 +21,10 @@ def add_parsers(sub: Any) -> None:
         "Serve roles of a workflow: one durable pull consumer per role, shared by every\n"
         "worker of that role in the fleet. SIGTERM/Ctrl-C drains in-flight hops.\n\n"
         "example: python -m matrix_p2p worker coral --role judge --nats nats://host:4222")
-    common.add_workflow(w)
+    w.add_argument("workflow", metavar="WORKFLOW", nargs="?",
+                   help="workflow file or bundled name")
+    # the old spelling, kept so that existing unit files keep working
+    w.add_argument("--workflow", dest="workflow_flag", metavar="WORKFLOW", help=argparse.SUPPRESS)
     w.add_argument("--role", required=True, metavar="ROLE[,ROLE...]|all")
     common.add_llm_urls(w, "the workflow's")
     w.add_argument("--concurrency", type=int, metavar="N",
@@ -39,6 +43,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
     from matrix_p2p.runtime.worker import WorkerStats, serve_roles
     from matrix_p2p.sdnotify import Liveness, supervise
+
+    if args.workflow and args.workflow_flag:
+        raise ConfigError("worker: give the workflow once (positional WORKFLOW)")
+    args.workflow = args.workflow or args.workflow_flag
+    if not args.workflow:
+        raise ConfigError("worker: WORKFLOW is required (a workflow file or bundled name)")
 
     common.positive("--concurrency", args.concurrency)
     common.positive("--drain-timeout", args.drain_timeout, allow_zero=True)

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import msgspec
+import structlog
+
+log = structlog.get_logger(__name__)
 
 Callback = Callable[[str, "EndpointState"], None]
 
@@ -42,20 +45,11 @@ class FleetState(Protocol):
         callers filter by ``worker``). Must not block. Returns an unsubscribe function."""
 
 
-class InMemoryFleetState:
-    """FleetState for one process (tests, the embedded single-machine run)."""
+class Subscribers:
+    """The subscriber list every FleetState implementation keeps."""
 
     def __init__(self) -> None:
-        self._latest: dict[str, EndpointState] = {}
         self._subscribers: list[Callback] = []
-
-    async def publish(self, endpoint: str, state: EndpointState) -> None:
-        self._latest[endpoint] = state
-        for cb in list(self._subscribers):
-            cb(endpoint, state)
-
-    def latest(self) -> dict[str, EndpointState]:
-        return dict(self._latest)
 
     def subscribe(self, callback: Callback) -> Callable[[], None]:
         self._subscribers.append(callback)
@@ -65,6 +59,28 @@ class InMemoryFleetState:
                 self._subscribers.remove(callback)
 
         return unsubscribe
+
+    def notify(self, endpoint: str, state: EndpointState) -> None:
+        for cb in list(self._subscribers):
+            try:
+                cb(endpoint, state)
+            except Exception:  # a subscriber's bug must not stop the others or the watch
+                log.exception("fleet.subscriber_failed", endpoint=endpoint)
+
+
+class InMemoryFleetState(Subscribers):
+    """FleetState for one process (tests, the embedded single-machine run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._latest: dict[str, EndpointState] = {}
+
+    async def publish(self, endpoint: str, state: EndpointState) -> None:
+        self._latest[endpoint] = state
+        self.notify(endpoint, state)
+
+    def latest(self) -> dict[str, EndpointState]:
+        return dict(self._latest)
 
 
 class RemoteEffect(msgspec.Struct, frozen=True):

@@ -6,7 +6,9 @@ Resolution order, so that bundled and user code never shadow other packages:
    a private module name derived from the directory, so two workflows with a
    ``my_agents.py`` each do not collide and nothing is added to ``sys.path``;
 2. otherwise an ordinary import (installed packages, and the bundled agents
-   under their own import name ``matrix_p2p_agents``).
+   under their own import name ``matrix_p2p_agents``); an old ``agents.coral``
+   reference that imports nothing falls back to ``matrix_p2p_agents.coral``
+   with a warning.
 A failure is a ``ConfigError`` that names the file and field.
 """
 
@@ -20,7 +22,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import structlog
+
 from matrix_p2p.errors import ConfigError
+
+log = structlog.get_logger(__name__)
 
 LOCAL_PREFIX = "matrix_p2p_local"
 
@@ -62,7 +68,16 @@ def _import(module_name: str, base_dir: Path | None) -> ModuleType:
         alias = _load_local(base_dir, top)
         if alias is not None:
             return importlib.import_module(f"{alias}.{rest}" if rest else alias)
-    return importlib.import_module(module_name)
+    try:
+        return importlib.import_module(module_name)
+    except ImportError:
+        # workflow files written before the bundled agents got their own import name
+        if top != "agents" or not rest:
+            raise
+        module = importlib.import_module(f"matrix_p2p_agents.{rest}")
+    log.warning("workflow.old_agent_reference", ref=module_name,
+                hint=f"write matrix_p2p_agents.{rest} (agents.* is another package's name)")
+    return module
 
 
 def import_ref(ref: str, *, where: str, base_dir: Path | None = None) -> Any:

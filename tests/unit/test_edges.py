@@ -38,3 +38,11 @@ def test_other_exception_groups_are_not_swallowed(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(cli.data, "cmd_status", boom)
     with pytest.raises(ExceptionGroup):
         cli.main(["status", "coral", "--nats", "nats://127.0.0.1:1"])
+
+
+def test_old_flag_spellings_still_parse() -> None:
+    args = cli.build_parser().parse_args(
+        ["worker", "--workflow", "coral", "--role", "all", "--replicas", "3"])
+    assert (args.workflow, args.workflow_flag, args.stream_replicas) == (None, "coral", 3)
+    args = cli.build_parser().parse_args(["worker", "coral", "--role", "all"])
+    assert (args.workflow, args.stream_replicas) == ("coral", None)

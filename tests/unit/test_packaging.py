@@ -49,3 +49,25 @@ def test_every_package_folder_is_listed_in_pyproject() -> None:
                 continue
             found.add(".".join((top, *rel.parts)))
     assert found == listed
+
+
+OLD_REF = """
+import structlog
+from matrix_p2p.agent import make_agent
+from matrix_p2p.workflow import spec as specmod
+s = specmod.parse("name: old\\nroles:\\n  a: {agent: 'agents.dummy:Talker', llm: null}\\n"
+                  "routing: {type: cycle, roles: [a]}\\n", path="old.yaml")
+with structlog.testing.capture_logs() as logs:
+    agent = make_agent(s, s.roles["a"])
+assert type(agent).__module__ == "matrix_p2p_agents.dummy", type(agent).__module__
+assert [e["event"] for e in logs] == ["workflow.old_agent_reference"], logs
+print("ok")
+"""
+
+
+def test_old_agent_references_still_load_with_a_warning(tmp_path: Path) -> None:
+    # outside the checkout: there the top-level agents/ folder is not importable as `agents`
+    r = subprocess.run([sys.executable, "-c", OLD_REF], cwd=tmp_path, capture_output=True,
+                       text=True, env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
