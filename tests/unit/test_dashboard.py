@@ -1,8 +1,8 @@
 """The Grafana dashboard queries exactly the metrics a process exports; the Prometheus config parses.
 
-The live check (scraping a worker after a run) reuses ``queried_names`` and
-``exported_names`` on the scraped text; here the text comes from a ``Metrics``
-that recorded one of everything.
+The live check (a worker and a sink scraped after a run:
+``tests/integration/test_ops_live.py``) uses ``queried_names`` on the same
+dashboard; here the text comes from a ``Metrics`` that recorded one of everything.
 """
 
 from __future__ import annotations
