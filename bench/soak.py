@@ -119,7 +119,9 @@ def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name in ("run", "nats-server", "sim-llm"):
-        pts = [(s["t"], s["procs"][name]["rss_mb"]) for s in samples if name in s["procs"]]
+        # a process that has exited but is not reaped yet reads as 0: not a sample
+        pts = [(s["t"], s["procs"][name]["rss_mb"]) for s in samples
+               if name in s["procs"] and s["procs"][name]["rss_mb"] > 0]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{name} RSS")
     ax.set_xlabel("seconds")
@@ -146,7 +148,14 @@ def main() -> int:
     ap.add_argument("--plot", default=str(ROOT / "bench" / "soak.png"))
     ap.add_argument("--json", default=str(ROOT / "bench" / "soak.json"))
     ap.add_argument("--timeout", type=float, default=7200.0)
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw --plot from the samples in --json (no run)")
     args = ap.parse_args()
+    if args.replot:
+        saved = json.loads(Path(args.json).read_text())
+        plot(saved["samples"], Path(args.plot), f"soak: {saved['tasks']:,} Coral tasks through "
+             f"`run`, {saved['wall_s']:,.0f} s")
+        return 0
 
     env = dict(os.environ, MX_LOG_JSON="1", MX_LOG_LEVEL="warning",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", ""))
