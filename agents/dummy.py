@@ -37,7 +37,8 @@ class Decider(Agent):
 
 
 class Flaky(Agent):
-    """For tests: behaves as ``row['behaviour']`` says (ok, retry_once, fail, crash, slow)."""
+    """For tests: behaves as ``row['behaviour']`` says (ok, fail, retry_always, crash, bug,
+    fail_first_attempt, slow)."""
 
     async def handle(self, task: Task, ctx: Context) -> None:
         import asyncio
@@ -50,6 +51,10 @@ class Flaky(Agent):
             raise RetryLater("row asked to retry", after_s=0.05)
         if behaviour == "crash":
             raise RuntimeError("row asked to crash")
+        if behaviour == "bug":
+            task.row.no_such_method()  # type: ignore[attr-defined]  # an agent bug
+        if behaviour == "fail_first_attempt" and "~a" not in task.id:
+            raise FailTask("row asked to fail its first attempt")
         if behaviour == "slow":
             await asyncio.sleep(float(task.row.get("seconds", 3.0)))
         task.state["tries"] = tries + 1

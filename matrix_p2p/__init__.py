@@ -4,12 +4,16 @@ The public API for agent authors and embedders; see README.md for the CLI.
 """
 
 from matrix_p2p.agent import Agent, Context
+from matrix_p2p.api import run, run_async, serve
 from matrix_p2p.envelope import Task, Turn, Usage
 from matrix_p2p.errors import BusError, ConfigError, FailTask, MatrixError, RetryLater
+from matrix_p2p.runtime.local_run import RunResult
 from matrix_p2p.runtime.routing import Done, Failed, Forward, Retry
+from matrix_p2p.workflow.spec import WorkflowSpec
 
 __all__ = [
     "Agent", "BusError", "ConfigError", "Context", "Done", "FailTask", "Failed", "Forward",
-    "MatrixError", "Retry", "RetryLater", "Task", "Turn", "Usage",
+    "MatrixError", "Retry", "RetryLater", "RunResult", "Task", "Turn", "Usage", "WorkflowSpec",
+    "run", "run_async", "serve",
 ]
 __version__ = "0.1.0"

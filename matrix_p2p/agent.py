@@ -41,8 +41,11 @@ class Context:
 
     __slots__ = (
         "_endpoint",
+        "_finish_reason",
         "_llm",
         "_llm_calls",
+        "_messages",
+        "_model",
         "_recorded",
         "_started",
         "_usage",
@@ -77,6 +80,9 @@ class Context:
         self._usage = Usage()
         self._llm_calls = 0
         self._endpoint: str | None = None
+        self._model: str | None = None
+        self._finish_reason: str | None = None
+        self._messages: list[dict[str, Any]] | None = None
         self._recorded = False
 
     async def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> LLMResult:
@@ -103,6 +109,10 @@ class Context:
                 prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
             )
             self._endpoint = result.endpoint
+            self._model = result.model or None
+            self._finish_reason = result.finish_reason
+        if self.spec.sink.messages:
+            self._messages = [dict(m) for m in messages]
         return result
 
     def say(self, content: str, **meta: Any) -> Turn:
@@ -117,11 +127,15 @@ class Context:
             elapsed_s=round(now - self._started, 6),
             llm_calls=self._llm_calls,
             endpoint=self._endpoint,
+            model=self._model,
+            finish_reason=self._finish_reason,
+            messages=self._messages,
             meta=meta,
         )
         self.task.turns.append(turn)
         self._usage = Usage()
         self._llm_calls = 0
+        self._messages = None
         self._recorded = True
         return turn
 

@@ -13,6 +13,7 @@ loss. ``sync="interval"`` (``--sync-interval``) trades that guarantee for speed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -24,6 +25,8 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+
+import msgspec
 
 from matrix_p2p.errors import ConfigError
 
@@ -67,6 +70,16 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log_pat
     raise ConfigError(f"nats-server did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
+def parent_death_signal() -> None:
+    """In the child before exec (Linux): SIGTERM when the parent dies, even by SIGKILL.
+    Elsewhere a no-op: ``StoreBroker`` cleans up on the next run."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
 class EmbeddedNats:
     """One nats-server process. Use as a context manager or call start()/stop()."""
 
@@ -84,6 +97,7 @@ class EmbeddedNats:
         user: str | None = None,
         password: str | None = None,
         token: str | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         if sync not in ("always", "interval"):
             raise ConfigError(f"--sync: expected 'always' or 'interval', got {sync!r}")
@@ -105,6 +119,10 @@ class EmbeddedNats:
         self.password = password
         self.token = token
         self.proc: subprocess.Popen[bytes] | None = None
+        # Linux: the kernel sends SIGTERM when the thread that started it dies (even by
+        # SIGKILL); start it from a long-lived thread (the event loop's), not a pool thread
+        self.die_with_parent = die_with_parent
+        self._log_path = self.store_dir / f"nats-{self.server_name}.log"
 
     @property
     def url(self) -> str:
@@ -145,6 +163,12 @@ class EmbeddedNats:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 15.0) -> EmbeddedNats:
+        self.spawn()
+        self.wait_ready(timeout)
+        return self
+
+    def spawn(self) -> None:
+        """Start the process (quick); ``wait_ready`` waits until it listens."""
         binary = find_nats_server()
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / f"nats-{self.server_name}.conf"
@@ -159,13 +183,17 @@ class EmbeddedNats:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=parent_death_signal if self.die_with_parent else None,
             )
+        self._log_path = log_path
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        assert self.proc is not None, "spawn() first"
         try:
-            _wait_port(self.port, self.proc, timeout, log_path)
+            _wait_port(self.port, self.proc, timeout, self._log_path)
         except BaseException:
             self.stop()
             raise
-        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM by PID, then SIGKILL if it lingers. Idempotent."""
@@ -196,3 +224,114 @@ class EmbeddedNats:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+# ---------------------------------------------------------------- one broker per store
+class BrokerRecord(msgspec.Struct):
+    pid: int
+    port: int
+
+
+def _alive_nats(pid: int) -> bool:
+    """``pid`` is alive and (where /proc says) a nats-server: never signal a reused pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # not ours
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    return not cmdline.exists() or b"nats-server" in cmdline.read_bytes()
+
+
+def _listens(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class StoreBroker:
+    """The embedded broker of one store directory, owned by one ``run`` at a time.
+
+    ``<store>/run.lock`` is held (flock) by the run using the store: the OS drops it
+    when that process dies, however it dies, so a second live run is refused with a
+    one-line error. ``<store>/broker.json`` records the broker's PID and port. A run
+    finding a record of a broker still alive (its run died where no parent-death
+    signal exists) adopts it; a dead one is cleaned up. Either way, at the end the
+    run stops the broker it started or adopted.
+    """
+
+    def __init__(self, store_dir: Path, *, sync: str = "always") -> None:
+        self.store_dir = store_dir
+        self.sync = sync
+        self.server: EmbeddedNats | None = None
+        self.adopted: BrokerRecord | None = None
+        self._lock_fd: int | None = None
+
+    @property
+    def record_path(self) -> Path:
+        return self.store_dir / "broker.json"
+
+    def lock(self) -> None:
+        """Take the store, or a ``ConfigError`` naming the run that holds it."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        path = self.store_dir / "run.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"--store {self.store_dir}: in use by another run (pid {holder}); "
+                              "stop it first or use another --store") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def spawn_or_adopt(self) -> str | None:
+        """Adopt a live broker left by a dead run (returns its URL), or spawn ours (None:
+        call ``EmbeddedNats.wait_ready`` on ``self.server``). Call from the event loop's
+        thread: the parent-death signal follows the thread that spawned."""
+        try:
+            old = msgspec.json.decode(self.record_path.read_bytes(), type=BrokerRecord)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            old = None
+        if old is not None and _alive_nats(old.pid):
+            if _listens(old.port):
+                self.adopted = old
+                return f"nats://127.0.0.1:{old.port}"
+            _terminate(old.pid)  # alive but deaf: ours by the record, and useless
+        self.record_path.unlink(missing_ok=True)
+        self.server = EmbeddedNats(store_dir=self.store_dir, sync=self.sync,
+                                   die_with_parent=True)
+        self.server.spawn()
+        assert self.server.pid is not None
+        self.record_path.write_bytes(msgspec.json.encode(
+            BrokerRecord(pid=self.server.pid, port=self.server.port)))
+        return None
+
+    def stop(self) -> None:
+        """Stop the broker we started or adopted, forget it, release the store."""
+        if self.server is not None:
+            self.server.stop()
+        if self.adopted is not None:
+            _terminate(self.adopted.pid)
+        self.record_path.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+
+def _terminate(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM a process that is not our child, then SIGKILL if it lingers."""
+    if not _alive_nats(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive_nats(pid):
+            return
+        time.sleep(0.05)  # not our child: no wait() to block on
+    os.kill(pid, signal.SIGKILL)

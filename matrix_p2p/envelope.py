@@ -45,6 +45,9 @@ class Turn(msgspec.Struct, kw_only=True, omit_defaults=True):
     elapsed_s: float = 0.0
     llm_calls: int = 0
     endpoint: str | None = None
+    model: str | None = None  # the model that answered the hop's last LLM call
+    finish_reason: str | None = None  # and why it stopped ("stop", "length" ...)
+    messages: list[dict[str, Any]] | None = None  # its request, if sink.messages is on
     meta: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -66,7 +69,8 @@ class Task(msgspec.Struct, kw_only=True, omit_defaults=True):
     workflow: str
     role: str
     v: int = SCHEMA_VERSION
-    workflow_version: str = ""
+    workflow_version: str = ""  # the workflow file's own `version:`
+    code_version: str = ""  # hash of the workflow file and its agents' code (workflow/version.py)
     source: str = ""
     row_index: int = 0
     trial: int = 0
@@ -129,6 +133,7 @@ def new_task(
     role: str,
     row: dict[str, Any],
     workflow_version: str = "",
+    code_version: str = "",
     source: str = "",
     row_index: int = 0,
     trial: int = 0,
@@ -139,6 +144,7 @@ def new_task(
         id=task_id,
         workflow=workflow,
         workflow_version=workflow_version,
+        code_version=code_version,
         role=role,
         source=source,
         row_index=row_index,

@@ -96,16 +96,29 @@ def add_llm_urls(p: argparse.ArgumentParser, default: str) -> None:
                    help=f"OpenAI-compatible endpoint, repeatable or comma-separated (default: {default})")
 
 
+def add_version_mode(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--new-version", action="store_const", const="new", dest="version_mode",
+                   default="check", help="the workflow or its agents changed: start fresh rows "
+                                         "under the new code version")
+    g.add_argument("--reuse", action="store_const", const="reuse", dest="version_mode",
+                   help="the workflow or its agents changed: keep the results already stored")
+
+
 def llm_urls(args: argparse.Namespace) -> list[str]:
     return [u.strip() for v in args.llm_url or () for u in v.split(",") if u.strip()]
 
 
-def positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
-    """A numeric flag that must be positive: a one-line ``ConfigError`` otherwise."""
+def positive(name: str, value: float | None, *, allow_zero: bool = False,
+             most: float | None = None) -> None:
+    """A numeric flag that must be positive (and at most ``most``): a one-line
+    ``ConfigError`` otherwise."""
     if value is None:
         return
-    if value < 0 or (value == 0 and not allow_zero):
+    if value != value or value < 0 or (value == 0 and not allow_zero):  # NaN too
         raise ConfigError(f"{name}: must be {'at least 0' if allow_zero else 'positive'}, got {value}")
+    if most is not None and value > most:
+        raise ConfigError(f"{name}: must be at most {most}, got {value}")
 
 
 # ---------------------------------------------------------------- connection and loop

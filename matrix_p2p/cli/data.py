@@ -23,6 +23,9 @@ def add_parsers(sub: Any) -> None:
         "limits.max_inflight tasks live in the stream.")
     common.add_workflow(s)
     s.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
+    s.add_argument("--retry-failed", action="store_true",
+                   help="also resubmit tasks whose latest attempt failed, as a new attempt")
+    common.add_version_mode(s)
     common.add_stream_replicas(s)
     common.add_metrics(s)
     common.add_nats(s, required=True)
@@ -31,14 +34,17 @@ def add_parsers(sub: Any) -> None:
 
     k = common.add_command(
         sub, "sink", "write finished tasks to a dataset file (each task once; resumable)",
-        "Consume the results stream and append one JSON line per finished task.")
+        "Consume the results stream and write one row per finished task (the latest\n"
+        "attempt of each). The format follows --out's extension (.jsonl, .jsonl.zst,\n"
+        ".parquet); a deleted, truncated or foreign output is rebuilt from the stream.")
     common.add_workflow(k)
     k.add_argument("--out", required=True, metavar="PATH")
     k.add_argument("--expect", type=int, metavar="N",
                    help="exit 0 once N distinct tasks are in the file")
     k.add_argument("--timeout", type=float, metavar="S", help="give up (exit 1) after S seconds")
     k.add_argument("--durable", metavar="NAME",
-                   help="consumer name (default derived from the output path)")
+                   help="consumer name (default sink-<output file name>: progress belongs to the "
+                        "dataset, not its path; give two same-named outputs distinct names)")
     common.add_stream_replicas(k)
     common.add_metrics(k)
     common.add_nats(k, required=True)
@@ -67,11 +73,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
     common.positive("--stream-replicas", args.stream_replicas)
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
+        from matrix_p2p.runtime.topology import Names
+        from matrix_p2p.workflow.version import code_hash, resolve
+
+        digest = code_hash(spec)
+        ns = await resolve(bus, Names.of(spec).submitted_bucket, spec, digest, args.version_mode,
+                           replicas=args.stream_replicas)
         async with common.metrics(args, "submit") as metrics:
             r = await submit(bus, spec, limit=args.limit, stop=stop, replicas=args.stream_replicas,
-                             metrics=metrics)
+                             namespace=ns, code_version=digest, metrics=metrics)
         print(f"submitted {r.submitted} new tasks, {r.already} already submitted, "
               f"{r.bad_rows} bad rows (recorded as failed)", file=sys.stderr)
+        if args.retry_failed:
+            from matrix_p2p.runtime.attempts import retry_failed
+
+            again = await retry_failed(bus, spec, namespace=ns)
+            print(f"resubmitted {len(again)} failed tasks as a new attempt", file=sys.stderr)
         return 130 if stop.is_set() else 0
 
     return common.with_bus(args, "submit", "stopping submission; re-run to continue", body)

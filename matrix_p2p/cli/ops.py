@@ -32,6 +32,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     from matrix_p2p.runtime.deadletters import dlq_list
     from matrix_p2p.runtime.topology import Names
 
+    common.positive("--limit", args.limit, allow_zero=True)
+
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         letters = await dlq_list(bus, Names.of(spec), limit=args.limit)
         if args.json:
@@ -57,6 +59,8 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
 
     from matrix_p2p.runtime.deadletters import dlq_show
     from matrix_p2p.runtime.topology import Names
+
+    common.positive("SEQ", args.seq)
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         d = await dlq_show(bus, Names.of(spec), args.seq)
@@ -87,6 +91,8 @@ def cmd_dlq_requeue(args: argparse.Namespace) -> int:
 
     if args.all == bool(args.seq):
         raise ConfigError("dlq requeue: give dead-letter sequence numbers or --all (not both)")
+    for seq in args.seq or ():
+        common.positive("SEQ", seq)
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         r = await dlq_requeue(bus, spec, None if args.all else args.seq, role=args.role,
@@ -107,6 +113,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from matrix_p2p.workflow.loader import load
 
     common.positive("--limit", args.limit, allow_zero=True)
+    common.positive("--generation", args.generation)
+    common.positive("--from-generation", args.from_generation, allow_zero=True)
     target = load(args.into) if args.into else None
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:

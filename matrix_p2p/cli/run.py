@@ -16,6 +16,9 @@ def add_parsers(sub: Any) -> None:
         "Run WORKFLOW on this machine: a real nats-server on a free 127.0.0.1 port with a\n"
         "store directory, a vLLM-compatible simulator unless --llm-url is given, workers\n"
         "for every role, the source and the sink. Ctrl-C drains; re-running resumes.\n\n"
+        "exit status: 0 when every task in the output is done; 1 when any failed (see\n"
+        "--retry-failed, --accept-failures); 2 for a usage or configuration error;\n"
+        "130 when interrupted.\n\n"
         "example: python -m matrix_p2p run coral --limit 200 --out out/coral.jsonl")
     common.add_workflow(r, "workflow file or bundled name (coral)")
     r.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
@@ -32,6 +35,12 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--concurrency", type=int, metavar="N",
                    help="slots per role (default: the workflow's roles.<r>.concurrency)")
     r.add_argument("--no-progress", action="store_true", help="no progress display")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="resubmit tasks whose latest attempt failed, as a new attempt (id "
+                        "<id>~a<n>); the output keeps the latest attempt of each task")
+    r.add_argument("--accept-failures", action="store_true",
+                   help="exit 0 even when some tasks failed")
+    common.add_version_mode(r)
     common.add_fleet_state(r)
     common.add_metrics(r)
     common.add_nats(r, required=False)
@@ -55,7 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         store=args.store, sync="interval" if args.sync_interval else "always",
         llm_urls=common.llm_urls(args), sim_replicas=args.sim_replicas,
         concurrency=args.concurrency, progress=not args.no_progress,
-        fleet_state=not args.no_fleet_state,
+        fleet_state=not args.no_fleet_state, retry_failed=args.retry_failed,
+        version_mode=args.version_mode,
         metrics_port=args.metrics_port, metrics_host=args.metrics_host,
     )
 
@@ -66,6 +76,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         s = summary.summarize(result, spec)
         path = summary.write_json(s)
         print(summary.render(s) + f"\n  summary: {path}", file=sys.stderr)
-        return 130 if result.interrupted else 0
+        if result.interrupted:
+            return 130
+        if result.dataset_failed and not args.accept_failures:
+            print(f"matrix_p2p: {result.dataset_failed} task(s) failed: re-run with "
+                  "--retry-failed, or --accept-failures to exit 0", file=sys.stderr)
+            return 1
+        return 0
 
     return common.run_async(main)

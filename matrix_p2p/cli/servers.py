@@ -56,7 +56,7 @@ def cmd_sim_llm(args: argparse.Namespace) -> int:
     from matrix_p2p.sim.server import serve_forever
 
     common.positive("--replicas", args.replicas)
-    common.positive("--port", args.port, allow_zero=True)
+    common.positive("--port", args.port, allow_zero=True, most=65535)
     fields: dict[str, Any] = {"seed": args.seed}
     for name in SIM_FIELDS:
         value = getattr(args, name)
@@ -79,7 +79,7 @@ def cmd_sim_llm(args: argparse.Namespace) -> int:
 def cmd_nats_server(args: argparse.Namespace) -> int:
     from matrix_p2p.broker import EmbeddedNats
 
-    common.positive("--port", args.port, allow_zero=True)
+    common.positive("--port", args.port, allow_zero=True, most=65535)
     server = EmbeddedNats(port=args.port, store_dir=args.store,
                           sync="interval" if args.sync_interval else "always")
 

@@ -32,6 +32,11 @@ class RowWriter:
     def write(self, line: bytes) -> None:
         self._buf.append(line)
 
+    @property
+    def good_length(self) -> int:
+        """Bytes of the file that hold committed rows."""
+        return self._raw.tell()
+
     def commit(self) -> None:
         if not self._buf:
             return
@@ -94,6 +99,7 @@ def load_written_ids(path: Path, fmt: str = "jsonl") -> set[str]:
 
 
 def write_parquet(jsonl: Path, out: Path) -> None:
+    """``out`` from the JSON lines in ``jsonl``, atomically (temp file and rename)."""
     try:
         import pyarrow.json as pj
         import pyarrow.parquet as pq
@@ -101,4 +107,83 @@ def write_parquet(jsonl: Path, out: Path) -> None:
         raise ConfigError("sink format parquet needs 'pyarrow' (pip install 'matrix_p2p[sinks]')"
                           ) from None
     if jsonl.exists() and jsonl.stat().st_size:
-        pq.write_table(pj.read_json(str(jsonl)), str(out))
+        tmp = out.with_name(out.name + ".tmp")
+        pq.write_table(pj.read_json(str(jsonl)), str(tmp))
+        os.replace(tmp, out)
+
+
+# ---------------------------------------------------------------- format and atomic files
+EXTENSIONS = {".jsonl": "jsonl", ".zst": "jsonl.zst", ".parquet": "parquet"}
+SUFFIX = {"jsonl": ".jsonl", "jsonl.zst": ".jsonl.zst", "parquet": ".parquet"}
+
+
+def out_format(out: Path, spec: Any) -> str:
+    """The dataset format of an output the user named (``--out``): its extension
+    (``.jsonl``, ``.jsonl.zst``, ``.parquet``) decides; the workflow's ``sink.format``
+    applies to other names."""
+    return EXTENSIONS.get(out.suffix) or spec.sink.format or "jsonl"
+
+
+def default_out(spec: Any) -> Path:
+    """The output when no ``--out`` is given: the workflow's ``sink.path`` (with
+    ``sink.format``'s extension if the path is the default one). A ``sink.path`` whose
+    extension contradicts ``sink.format`` is a one-line ``ConfigError``."""
+    declared: str | None = spec.sink.format
+    out = Path(spec.sink.path.format(workflow=spec.name))
+    if declared and spec.sink.path == type(spec.sink)().path:
+        return out.with_name(out.name.removesuffix(".jsonl") + SUFFIX[declared])
+    by_ext = EXTENSIONS.get(out.suffix)
+    if declared and by_ext and by_ext != declared:
+        raise ConfigError(
+            f"{spec.path}: sink.path {spec.sink.path!r} says {by_ext} but sink.format says "
+            f"{declared}: make them agree (or give --out)")
+    return out
+
+
+def staging_path(out: Path, fmt: str) -> Path:
+    """Where rows are appended: the output itself, or (parquet, not appendable) a JSON
+    lines file next to it that becomes the Parquet file at close."""
+    return out.with_name(out.name + ".mx.jsonl") if fmt == "parquet" else out
+
+
+def check_writable(out: Path) -> None:
+    """A one-line ``ConfigError`` now rather than a failure in the middle of a run."""
+    existed = out.exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "ab"):
+            pass
+        if not existed:
+            out.unlink()  # a probe: an empty file here would look like a damaged output
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+
+
+def read_lines(path: Path, fmt: str) -> list[bytes]:
+    """The complete JSON lines of a staging file (plain or zstd)."""
+    return _read_lines(path, "jsonl.zst" if fmt == "jsonl.zst" else "jsonl")[0] \
+        if path.exists() else []
+
+
+def replace_file(path: Path, lines: list[bytes], fmt: str) -> int:
+    """Write ``lines`` to ``path`` atomically (temp file, fsync, rename). Returns its size."""
+    data = b"".join(lines)
+    if fmt == "jsonl.zst" and data:
+        data = _import_zstd().ZstdCompressor().compress(data)
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return len(data)
+
+
+def truncate_to(path: Path, good_length: int) -> None:
+    """Cut what a crash left after the last committed write (a torn row or frame)."""
+    if path.exists() and path.stat().st_size > good_length:
+        log.warning("sink.truncated_torn_tail", path=str(path),
+                    bytes=path.stat().st_size - good_length)
+        with path.open("r+b") as fh:
+            fh.truncate(good_length)

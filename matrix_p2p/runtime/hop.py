@@ -51,7 +51,29 @@ class AgentFailed(msgspec.Struct, frozen=True):
     reason: str
 
 
-AgentOutcome = Handled | AgentRetry | AgentFailed
+class AgentBug(msgspec.Struct, frozen=True):
+    """The agent's own code is wrong (an ``AttributeError``, a ``KeyError`` ...): running it
+    again gives the same error, so the task fails at once with the reason."""
+
+    reason: str
+
+
+AgentOutcome = Handled | AgentRetry | AgentFailed | AgentBug
+
+# Exceptions that mean a bug in agent code, not trouble in the world: never retried.
+BUG_TYPES: tuple[type[BaseException], ...] = (
+    AttributeError, TypeError, KeyError, NameError, ImportError, AssertionError, IndexError,
+    ZeroDivisionError, NotImplementedError, RecursionError, SyntaxError,
+)  # ValueError is not here: parsing a model's answer fails that way, and may not next time
+
+
+def classify(exc: Exception, role: str) -> AgentBug | AgentRetry:
+    """What an exception escaping ``agent.handle`` means: a bug (fail now) or transient
+    trouble (an ``OSError``, a ``RuntimeError`` from a library: retry the hop)."""
+    reason = f"agent {role!r} raised {type(exc).__name__}: {exc}"
+    if isinstance(exc, BUG_TYPES):
+        return AgentBug(reason=f"bug in {reason}")
+    return AgentRetry(reason=reason.replace(f"agent {role!r} raised", "agent raised"))
 
 
 # ---------------------------------------------------------------- what the worker does
@@ -129,7 +151,7 @@ class Hop:
     def after_agent(self, task: Task, outcome: AgentOutcome, num_delivered: int, *,
                     now: float) -> Publish | Nak:
         """The decision once the agent ran (``task`` as the agent left it)."""
-        if isinstance(outcome, AgentFailed):
+        if isinstance(outcome, AgentFailed | AgentBug):
             return self.finish(task, Failed(reason=outcome.reason), now=now)
         if isinstance(outcome, AgentRetry):
             return self._retry(task, Retry(after_s=outcome.after_s, reason=outcome.reason),

@@ -19,15 +19,19 @@ import structlog
 
 from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
-from matrix_p2p.broker import EmbeddedNats
+from matrix_p2p.broker import StoreBroker
 from matrix_p2p.envelope import Usage
 from matrix_p2p.metrics import serving
 from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
+from matrix_p2p.runtime.attempts import retry_failed
+from matrix_p2p.runtime.files import check_writable, default_out, out_format, staging_path
 from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.sink import Sink
 from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
+from matrix_p2p.runtime.topology import Names
 from matrix_p2p.runtime.worker import WorkerStats, serve_roles
 from matrix_p2p.workflow.spec import WorkflowSpec
+from matrix_p2p.workflow.version import Mode, code_hash, resolve
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +48,8 @@ class RunOptions(msgspec.Struct, kw_only=True):
     progress: bool = True
     drain_timeout_s: float = 30.0
     fleet_state: bool = True  # share learned LLM endpoint limits through JetStream KV
+    retry_failed: bool = False  # resubmit tasks whose latest attempt failed (attempts.py)
+    version_mode: Mode = "check"  # a changed workflow: refuse, "reuse" or start "new" rows
     metrics_port: int | None = None  # one /metrics for the whole run (0: a free port)
     metrics_host: str = "127.0.0.1"
 
@@ -59,11 +65,10 @@ class RunResult(msgspec.Struct):
     interrupted: bool
     submit: SubmitResult
     worker: WorkerStats
+    dataset_done: int = 0  # over the whole output (the latest attempt of each task)
+    dataset_failed: int = 0
+    retried: int = 0  # failed tasks resubmitted as a new attempt by this run
     usage_by_role: dict[str, Usage] = {}  # LLM tokens this run, for the summary
-
-
-def default_out(spec: WorkflowSpec) -> Path:
-    return Path(spec.sink.path.format(workflow=spec.name))
 
 
 @contextlib.asynccontextmanager
@@ -71,14 +76,23 @@ async def _broker(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[busmod.
     if opts.nats is not None:
         yield opts.nats
         return
-    store = Path(opts.store or Path(".mx") / spec.name)
-    server = EmbeddedNats(store_dir=store, sync=opts.sync)
-    await asyncio.to_thread(server.start)
-    log.info("broker.started", url=server.url, store=str(server.store_dir), pid=server.pid)
+    broker = StoreBroker(Path(opts.store or Path(".mx") / spec.name), sync=opts.sync)
+    broker.lock()
     try:
-        yield busmod.ConnectOptions(url=server.url, name=f"mx-run-{spec.name}")
+        url = broker.spawn_or_adopt()  # in this thread: the broker dies with it
+        if url is not None:
+            log.warning("broker.adopted", url=url, store=str(broker.store_dir),
+                        pid=broker.adopted.pid if broker.adopted else None,
+                        detail="a broker left running by an earlier run of this store")
+        else:
+            assert broker.server is not None
+            await asyncio.to_thread(broker.server.wait_ready)
+            url = broker.server.url
+            log.info("broker.started", url=url, store=str(broker.store_dir),
+                     pid=broker.server.pid)
+        yield busmod.ConnectOptions(url=url, name=f"mx-run-{spec.name}")
     finally:
-        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(broker.stop)
 
 
 @contextlib.asynccontextmanager
@@ -112,16 +126,20 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     """
     expected = count_tasks(spec, opts.limit)
     out = Path(opts.out) if opts.out else default_out(spec)
+    check_writable(staging_path(out, out_format(out, spec)))  # one line now, not mid-run
+    digest = code_hash(spec)
     roles = list(spec.roles)
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls:
         bus = await busmod.connect(conn)
         try:
+            ns = await resolve(bus, Names.of(spec).submitted_bucket, spec, digest,
+                               opts.version_mode)
             async with serving(opts.metrics_port, opts.metrics_host, what="run") as metrics, \
                     open_fleet_state(bus, enabled=opts.fleet_state and uses_llm(spec, roles)) as fleet, \
                     open_llms(spec, roles, urls, fleet=fleet, recorder=metrics) as llms:
-                sink = Sink(bus, spec, out, metrics=metrics)
+                sink = Sink(bus, spec, out, namespace=ns, metrics=metrics)
                 stats = WorkerStats()
                 submitted = SubmitResult()
                 stop_workers = asyncio.Event()
@@ -135,11 +153,18 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
 
                 progress = Progress(snapshot)
                 sink_ready = asyncio.Event()
+                retried: list[str] = []
+                retry_ready = asyncio.Event()
+
+                def unfinished() -> bool:
+                    return sink.count < expected or any(not sink.has(t) for t in retried)
 
                 async def supervise() -> None:
-                    # the run ends when the sink has every task, or on Ctrl-C
+                    # the run ends when the sink has every task (and every new attempt),
+                    # or on Ctrl-C
                     await sink_ready.wait()
-                    while sink.count < expected and not stop.is_set():
+                    await wait_any(retry_ready, stop)
+                    while unfinished() and not stop.is_set():
                         sink.changed.clear()
                         await wait_any(sink.changed, stop)
                     stop_workers.set()
@@ -151,8 +176,12 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                     stop_sink.set()  # after the drain: what finished during it is written too
 
                 async def source() -> None:
+                    if opts.retry_failed:
+                        retried.extend(await retry_failed(bus, spec, namespace=ns))
+                    retry_ready.set()
                     await submit(bus, spec, limit=opts.limit, stop=stop_workers,
-                                 progress=submitted, metrics=metrics)
+                                 progress=submitted, namespace=ns, code_version=digest,
+                                 metrics=metrics)
 
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(sink.run(stop_sink, ready=sink_ready))
@@ -170,7 +199,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     return RunResult(
         out=str(out), rows=sink.count, expected=expected, done=sink.done, failed=sink.failed,
         elapsed_s=loop.time() - started, completion_tokens=tokens,
-        interrupted=stop.is_set() and sink.count < expected, submit=submitted, worker=stats,
-        usage_by_role=usage,
+        interrupted=stop.is_set() and unfinished(), submit=submitted, worker=stats,
+        dataset_done=sink.latest.counts()[0], dataset_failed=sink.latest.counts()[1],
+        retried=len(retried), usage_by_role=usage,
     )
-

@@ -1,9 +1,11 @@
 """Replay of stored results: feeds finished tasks from the results stream into a role, for example
 to re-judge every done task with a new judge without regenerating dialogues.
-A replayed task keeps its turns, row and state, becomes ``running`` at the
-target role, and gets a new id ``<original id>~r<generation>`` (and
-``state["replay"] = {"generation", "of", "role"}``), so the sink writes it as a
-new row next to the original. A replay is recorded in the target workflow's
+A replayed task keeps its turns, row and state (less ``rounds`` and
+``stop_reason``), becomes ``running`` at the target role, and gets a new id
+``<original id>~r<generation>`` (and ``state["replay"] = {"generation", "of",
+"role", "from_turn", "from_hop"}``), so the sink writes it as a new row next to
+the original; that row's usage, hops and timings count only what the replay
+added (turns from ``from_turn`` on). A replay is recorded in the target workflow's
 "submitted" key-value bucket before it counts as done, so running the same
 replay (same generation) again publishes nothing new; a crash mid-replay is
 resumed by running it again (the hop msg-id dedups the one in flight).
@@ -21,9 +23,11 @@ from matrix_p2p import envelope
 from matrix_p2p.bus import Bus
 from matrix_p2p.envelope import EnvelopeError, Task
 from matrix_p2p.errors import ConfigError
+from matrix_p2p.runtime.attempts import kv_key
 from matrix_p2p.runtime.source import wait_for_room
 from matrix_p2p.runtime.topology import Names, ensure_workflow, hop_msg_id
 from matrix_p2p.workflow.spec import WorkflowSpec
+from matrix_p2p.workflow.version import code_hash
 
 log = structlog.get_logger(__name__)
 
@@ -52,19 +56,18 @@ def split_replay_id(task_id: str) -> tuple[str, int]:
     return (m["base"], int(m["gen"])) if m else (task_id, 0)
 
 
-def _kv_key(task_id: str) -> str:
-    # "~" is not allowed in key-value keys; "=" is, and source ids never contain it
-    return task_id.replace("~", "=")
-
-
-def replayed_task(task: Task, *, target: WorkflowSpec, role: str, generation: int) -> Task:
+def replayed_task(task: Task, *, target: WorkflowSpec, role: str, generation: int,
+                  code_version: str | None = None) -> Task:
     """The envelope that re-enters ``role``: same turns, running, a new id. Pure."""
-    state = {k: v for k, v in task.state.items() if k != "stop_reason"}
-    state["replay"] = {"generation": generation, "of": task.id, "role": role}
+    # the replay counts its own rounds, usage and hops: the original's stay in its own row
+    state = {k: v for k, v in task.state.items() if k not in ("stop_reason", "rounds")}
+    state["replay"] = {"generation": generation, "of": task.id, "role": role,
+                       "from_turn": len(task.turns), "from_hop": task.hop}
     return msgspec.structs.replace(
         task, id=replay_id(task.id, generation), workflow=target.name,
-        workflow_version=target.version, role=role, status="running", error=None,
-        finished_at=None, state=state,
+        workflow_version=target.version,
+        code_version=task.code_version if code_version is None else code_version, role=role,
+        status="running", error=None, finished_at=None, state=state,
     )
 
 
@@ -102,6 +105,7 @@ async def replay(
     kv = await bus.key_value(dst.submitted_bucket)
     subject = {"done": src.done, "failed": src.failed, "all": f"{src.prefix}.{src.workflow}.*"}[which]
     result = ReplayResult()
+    digest = code_hash(target)
     seen: set[str] = set()
     window, live = target.limits.max_inflight, target.limits.max_inflight  # check at the start
     async for m in bus.iter_stream(src.results_stream, subject):
@@ -119,8 +123,9 @@ async def replay(
         if split_replay_id(task.id)[1] != from_generation:
             result.skipped += 1
             continue
-        nxt = replayed_task(task, target=target, role=role, generation=generation)
-        if await kv.exists(_kv_key(nxt.id)):
+        nxt = replayed_task(task, target=target, role=role, generation=generation,
+                            code_version=digest)
+        if await kv.exists(kv_key(nxt.id)):
             result.already += 1
             continue
         result.replayed += 1
@@ -132,7 +137,7 @@ async def replay(
         live += 1
         # publish first, then record: a crash in between republishes, dedup'd by msg-id
         await bus.publish(dst.task(role), envelope.encode(nxt), msg_id=hop_msg_id(nxt.id, nxt.hop))
-        await kv.create(_kv_key(nxt.id))
+        await kv.create(kv_key(nxt.id))
     log.info("replay.finished", workflow=spec.name, target=target.name, role=role,
              generation=generation, **msgspec.structs.asdict(result))
     return result

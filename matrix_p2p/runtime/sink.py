@@ -1,15 +1,21 @@
 """Sinks: finished tasks from the results stream become dataset rows, each task once.
 
-The sink's durable consumer resumes where it stopped. Rows are written and
-flushed to disk (fsync) before their messages are acked; a crash in between
-redelivers them, and the ids already in the output file are skipped. A torn
-last line from a crash mid-write is cut off at start-up.
+The sink's durable consumer (named after the dataset, not the output path)
+resumes where it stopped. Rows are appended and flushed to disk (fsync), and
+the file's good length recorded in a sidecar, before their messages are
+acked; a crash in between redelivers them, the ids already in the file are
+skipped, and whatever lies past the good length (a torn row) is cut off at
+start-up. A file that was deleted, truncated or written by another run is
+rebuilt from the results stream (``sink_state.py``). Parquet is not
+appendable: rows collect in ``<out>.mx.jsonl`` and become ``<out>`` at close,
+by temp file and rename. The format follows ``out``'s extension
+(``files.out_format``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,31 +27,59 @@ from matrix_p2p import envelope
 from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus
-from matrix_p2p.envelope import EnvelopeError, Task
+from matrix_p2p.envelope import EnvelopeError, Task, Usage
 from matrix_p2p.errors import BusError
 from matrix_p2p.metrics import NullMetrics, Recorder
 from matrix_p2p.runtime import topology
-from matrix_p2p.runtime.files import RowWriter, load_written_ids, write_parquet
+from matrix_p2p.runtime.attempts import Latest, split_attempt
+from matrix_p2p.runtime.files import (
+    RowWriter,
+    check_writable,
+    out_format,
+    read_lines,
+    replace_file,
+    staging_path,
+    truncate_to,
+    write_parquet,
+)
+from matrix_p2p.runtime.sink_state import (
+    Sidecar,
+    keep_latest,
+    load_sidecar,
+    rebuild,
+    save_sidecar,
+    stream_identity,
+    trust_reason,
+)
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow.spec import WorkflowSpec
+from matrix_p2p.workflow.version import namespace_of
 
 log = structlog.get_logger(__name__)
 
 _row_encoder = msgspec.json.Encoder()
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def to_row(task: Task) -> dict[str, Any]:
-    """The dataset row of a finished task."""
+    """The dataset row of a finished task. A replay's usage, hops and timings count only
+    the turns it added (its original's are in the original's row)."""
+    replay = task.state.get("replay")
+    from_turn = int(replay.get("from_turn", 0)) if isinstance(replay, dict) else 0
+    from_hop = int(replay.get("from_hop", 0)) if isinstance(replay, dict) else 0
+    own = task.turns[from_turn:]
     by_role: dict[str, float] = {}
-    for t in task.turns:
+    for t in own:
         by_role[t.role] = round(by_role.get(t.role, 0.0) + t.elapsed_s, 6)
-    usage = {r: msgspec.structs.asdict(u) for r, u in task.usage_by_role().items()}
-    usage["total"] = msgspec.structs.asdict(task.usage())
+    usage = {r: msgspec.structs.asdict(u)
+             for r, u in msgspec.structs.replace(task, turns=own).usage_by_role().items()}
+    usage["total"] = msgspec.structs.asdict(sum((t.usage for t in own), Usage()))
     finished = task.finished_at or 0.0
     return {
         "id": task.id,
         "workflow": task.workflow,
         "workflow_version": task.workflow_version,
+        "code_version": task.code_version,
         "status": task.status,
         "error": task.error,
         "source": task.source,
@@ -61,6 +95,9 @@ def to_row(task: Task) -> dict[str, Any]:
                 "usage": msgspec.structs.asdict(t.usage),
                 "elapsed_s": t.elapsed_s,
                 "endpoint": t.endpoint,
+                "model": t.model,
+                "finish_reason": t.finish_reason,
+                **({"messages": t.messages} if t.messages is not None else {}),
                 **({"meta": t.meta} if t.meta else {}),
             }
             for t in task.turns
@@ -72,44 +109,107 @@ def to_row(task: Task) -> dict[str, Any]:
             "elapsed_s": round(finished - task.created_at, 6) if finished else None,
             "by_role": by_role,
         },
-        "hops": task.hop,
+        "hops": task.hop - from_hop,
     }
 
 
+def sink_name(out: Path) -> str:
+    """The dataset's name: the output's file name without its format extensions."""
+    name = out.name
+    for ext in (".zst", ".jsonl", ".parquet", ".json"):
+        name = name.removesuffix(ext)
+    return name or "out"
+
+
 def sink_durable(out: Path) -> str:
-    return "sink-" + hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:10]
+    """The sink's consumer, keyed on the dataset (the workflow's results stream and the
+    output's name), not on its absolute path: moving the directory or running from
+    elsewhere keeps the progress. Two sinks of one workflow writing files of the same
+    name at once must pass distinct ``--durable`` names."""
+    return "sink-" + _SAFE.sub("_", sink_name(out))[:64]
 
 
 class Sink:
-    """Writes the results of one workflow to ``out``. One instance per output file."""
+    """Writes the results of one workflow to ``out``. One instance per output file.
+
+    Keeps the latest attempt of each task (``runtime/attempts.py``); the file is
+    rebuilt from the results stream when it cannot be trusted (``sink_state.py``).
+    """
 
     def __init__(self, bus: Bus, spec: WorkflowSpec, out: Path, *, fmt: str | None = None,
                  durable: str | None = None, replicas: int | None = None,
-                 metrics: Recorder | None = None) -> None:
+                 namespace: str | None = None, metrics: Recorder | None = None) -> None:
         self.bus = bus
         self.spec = spec
         self.out = out
-        self.fmt = fmt or ("jsonl.zst" if out.suffix == ".zst" else spec.sink.format)
-        if self.fmt == "parquet":
-            self.fmt = "jsonl"  # parquet is written from the JSONL at close (not appendable)
-            self.parquet_out: Path | None = out
-            self.out = out.with_suffix(".jsonl")
-        else:
-            self.parquet_out = None
+        self.fmt = fmt or out_format(out, spec)
+        check_writable(out if self.fmt != "parquet" else staging_path(out, self.fmt))
+        self.staging = staging_path(out, self.fmt)
         self.names = Names.of(spec)
-        self.durable = durable or sink_durable(self.out)
+        self.durable = durable or sink_durable(out)
+        self.latest = Latest()
         self.written: set[str] = set()
         self.done = 0
         self.failed = 0
         self.duplicates = 0
         self.changed = asyncio.Event()
         self.replicas = replicas
+        # a code version's id namespace (workflow/version.py): other versions' rows are
+        # not this dataset's; None takes every result
+        self.namespace = namespace
+        self._side: Sidecar | None = None
         self.metrics = metrics or NullMetrics()
         self.beat: Callable[[], None] = lambda: None  # systemd watchdog: the fetch loop turns
 
     @property
     def count(self) -> int:
-        return len(self.written)
+        """Distinct tasks in the file (each task's latest attempt)."""
+        return len(self.latest.by_base)
+
+    def has(self, task_id: str) -> bool:
+        return task_id in self.written
+
+    def accepts(self, task_id: str) -> bool:
+        return self.namespace is None or namespace_of(task_id) == self.namespace
+
+    async def _open(self) -> None:
+        """Trust the file as the sidecar describes it, or rebuild it from the stream."""
+        identity = await stream_identity(self.bus, self.names)
+        side = load_sidecar(self.out)
+        why = trust_reason(side, self.staging, identity=identity, fmt=self.fmt,
+                           stream=self.names.results_stream, namespace=self.namespace)
+        if why is None and side is not None:
+            truncate_to(self.staging, side.good_length)
+            for ln in read_lines(self.staging, self.fmt):
+                row = msgspec.json.decode(ln)
+                self.latest.offer(row["id"], row["status"])
+            good = side.good_length
+        else:
+            fresh = side is None and not self.staging.exists()
+            (log.info if fresh else log.warning)("sink.rebuild", out=str(self.out), reason=why)
+            good = await rebuild(self.bus, self.names, self.staging, self.fmt,
+                                 lambda t: _row_encoder.encode(to_row(t)) + b"\n", self.latest,
+                                 accept=self.accepts)
+        self.written = self.latest.ids()
+        self._side = Sidecar(workflow=self.spec.name, stream=self.names.results_stream,
+                             identity=identity, format=self.fmt, count=self.count,
+                             good_length=good, namespace=self.namespace)
+        save_sidecar(self.out, self._side)
+
+    async def _commit(self, writer: RowWriter, superseded: bool) -> RowWriter:
+        """Make the batch durable, then record it in the sidecar (before any ack)."""
+        writer.commit()
+        if superseded:  # an earlier attempt's row leaves the file: rewrite it atomically
+            writer.close()
+            lines = keep_latest(read_lines(self.staging, self.fmt), self.written)
+            replace_file(self.staging, lines, self.fmt)
+            writer = RowWriter(self.staging, self.fmt)
+        assert self._side is not None
+        if not self._side.identity:
+            self._side.identity = await stream_identity(self.bus, self.names)
+        self._side.count, self._side.good_length = self.count, writer.good_length
+        save_sidecar(self.out, self._side)
+        return writer
 
     async def run(self, stop: asyncio.Event, *, expect: int | None = None,
                   ready: asyncio.Event | None = None) -> int:
@@ -119,11 +219,12 @@ class Sink:
         bus errors are logged and the fetch retried with backoff; a write error
         (disk full) propagates, leaving the batch unacked for redelivery.
         """
-        self.written = load_written_ids(self.out, self.fmt)
         await topology.ensure_workflow(self.bus, self.spec, roles=(), replicas=self.replicas,
                                        results_consumers=[self.durable])
+        await self._open()
         puller = await self.bus.puller(self.names.results_stream, self.durable)
-        writer = RowWriter(self.out, self.fmt)
+        writer = RowWriter(self.staging, self.fmt)
+        self.changed.set()
         if ready is not None:
             ready.set()
         backoff = Retrying(0.1, 5.0)
@@ -143,6 +244,7 @@ class Sink:
                 if not batch:
                     continue
                 keep = []
+                superseded = False
                 fresh: list[str] = []  # statuses of the rows written from this batch
                 for d in batch:
                     try:
@@ -158,9 +260,17 @@ class Sink:
                         await d.term()
                         self.metrics.dead_lettered("sink")
                         continue
-                    if task.id in self.written:
+                    if not self.accepts(task.id):
+                        keep.append(d)  # another code version's result
+                        continue
+                    prev = self.latest.by_base.get(split_attempt(task.id)[0])
+                    verdict = self.latest.offer(task.id, task.status)
+                    if verdict in ("duplicate", "stale"):
                         self.duplicates += 1
                     else:
+                        if prev is not None:  # an earlier attempt of this task
+                            self.written.discard(prev[1])
+                            superseded = True
                         self.written.add(task.id)
                         writer.write(_row_encoder.encode(to_row(task)) + b"\n")
                         fresh.append(task.status)
@@ -169,7 +279,7 @@ class Sink:
                         else:
                             self.failed += 1
                     keep.append(d)
-                writer.commit()  # durable before the acks
+                writer = await self._commit(writer, superseded)  # durable before the acks
                 self.metrics.sink_rows_written(len(fresh))
                 for status in fresh:
                     self.metrics.task_finished(status)
@@ -179,6 +289,7 @@ class Sink:
         finally:
             writer.close()
             await puller.unsubscribe()
-            if self.parquet_out is not None:
-                write_parquet(self.out, self.parquet_out)
+            if self.fmt == "parquet":
+                write_parquet(self.staging, self.out)
         return self.count
+

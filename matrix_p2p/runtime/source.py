@@ -14,8 +14,9 @@ import asyncio
 import glob
 import hashlib
 import json
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.metrics import NullMetrics, Recorder
+from matrix_p2p.runtime.attempts import kv_key
 from matrix_p2p.runtime.topology import Names, ensure_workflow, hop_msg_id
 from matrix_p2p.workflow.spec import WorkflowSpec
 
@@ -37,11 +39,12 @@ _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class Row(msgspec.Struct, frozen=True):
-    source: str
-    index: int
+    source: str  # as the workflow gives it (relative stays relative)
+    index: int  # line number (files) or position (datasets): seeds and messages
     key: str
     data: dict[str, Any] | None
     error: str | None = None
+    row_index: int = 0  # from 0: the row's place in its source, as dataset tools count
 
 
 class SubmitResult(msgspec.Struct):
@@ -80,31 +83,36 @@ def iter_rows(spec: WorkflowSpec) -> Iterator[Row]:
         yield from _iter_hf(spec)
         return
     id_field = spec.source.id_field
+    relative = not Path(spec.source.path or "").is_absolute()
     for path in source_files(spec):
+        # the source as the workflow names it: a relative path stays relative to the file
+        name = os.path.relpath(path, spec.base_dir) if relative else str(path)
         with path.open("r", encoding="utf-8", errors="replace") as fh:
             for lineno, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
                 default_key = f"{path.stem}-{lineno}"
+                ri = lineno - 1
                 try:
                     data = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield Row(str(path), lineno, default_key, None,
-                              error=f"{path}:{lineno}: not valid JSON: {exc.msg}")
+                    yield Row(name, lineno, default_key, None,
+                              error=f"{path}:{lineno}: not valid JSON: {exc.msg}", row_index=ri)
                     continue
                 if not isinstance(data, dict):
-                    yield Row(str(path), lineno, default_key, None,
+                    yield Row(name, lineno, default_key, None,
                               error=f"{path}:{lineno}: expected a JSON object, got "
-                                    f"{type(data).__name__}")
+                                    f"{type(data).__name__}", row_index=ri)
                     continue
                 key = default_key
                 if id_field is not None:
                     if id_field not in data:
-                        yield Row(str(path), lineno, default_key, data,
-                                  error=f"{path}:{lineno}: no {id_field!r} field (source.id_field)")
+                        yield Row(name, lineno, default_key, data,
+                                  error=f"{path}:{lineno}: no {id_field!r} field (source.id_field)",
+                                  row_index=ri)
                         continue
                     key = str(data[id_field])
-                yield Row(str(path), lineno, key, data)
+                yield Row(name, lineno, key, data, row_index=ri)
 
 
 def _iter_hf(spec: WorkflowSpec) -> Iterator[Row]:
@@ -120,7 +128,7 @@ def _iter_hf(spec: WorkflowSpec) -> Iterator[Row]:
     name = f"hf:{hf.dataset}/{hf.split}"
     for i, data in enumerate(ds):
         key = str(data[spec.source.id_field]) if spec.source.id_field else f"{hf.split}-{i}"
-        yield Row(name, i, key, dict(data))
+        yield Row(name, i, key, dict(data), row_index=i)
 
 
 async def submit(
@@ -133,9 +141,14 @@ async def submit(
     window: int | None = None,
     parallel: int = 256,
     replicas: int | None = None,
+    namespace: str = "",
+    code_version: str = "",
     metrics: Recorder | None = None,
 ) -> SubmitResult:
     """Submit the first ``limit`` rows (times ``spec.trials``). Idempotent; resumable.
+
+    ``namespace`` (``workflow/version.py``) suffixes every id: a fresh set of
+    tasks for a new code version; ``code_version`` is recorded in each envelope.
 
     Error handling: bus errors propagate (the caller reports them); a bad row
     becomes a failed task, counted in ``bad_rows``.
@@ -146,17 +159,19 @@ async def submit(
     window = window or spec.limits.max_inflight
     entry = spec.entry_role()
     sem = asyncio.Semaphore(parallel)
+    ns = f"~v{namespace}" if namespace else ""
     recorder = metrics or NullMetrics()
 
     async def one(row: Row, trial: int) -> None:
-        tid = task_id(row.key, trial)
+        tid = task_id(row.key, trial) + ns
         try:
-            if await kv.exists(tid):
+            if await kv.exists(kv_key(tid)):
                 result.already += 1
                 return
             task = envelope.new_task(
-                task_id=tid, workflow=spec.name, workflow_version=spec.version, role=entry,
-                row=row.data or {}, source=row.source, row_index=row.index, trial=trial,
+                task_id=tid, workflow=spec.name, workflow_version=spec.version,
+                code_version=code_version, role=entry,
+                row=row.data or {}, source=row.source, row_index=row.row_index, trial=trial,
                 seed=spec.seed * 1_000_003 + row.index * 101 + trial,
             )
             if row.error is not None:
@@ -171,11 +186,14 @@ async def submit(
                 result.submitted += 1
             # publish first, then record: a crash in between republishes (dedup'd by msg-id)
             await bus.publish(subject, envelope.encode(task), msg_id=hop_msg_id(tid, 0))
-            await kv.create(tid)
+            await kv.create(kv_key(tid))
             recorder.tasks_submitted()
         finally:
+            sending.discard(tid)
             sem.release()
 
+    # admitted but not yet stored: the stream's count does not show them, admission does
+    sending: set[str] = set()
     rows_seen = 0
     live = 0
     async with asyncio.TaskGroup() as tg:
@@ -188,19 +206,24 @@ async def submit(
                     return result
                 # admission control: live tasks in the stream stay under the window
                 if live >= window or (result.submitted % 256 == 0 and result.submitted):
-                    live = await wait_for_room(bus, names, window, stop)
+                    live = await wait_for_room(bus, names, window, stop,
+                                               sending=lambda: len(sending))
                 await sem.acquire()
                 live += 1
+                sending.add(task_id(row.key, trial) + ns)
                 tg.create_task(one(row, trial))
     return result
 
 
-async def wait_for_room(bus: Bus, names: Names, window: int, stop: asyncio.Event | None) -> int:
-    """Admission control: wait until fewer than ``window`` tasks are live in the task
-    stream (or ``stop``). Returns the live count it saw."""
+async def wait_for_room(bus: Bus, names: Names, window: int, stop: asyncio.Event | None,
+                        *, sending: Callable[[], int] | None = None) -> int:
+    """Admission control: wait until fewer than ``window`` tasks are live: stored in the
+    task stream, plus those this process admitted whose publish has not been stored yet
+    (``sending``; reading the stream alone let 2.5x the window through). Returns the live
+    count it saw."""
     backoff = Retrying(0.05, 1.0)
     while True:
-        live = await bus.stream_msgs(names.tasks_stream)
+        live = await bus.stream_msgs(names.tasks_stream) + (sending() if sending else 0)
         if live < window or (stop is not None and stop.is_set()):
             return live
         await pause(backoff.next(), stop)

@@ -30,6 +30,9 @@ class Summary(msgspec.Struct, kw_only=True):
     expected: int
     done: int  # finished this run
     failed: int
+    output_done: int  # over the whole output (the latest attempt of each task)
+    output_failed: int
+    retried: int  # failed tasks resubmitted as a new attempt by this run
     wall_s: float
     tasks_per_s: float
     roles: list[RoleTokens]
@@ -60,6 +63,8 @@ def summarize(result: RunResult, spec: WorkflowSpec) -> Summary:
     return Summary(
         workflow=spec.name, out=result.out, interrupted=result.interrupted, rows=result.rows,
         expected=result.expected, done=result.done, failed=result.failed,
+        output_done=result.dataset_done, output_failed=result.dataset_failed,
+        retried=result.retried,
         wall_s=round(result.elapsed_s, 3), tasks_per_s=round((result.done + result.failed) / wall, 2),
         roles=roles, prompt_tokens=prompt, completion_tokens=completion,
         tokens_per_s=round((prompt + completion) / wall, 1),
@@ -78,6 +83,8 @@ def render(s: Summary) -> str:
     lines = [
         f"{s.workflow}: {head} in {s.wall_s:,.1f}s; {s.rows}/{s.expected} rows in {s.out}",
         f"  tasks this run   {s.done:>10,} done {s.failed:>8,} failed   {s.tasks_per_s:,.1f} tasks/s",
+        f"  output: {s.output_done:,} done, {s.output_failed:,} failed"
+        + (f" ({s.retried:,} retried)" if s.retried else ""),
         f"  {'role':<16}{'prompt tok':>14}{'completion tok':>16}{'cost':>12}",
     ]
     for r in s.roles:

@@ -29,6 +29,7 @@ from matrix_p2p.resources.base import Resources
 from matrix_p2p.runtime import topology
 from matrix_p2p.runtime.hop import (
     Action,
+    AgentBug,
     AgentFailed,
     AgentOutcome,
     AgentRetry,
@@ -38,6 +39,7 @@ from matrix_p2p.runtime.hop import (
     Nak,
     Publish,
     RunAgent,
+    classify,
 )
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow.spec import RoleSpec, WorkflowSpec
@@ -68,8 +70,9 @@ class RoleWorker:
 
     Error handling: a message that cannot be decoded or belongs elsewhere is
     dead-lettered and terminated. Agent errors become routing decisions
-    (``RetryLater`` -> nak with backoff, ``FailTask`` and the last allowed
-    delivery -> the task ends as failed with the reason). A failed publish
+    (``RetryLater`` and transient exceptions -> nak with backoff; ``FailTask``,
+    a bug in agent code (``hop.classify``) and the last allowed delivery -> the
+    task ends as failed with the reason). A failed publish
     leaves the input unacked, so it is redelivered. Bus errors in the fetch
     loop are logged and retried with backoff; the loop ends only on stop.
     """
@@ -243,8 +246,13 @@ class RoleWorker:
         except TimeoutError:
             return AgentRetry(reason=f"role {self.role.name!r} timed out after {self.role.hop_timeout_s}s")
         except Exception as exc:
-            self.log.exception("agent.crashed", task=task.id)
-            return AgentRetry(reason=f"agent raised {type(exc).__name__}: {exc}")
+            outcome = classify(exc, self.role.name)
+            if isinstance(outcome, AgentBug):
+                # one line and one traceback: the task fails now, retrying repeats the bug
+                self.log.exception("agent.bug", task=task.id, reason=outcome.reason)
+            else:
+                self.log.warning("agent.crashed", task=task.id, reason=outcome.reason)
+            return outcome
         return Handled()
 
     async def _carry_out(self, d: Delivery, action: Action) -> None:

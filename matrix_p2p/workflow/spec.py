@@ -97,7 +97,11 @@ class SourceSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 class SinkSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     path: str = "out/{workflow}.jsonl"
-    format: Literal["jsonl", "jsonl.zst", "parquet"] = "jsonl"
+    # None: the output's extension decides (runtime/files.py out_format)
+    format: Literal["jsonl", "jsonl.zst", "parquet"] | None = None
+    # record each turn's request messages in the envelope and the row (they grow with
+    # the dialogue, so envelopes get much bigger)
+    messages: bool = False
 
 
 class Limits(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):

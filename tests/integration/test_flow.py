@@ -45,11 +45,11 @@ async def test_bad_rows_become_failed_tasks_not_silence(any_bus: Bus, tmp_path: 
     out = tmp_path / "out.jsonl"
     await run_until(any_bus, spec, out, expect=4)
     rows = {r["row_index"]: r for r in read_rows(out)}
-    assert rows[1]["status"] == rows[4]["status"] == "done"
-    assert rows[2]["status"] == "failed"
-    assert rows[2]["error"].startswith("bad input row: ")
-    assert "rows.jsonl:2: not valid JSON" in rows[2]["error"]
-    assert "rows.jsonl:3: expected a JSON object, got list" in rows[3]["error"]
+    assert rows[0]["status"] == rows[3]["status"] == "done"  # row_index counts from 0
+    assert rows[1]["status"] == "failed"
+    assert rows[1]["error"].startswith("bad input row: ")
+    assert "rows.jsonl:2: not valid JSON" in rows[1]["error"]  # messages name the line
+    assert "rows.jsonl:3: expected a JSON object, got list" in rows[2]["error"]
 
 
 FLAKY_YAML = """

@@ -81,7 +81,9 @@ async def test_replay_rejudges_done_tasks_once(bus: Bus, tmp_path: Path) -> None
             continue
         orig = originals[base]
         assert row["status"] == "done"
-        assert row["result"]["replay"] == {"generation": 1, "of": base, "role": "judge"}
+        assert row["result"]["replay"] == {"generation": 1, "of": base, "role": "judge",
+                                           "from_turn": len(orig["dialogue"]),
+                                           "from_hop": orig["hops"]}
         # the dialogue was not regenerated: the original turns come first, then the judge
         assert row["dialogue"][: len(orig["dialogue"])] == orig["dialogue"]
         assert row["dialogue"][len(orig["dialogue"])]["role"] == "judge"

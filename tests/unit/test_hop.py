@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from matrix_p2p import envelope
 from matrix_p2p.envelope import Lease, Task, Turn, new_task
 from matrix_p2p.runtime.hop import (
+    AgentBug,
     AgentFailed,
     AgentOutcome,
     AgentRetry,
@@ -18,6 +19,7 @@ from matrix_p2p.runtime.hop import (
     Nak,
     Publish,
     RunAgent,
+    classify,
     retry_delay,
 )
 from matrix_p2p.workflow import spec as specmod
@@ -185,3 +187,22 @@ def test_every_task_ends_exactly_once(steps: list[tuple[AgentOutcome, bool, bool
             stale = msgspec.structs.replace(terminal.task, role=role)
             assert isinstance(hop_for(role).arrive(envelope.encode(stale), "s", 1, now=9.0),
                               DeadLetter)
+
+
+def test_a_bug_in_agent_code_fails_the_task_at_once() -> None:
+    outcome = classify(AttributeError("'dict' object has no attribute 'x'"), "a")
+    assert outcome == AgentBug(
+        reason="bug in agent 'a' raised AttributeError: 'dict' object has no attribute 'x'")
+    action = hop_for("a").after_agent(fresh(), outcome, 1, now=2.0)
+    assert isinstance(action, Publish) and action.outcome == "failed"
+    assert action.task.error == outcome.reason
+
+
+def test_transient_errors_are_retried_and_bugs_are_not() -> None:
+    for exc in (KeyError("k"), TypeError("t"), NameError("n"), ImportError("i"),
+                AssertionError(), IndexError("i"), ZeroDivisionError("z")):
+        assert isinstance(classify(exc, "a"), AgentBug), exc
+    for exc2 in (RuntimeError("r"), OSError("o"), ConnectionResetError(), ValueError("v")):
+        outcome = classify(exc2, "a")
+        assert isinstance(outcome, AgentRetry), exc2
+        assert isinstance(hop_for("a").after_agent(fresh(), outcome, 1, now=2.0), Nak)

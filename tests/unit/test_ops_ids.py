@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from matrix_p2p.runtime import replay as ops
+from matrix_p2p.runtime.attempts import kv_key
 
 ids = st.from_regex(r"[A-Za-z0-9_-]{1,40}-t[0-9]{1,3}", fullmatch=True)
 
@@ -18,4 +19,4 @@ def test_replay_id_round_trip(task_id: str, generation: int) -> None:
     # a replay of a replay keeps the original's base id
     assert ops.replay_id(rid, generation + 1) == f"{task_id}~r{generation + 1}"
     # and its key-value key is valid (no "~")
-    assert "~" not in ops._kv_key(rid)
+    assert "~" not in kv_key(rid)

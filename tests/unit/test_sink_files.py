@@ -61,3 +61,16 @@ def test_parquet_from_jsonl(tmp_path: Path) -> None:
     write_parquet(src, tmp_path / "o.parquet")
     table = pq.read_table(tmp_path / "o.parquet")
     assert table.column("id").to_pylist() == ["a", "b"]
+
+
+def test_a_replayed_row_counts_only_its_own_usage() -> None:
+    t = envelope.new_task(task_id="q1-t0~r1", workflow="w", role="judge", row={}, now=10.0)
+    t.turns = [Turn(role="teacher", usage=Usage(prompt_tokens=5, completion_tokens=2)),
+               Turn(role="judge", usage=Usage(prompt_tokens=7, completion_tokens=1))]
+    t.hop, t.status, t.finished_at = 4, "done", 12.0
+    t.state = {"replay": {"generation": 1, "of": "q1-t0", "role": "judge", "from_turn": 1,
+                          "from_hop": 3}}
+    row = to_row(t)
+    assert row["usage"] == {"judge": {"prompt_tokens": 7, "completion_tokens": 1},
+                            "total": {"prompt_tokens": 7, "completion_tokens": 1}}
+    assert row["hops"] == 1 and len(row["dialogue"]) == 2

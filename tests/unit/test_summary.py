@@ -30,7 +30,7 @@ def result(out: Path, usage: dict[str, Usage]) -> RunResult:
     return RunResult(out=str(out), rows=10, expected=12, done=9, failed=1, elapsed_s=4.0,
                      completion_tokens=sum(u.completion_tokens for u in usage.values()),
                      interrupted=True, submit=SubmitResult(), worker=WorkerStats(),
-                     usage_by_role=usage)
+                     dataset_done=9, dataset_failed=3, retried=2, usage_by_role=usage)
 
 
 def test_summary_table_and_json_with_cost(tmp_path: Path) -> None:
@@ -48,10 +48,11 @@ def test_summary_table_and_json_with_cost(tmp_path: Path) -> None:
     table = render(s).splitlines()
     assert table[0] == f"{spec.name}: interrupted in 4.0s; 10/12 rows in {out}"
     assert table[1].split() == ["tasks", "this", "run", "9", "done", "1", "failed", "2.5", "tasks/s"]
-    assert table[3].split() == ["judge", "2,000", "200", "-"]
-    assert table[4].split() == ["teacher", "4,000", "1,000", "4.0000"]
-    assert table[5].split() == ["total", "6,000", "1,200", "4.0000"]
-    assert table[6].split() == ["tokens/s", "1,800", "(generated", "300)"]
+    assert table[2] == "  output: 9 done, 3 failed (2 retried)"
+    assert table[4].split() == ["judge", "2,000", "200", "-"]
+    assert table[5].split() == ["teacher", "4,000", "1,000", "4.0000"]
+    assert table[6].split() == ["total", "6,000", "1,200", "4.0000"]
+    assert table[7].split() == ["tokens/s", "1,800", "(generated", "300)"]
 
     path = write_json(s)
     assert path == summary_path(out) == out.with_name("out.jsonl.summary.json")
