@@ -92,6 +92,11 @@ def _streams(names: Names) -> list[str]:
             for op in ("CREATE", "UPDATE", "INFO")]
 
 
+def _read_stream(stream: str) -> list[str]:
+    """Read stored messages by sequence (``Bus.next_msg``, ``stream_bounds``)."""
+    return [f"{API}.STREAM.INFO.{stream}", f"{API}.STREAM.MSG.GET.{stream}"]
+
+
 def _role_consumer(names: Names, role: str, *, create: bool) -> list[str]:
     """Fetch, ack (ack/nak/term/in_progress reply to ``$JS.ACK...``) and read one role's
     consumer; creating it names its filter in the subject, so the filter is pinned too."""
@@ -131,8 +136,9 @@ def workflow_users(spec: WorkflowSpec, *, manage_streams: bool = True,
         entries, entry_note = list(spec.roles), "every role (python routing: entry not analysed)"
     # the source also sets up every role's consumer (ensure_workflow) and reads the
     # task stream's size for its admission window
+    # and reads the results stream back for `--retry-failed` (runtime/attempts.py)
     source_pub = [*(names.task(r) for r in entries), *_kv(names.submitted_bucket, create=True),
-                  f"{API}.STREAM.INFO.{names.tasks_stream}"]
+                  f"{API}.STREAM.INFO.{names.tasks_stream}", *_read_stream(names.results_stream)]
     if manage_streams:
         source_pub += setup + [f"{API}.CONSUMER.CREATE.{names.tasks_stream}.{r}.{names.task(r)}"
                                for r in spec.roles]
@@ -142,11 +148,12 @@ def workflow_users(spec: WorkflowSpec, *, manage_streams: bool = True,
 
     res = names.results_stream
     # any durable name: a sink's durable is derived from its output path
+    # it reads stored results back to rebuild its output (runtime/sink_state.py)
     sink_pub = [f"{API}.CONSUMER.MSG.NEXT.{res}.*", f"$JS.ACK.{res}.*.>",
-                f"{API}.CONSUMER.INFO.{res}.*", names.dlq, *setup]
+                f"{API}.CONSUMER.INFO.{res}.*", names.dlq, *_read_stream(res), *setup]
     if manage_streams:
         sink_pub.append(f"{API}.CONSUMER.CREATE.{res}.*")
-    users.append(User(name=f"{wf}.sink", publish=tuple(sink_pub), subscribe=(INBOX,),
+    users.append(User(name=f"{wf}.sink", publish=tuple(dict.fromkeys(sink_pub)), subscribe=(INBOX,),
                       comment=f"workflow {wf}, sink: reads {names.done} and {names.failed}"))
     return users
 
