@@ -12,22 +12,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import baselines, fleet, llm_client, report, runtime
+from bench import baselines, fleet, llm_client, report, runtime, tau
 from bench.simfleet import SimFleet
 
-PARTS = ("overhead", "scaling", "saturation", "baselines", "llm_client")
+PARTS = ("overhead", "scaling", "saturation", "baselines", "llm_client", "tau")
 
 SIZES = {
     "quick": {"overhead_tasks": 1500, "scaling": [500, 2000, 5000], "scaling_sync": "interval",
               "saturation": [1000, 5000], "sat_warmup": 4.0, "sat_window": 8.0,
               "bl_tasks": 800, "bl_conc": 400, "ray": False,
               "lc_callers": 2000, "lc_warmup": 10.0, "lc_window": 15.0,
-              "lc_all_semaphores": False},
+              "lc_all_semaphores": False, "tau_tasks": 65, "tau_conc": 16},
     "full": {"overhead_tasks": 5000, "scaling": [1000, 10000, 100000], "scaling_sync": "interval",
              "saturation": [1000, 5000, 20000], "sat_warmup": 6.0, "sat_window": 12.0,
              "bl_tasks": 2400, "bl_conc": 800, "ray": True,
              "lc_callers": 2000, "lc_warmup": 10.0, "lc_window": 20.0,
-             "lc_all_semaphores": True},
+             "lc_all_semaphores": True, "tau_tasks": 260, "tau_conc": 64},
 }
 
 NOTES = Path(__file__).with_name("NOTES.md")
@@ -99,6 +99,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         bl["ray_data_skipped"] = ("quick mode" if not z["ray"]
                                                   else "ray[data] not installed")
                     r["baselines"] = bl
+    if "tau" in parts:
+        log(f"[tau] tool use: {z['tau_tasks']} tasks, {z['tau_conc']} alive at once, "
+            f"sandbox pool {z['tau_conc']}")
+        with tempfile.TemporaryDirectory(prefix="mx-bench-tau-") as tmp:
+            async with SimFleet(2) as sim:
+                r["tau"] = await tau.run(sim, Path(tmp), tasks=z["tau_tasks"],
+                                         concurrency=z["tau_conc"], log=log)
     if "llm_client" in parts:
         log(f"[llm_client] {z['lc_callers']} closed-loop callers")
         r["llm_client"] = await llm_client.run_all(callers=z["lc_callers"],

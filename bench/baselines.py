@@ -1,7 +1,7 @@
 """The paper's baselines, on the same simulated fleet and the same Coral-like workload.
 
 Every baseline runs the same agent code (``agents.coral``), the same routing
-function (``matrix_p2p.runtime.routing.decide``/``advance``) and the same LLM client
+function (``matrix_p2p.runtime.routing.decide``, ``hop.advance``) and the same LLM client
 (``matrix_p2p.llm.LLMClient``, adaptive concurrency) as our runtime, with the
 same cap on tasks alive at once (``concurrency``). Only the orchestration
 differs:
@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from bench.procs import Child, cpu_s, py
 from bench.simfleet import SimFleet, delta
 from matrix_p2p import envelope
@@ -36,12 +38,16 @@ from matrix_p2p.agent import Agent, Context, make_agent
 from matrix_p2p.envelope import Task
 from matrix_p2p.errors import FailTask, RetryLater
 from matrix_p2p.llm import LLMClient
+from matrix_p2p.resources.base import Resources
 from matrix_p2p.resources.llm import llm_config
 from matrix_p2p.runtime import routing
+from matrix_p2p.runtime.hop import advance
 from matrix_p2p.runtime.routing import Done, Failed, Forward
 from matrix_p2p.runtime.source import iter_rows, task_id
 from matrix_p2p.workflow.loader import load
 from matrix_p2p.workflow.spec import WorkflowSpec
+
+_log = structlog.get_logger("bench.baseline")
 
 
 def make_tasks(spec: WorkflowSpec, n: int) -> list[Task]:
@@ -59,9 +65,11 @@ def make_tasks(spec: WorkflowSpec, n: int) -> list[Task]:
 class Steps:
     """One step of a task (an agent turn) outside any broker: agent, then routing."""
 
-    def __init__(self, spec: WorkflowSpec, llm: LLMClient) -> None:
+    def __init__(self, spec: WorkflowSpec, llm: LLMClient, resources: Resources | None = None
+                 ) -> None:
         self.spec = spec
         self.llm = llm
+        self.resources = resources
         self.agents: dict[str, Agent] = {r: make_agent(spec, spec.roles[r]) for r in spec.roles}
         self.resource = spec.llm_for(spec.entry_role())
 
@@ -70,7 +78,8 @@ class Steps:
         role = self.spec.roles[task.role]
         for attempt in range(20):
             ctx = Context(task=task, role=role, spec=self.spec, llm=self.llm,
-                          resource=self.resource, log=None, now=time.time())
+                          resource=self.resource, log=_log, now=time.time(),
+                          resources=self.resources)
             try:
                 await self.agents[task.role].handle(task, ctx)
                 ctx.finish()
@@ -78,11 +87,11 @@ class Steps:
                 await asyncio.sleep(min(r.after_s, 0.5 * 2 ** attempt))
                 continue
             except FailTask as f:
-                return routing.advance(task, Failed(reason=f.reason), now=time.time())
+                return advance(task, Failed(reason=f.reason), now=time.time())
             decision = routing.decide(task, self.spec)
             assert isinstance(decision, Forward | Done | Failed)
-            return routing.advance(task, decision, now=time.time())
-        return routing.advance(task, Failed(reason="retries exhausted"), now=time.time())
+            return advance(task, decision, now=time.time())
+        return advance(task, Failed(reason="retries exhausted"), now=time.time())
 
     async def dialogue(self, task: Task) -> Task:
         while task.status == "running":

@@ -16,7 +16,7 @@ import asyncio
 import sys
 
 from matrix_p2p import logs
-from matrix_p2p.cli import data, ops, run, security, servers, worker
+from matrix_p2p.cli import data, ops, run, sandbox, security, servers, worker
 from matrix_p2p.errors import ConfigError, MatrixError
 
 EPILOG = """\
@@ -26,7 +26,7 @@ data path of one task:
 docs: README.md in the project; every command takes --help.
 """
 
-COMMAND_GROUPS = (run, worker, data, ops, servers, security)
+COMMAND_GROUPS = (run, worker, data, ops, servers, sandbox, security)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -109,6 +109,15 @@ def llm_urls(args: argparse.Namespace) -> list[str]:
     return [u.strip() for v in args.llm_url or () for u in v.split(",") if u.strip()]
 
 
+def add_sandbox_urls(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--sandbox-url", action="append", metavar="URL",
+                   help=f"sandbox server, repeatable or comma-separated (default: {default})")
+
+
+def sandbox_urls(args: argparse.Namespace) -> list[str]:
+    return [u.strip() for v in args.sandbox_url or () for u in v.split(",") if u.strip()]
+
+
 def positive(name: str, value: float | None, *, allow_zero: bool = False,
              most: float | None = None) -> None:
     """A numeric flag that must be positive (and at most ``most``): a one-line

@@ -30,6 +30,7 @@ def add_parsers(sub: Any) -> None:
                    help="embedded broker: fsync periodically instead of on every write (faster;"
                         " an OS crash can lose acknowledged writes)")
     common.add_llm_urls(r, "start the simulator")
+    common.add_sandbox_urls(r, "start a sandbox server when the workflow declares sandboxes")
     r.add_argument("--sim-replicas", type=int, default=1, metavar="K",
                    help="simulator replicas when no --llm-url (default 1)")
     r.add_argument("--concurrency", type=int, metavar="N",
@@ -62,7 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         limit=args.limit, out=args.out,
         nats=common.conn_options(args, required=False, name="mx-run"),
         store=args.store, sync="interval" if args.sync_interval else "always",
-        llm_urls=common.llm_urls(args), sim_replicas=args.sim_replicas,
+        llm_urls=common.llm_urls(args), sandbox_urls=common.sandbox_urls(args),
+        sim_replicas=args.sim_replicas,
         concurrency=args.concurrency, progress=not args.no_progress,
         fleet_state=not args.no_fleet_state, retry_failed=args.retry_failed,
         version_mode=args.version_mode,

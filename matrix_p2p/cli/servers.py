@@ -11,7 +11,7 @@ from matrix_p2p.cli import common
 from matrix_p2p.errors import ConfigError
 
 SIM_FIELDS = ("model", "max_num_seqs", "fail_rate", "timeout_rate", "drop_rate", "garbage_rate",
-              "slow_factor", "max_waiting", "output_tokens_mean")
+              "slow_factor", "max_waiting", "output_tokens_mean", "tool_call_malformed_rate")
 
 
 def add_parsers(sub: Any) -> None:
@@ -36,6 +36,8 @@ def add_parsers(sub: Any) -> None:
     sim.add_argument("--slow-factor", type=float, default=None, help="multiply step time")
     sim.add_argument("--max-waiting", type=int, default=None,
                      help="answer 429 beyond this many waiting requests")
+    sim.add_argument("--tool-call-malformed-rate", type=float, default=None,
+                     help="fraction of tool calls malformed on purpose")
     common.add_common(sim)
     sim.set_defaults(fn=cmd_sim_llm)
 

@@ -27,6 +27,7 @@ def add_parsers(sub: Any) -> None:
     w.add_argument("--workflow", dest="workflow_flag", metavar="WORKFLOW", help=argparse.SUPPRESS)
     w.add_argument("--role", required=True, metavar="ROLE[,ROLE...]|all")
     common.add_llm_urls(w, "the workflow's")
+    common.add_sandbox_urls(w, "the workflow's resources.sandbox urls")
     w.add_argument("--concurrency", type=int, metavar="N",
                    help="concurrent tasks per role in this process")
     w.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
@@ -41,6 +42,7 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
+    from matrix_p2p.resources.sandbox import open_sandboxes
     from matrix_p2p.runtime.worker import WorkerStats, serve_roles
     from matrix_p2p.sdnotify import Liveness, supervise
 
@@ -66,7 +68,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         async with common.metrics(args, f"worker-{args.role}") as metrics, \
                 open_fleet_state(bus, enabled=uses_llm(spec, roles) and not args.no_fleet_state) as fleet, \
                 open_llms(spec, roles, common.llm_urls(args), fleet=fleet,
-                          recorder=metrics) as llms:
+                          recorder=metrics) as llms, \
+                open_sandboxes(spec, common.sandbox_urls(args)) as resources:
             ready = asyncio.Event()
             served = asyncio.Event()
 
@@ -80,8 +83,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                     await serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop,
                                       concurrency=args.concurrency, stats=stats, ready=ready,
                                       drain_timeout=args.drain_timeout,
-                                      replicas=args.stream_replicas, metrics=metrics,
-                                      beat=alive.beat)
+                                      replicas=args.stream_replicas, resources=resources,
+                                      metrics=metrics, beat=alive.beat)
                 finally:
                     served.set()
 

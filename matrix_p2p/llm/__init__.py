@@ -6,7 +6,8 @@ fair wait for one), ``endpoints`` (the endpoint set and its file), ``pool``
 (one endpoint's state and least-outstanding selection), ``limiter`` (AIMD
 limit), ``breaker`` (ejection), ``outcomes`` (an answer's result and signals),
 ``wire`` (the OpenAI JSON format), ``fleet`` and ``fleet_sync`` (state shared
-between workers), ``types`` (the results agents get back).
+between workers), ``types`` (the results agents get back), ``tools`` (tool
+calls on the wire and in the conversation).
 """
 
 from matrix_p2p.backoff import Backoff
@@ -16,7 +17,16 @@ from matrix_p2p.llm.config import LLMConfig
 from matrix_p2p.llm.fleet import EndpointState, FleetState, InMemoryFleetState
 from matrix_p2p.llm.limiter import AIMDLimiter
 from matrix_p2p.llm.pool import EndpointStats
-from matrix_p2p.llm.types import TRANSIENT, ErrorKind, LLMError, LLMResponse, LLMResult
+from matrix_p2p.llm.tools import tool_message
+from matrix_p2p.llm.types import (
+    TRANSIENT,
+    ErrorKind,
+    LLMError,
+    LLMResponse,
+    LLMResult,
+    ToolCall,
+    ToolCallError,
+)
 
 __all__ = [
     "TRANSIENT",
@@ -33,4 +43,7 @@ __all__ = [
     "LLMError",
     "LLMResponse",
     "LLMResult",
+    "ToolCall",
+    "ToolCallError",
+    "tool_message",
 ]

@@ -8,7 +8,7 @@ task), so the simplest agent is ``text = (await ctx.chat(msgs)).unwrap().text``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -30,6 +30,28 @@ TRANSIENT: frozenset[str] = frozenset(
 )
 
 
+class ToolCallError(ValueError):
+    """A tool call's arguments are not a JSON object; the message is meant for the model."""
+
+
+class ToolCall(msgspec.Struct, kw_only=True, frozen=True):
+    """One function call the model asked for (see ``tools.py``)."""
+
+    id: str
+    name: str
+    arguments: str  # the JSON text as the model wrote it: may be malformed
+
+    def parse_arguments(self) -> dict[str, Any]:
+        """The arguments as a dict, or ``ToolCallError``."""
+        try:
+            value = msgspec.json.decode(self.arguments or "{}")
+        except msgspec.DecodeError as exc:
+            raise ToolCallError(f"arguments of {self.name!r} are not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ToolCallError(f"arguments of {self.name!r} must be a JSON object")
+        return value
+
+
 class LLMResponse(msgspec.Struct, kw_only=True, frozen=True):
     text: str
     prompt_tokens: int = 0
@@ -37,8 +59,9 @@ class LLMResponse(msgspec.Struct, kw_only=True, frozen=True):
     endpoint: str = ""
     model: str = ""
     latency_s: float = 0.0
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "stop", "length", "tool_calls"
     attempts: int = 1
+    tool_calls: tuple[ToolCall, ...] = ()  # empty for a text answer
 
     @property
     def ok(self) -> bool:
@@ -46,6 +69,16 @@ class LLMResponse(msgspec.Struct, kw_only=True, frozen=True):
 
     def unwrap(self) -> LLMResponse:
         return self
+
+    def message(self) -> dict[str, Any]:
+        """This answer as the assistant message to append to the conversation (OpenAI format)."""
+        if not self.tool_calls:
+            return {"role": "assistant", "content": self.text}
+        calls = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in self.tool_calls
+        ]
+        return {"role": "assistant", "content": self.text or None, "tool_calls": calls}
 
 
 class LLMError(msgspec.Struct, kw_only=True, frozen=True):

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from matrix_p2p.llm.pool import normalise_url
+from matrix_p2p.llm.tools import WireToolCall, from_wire
 from matrix_p2p.llm.types import LLMResponse
 
 CallKind = Literal["chat", "complete"]
@@ -67,6 +68,7 @@ def encode(body: Mapping[str, Any]) -> bytes:
 # -- responses (unknown fields ignored) ---------------------------------------
 class _Message(msgspec.Struct):
     content: str | None = None
+    tool_calls: list[WireToolCall] | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -121,6 +123,7 @@ def decode_completion(
         latency_s=latency_s,
         finish_reason=ch.finish_reason,
         attempts=attempts,
+        tool_calls=from_wire(ch.message.tool_calls) if ch.message is not None else (),
     )
 
 

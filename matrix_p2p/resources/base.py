@@ -11,7 +11,8 @@ long. Release never depends on a sink being up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -23,7 +24,10 @@ log = structlog.get_logger(__name__)
 
 
 class ResourceKind(Protocol):
-    """One kind of resource, as a client of the service that owns it."""
+    """One kind of resource, as a client of the service that owns it. ``renew_margin_s``:
+    a held lease closer than this to its expiry is renewed when the task next uses it."""
+
+    renew_margin_s: float
 
     async def acquire(self, task_id: str) -> Lease: ...
 
@@ -39,19 +43,27 @@ class ResourceGone(MatrixError):
 class Resources:
     """The resource kinds this process can use, by the name the workflow gives them."""
 
-    def __init__(self, kinds: Mapping[str, ResourceKind] | None = None) -> None:
+    def __init__(self, kinds: Mapping[str, ResourceKind] | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.kinds: dict[str, ResourceKind] = dict(kinds or {})
+        self.clock = clock
 
     def held(self, task: Task, name: str) -> Lease | None:
         return next((lease for lease in task.leases if lease.kind == name), None)
 
     async def lease(self, task: Task, name: str) -> Lease:
         """The task's lease on ``name``: the one it holds, else a new one (kept in the
-        envelope, so the next hop on any worker uses the same resource)."""
+        envelope, so the next hop on any worker uses the same resource). A held lease
+        near its expiry is renewed first (``ResourceGone`` if the service lost it)."""
         found = self.held(task, name)
-        if found is not None:
-            return found
         kind = self._kind(name)
+        if found is not None:
+            if found.expires_at is not None and \
+                    found.expires_at - self.clock() < kind.renew_margin_s:
+                renewed = await self.renew(task, name)
+                assert renewed is not None
+                return renewed
+            return found
         new = await kind.acquire(task.id)
         new.kind = name
         task.leases.append(new)
@@ -62,6 +74,7 @@ class Resources:
         if found is None:
             return None
         renewed = await self._kind(name).renew(found)
+        renewed.kind = name
         task.leases = [renewed if lease is found else lease for lease in task.leases]
         return renewed
 

@@ -23,6 +23,7 @@ from matrix_p2p.broker import StoreBroker
 from matrix_p2p.envelope import Usage
 from matrix_p2p.metrics import serving
 from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
+from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runtime.attempts import retry_failed
 from matrix_p2p.runtime.files import check_writable, default_out, out_format, staging_path
 from matrix_p2p.runtime.progress import Progress, Snapshot
@@ -43,6 +44,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
     store: str | None = None
     sync: str = "always"
     llm_urls: list[str] = []
+    sandbox_urls: list[str] = []  # empty: an in-process sandbox server if the workflow needs one
     sim_replicas: int = 1
     concurrency: int | None = None
     progress: bool = True
@@ -68,6 +70,7 @@ class RunResult(msgspec.Struct):
     dataset_done: int = 0  # over the whole output (the latest attempt of each task)
     dataset_failed: int = 0
     retried: int = 0  # failed tasks resubmitted as a new attempt by this run
+    sandbox_leased: int | None = None  # leases the in-process sandbox server held at the end
     usage_by_role: dict[str, Usage] = {}  # LLM tokens this run, for the summary
 
 
@@ -117,6 +120,35 @@ async def _llm_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[list[
             await s.stop()
 
 
+class _SandboxServers(msgspec.Struct):
+    urls: list[str]
+    leased_at_end: int | None = None
+
+
+@contextlib.asynccontextmanager
+async def _sandbox_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[_SandboxServers]:
+    # like the simulator: a sandbox server in this process when the workflow declares
+    # sandbox resources and neither --sandbox-url nor the file names a server
+    declared = spec.resources.sandbox.values()
+    if opts.sandbox_urls or not declared or all(r.urls for r in declared):
+        yield _SandboxServers(list(opts.sandbox_urls))
+        return
+    from matrix_p2p.sandbox import Limits, SandboxConfig, SandboxServer
+
+    limits = Limits(memory_bytes=max(r.memory_mb for r in declared) << 20,
+                    cpu_s=max(r.cpu_s for r in declared))
+    config = SandboxConfig(pool_size=max(r.pool for r in declared), limits=limits,
+                           ttl_s=max(r.ttl_s for r in declared),
+                           default_timeout_s=max(r.timeout_s for r in declared))
+    async with SandboxServer(config) as server:
+        log.info("sandbox.started", url=server.url, pool=config.pool_size)
+        found = _SandboxServers([server.url])
+        try:
+            yield found
+        finally:
+            found.leased_at_end = int(server.service.status()["leased"])  # type: ignore[call-overload]
+
+
 async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event) -> RunResult:
     """Run ``spec`` to completion (or until ``stop``). Returns what was written.
 
@@ -131,14 +163,16 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     roles = list(spec.roles)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls:
+    async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls, \
+            _sandbox_urls(opts, spec) as sandboxes:
         bus = await busmod.connect(conn)
         try:
             ns = await resolve(bus, Names.of(spec).submitted_bucket, spec, digest,
                                opts.version_mode)
             async with serving(opts.metrics_port, opts.metrics_host, what="run") as metrics, \
                     open_fleet_state(bus, enabled=opts.fleet_state and uses_llm(spec, roles)) as fleet, \
-                    open_llms(spec, roles, urls, fleet=fleet, recorder=metrics) as llms:
+                    open_llms(spec, roles, urls, fleet=fleet, recorder=metrics) as llms, \
+                    open_sandboxes(spec, sandboxes.urls) as resources:
                 sink = Sink(bus, spec, out, namespace=ns, metrics=metrics)
                 stats = WorkerStats()
                 submitted = SubmitResult()
@@ -172,7 +206,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                 async def workers_then_sink() -> None:
                     await serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop_workers,
                                       concurrency=opts.concurrency, stats=stats,
-                                      drain_timeout=opts.drain_timeout_s, metrics=metrics)
+                                      drain_timeout=opts.drain_timeout_s, resources=resources,
+                                      metrics=metrics)
                     stop_sink.set()  # after the drain: what finished during it is written too
 
                 async def source() -> None:
@@ -201,5 +236,5 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         elapsed_s=loop.time() - started, completion_tokens=tokens,
         interrupted=stop.is_set() and unfinished(), submit=submitted, worker=stats,
         dataset_done=sink.latest.counts()[0], dataset_failed=sink.latest.counts()[1],
-        retried=len(retried), usage_by_role=usage,
+        retried=len(retried), sandbox_leased=sandboxes.leased_at_end, usage_by_role=usage,
     )

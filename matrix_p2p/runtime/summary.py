@@ -33,6 +33,7 @@ class Summary(msgspec.Struct, kw_only=True):
     output_done: int  # over the whole output (the latest attempt of each task)
     output_failed: int
     retried: int  # failed tasks resubmitted as a new attempt by this run
+    sandbox_leased: int | None  # leases the in-process sandbox server held at the end
     wall_s: float
     tasks_per_s: float
     roles: list[RoleTokens]
@@ -64,7 +65,7 @@ def summarize(result: RunResult, spec: WorkflowSpec) -> Summary:
         workflow=spec.name, out=result.out, interrupted=result.interrupted, rows=result.rows,
         expected=result.expected, done=result.done, failed=result.failed,
         output_done=result.dataset_done, output_failed=result.dataset_failed,
-        retried=result.retried,
+        retried=result.retried, sandbox_leased=result.sandbox_leased,
         wall_s=round(result.elapsed_s, 3), tasks_per_s=round((result.done + result.failed) / wall, 2),
         roles=roles, prompt_tokens=prompt, completion_tokens=completion,
         tokens_per_s=round((prompt + completion) / wall, 1),
@@ -93,6 +94,8 @@ def render(s: Summary) -> str:
     lines.append(f"  {'total':<16}{s.prompt_tokens:>14,}{s.completion_tokens:>16,}"
                  f"{_money(s.cost):>12}")
     lines.append(f"  tokens/s         {s.tokens_per_s:,.0f} (generated {s.completion_tokens_per_s:,.0f})")
+    if s.sandbox_leased is not None:
+        lines.append(f"  sandbox leases held at the end: {s.sandbox_leased}")
     return "\n".join(lines)
 
 

@@ -224,8 +224,15 @@ class RoleWorker:
                 self.stats.redelivered += 1
                 self.log.info("worker.redelivered", task=task.id, hop=task.hop,
                               delivery=d.num_delivered)
+            held = {lease.ref for lease in task.leases}
             outcome = await self._run_agent(task)
             action = self.hop.after_agent(task, outcome, d.num_delivered, now=self.clock())
+            if isinstance(action, Nak):
+                # the hop runs again from the envelope as it arrived: a lease taken during
+                # this attempt is not in it, so give it back now rather than at its TTL
+                fresh = [lease for lease in task.leases if lease.ref not in held]
+                if fresh:
+                    await self.resources.release_all(fresh, task=task.id)
         else:
             action = first
         await self._carry_out(d, action)

@@ -29,6 +29,7 @@ FAULT_FIELDS: frozenset[str] = frozenset(
         "slow_factor",
         "max_waiting",
         "agree_prob",
+        "tool_call_malformed_rate",
     }
 )
 
@@ -64,6 +65,9 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True):
     max_waiting: int | None = None
     # Choice mode: probability of repeating the most recent previous answer.
     agree_prob: float = 0.6
+    # Tool calls: fraction deliberately malformed (bad JSON, a missing argument,
+    # an unknown tool), drawn from the request's RNG (see tools.py).
+    tool_call_malformed_rate: float = 0.0
 
     def step_s(self, batch_size: int) -> float:
         """Duration of one decode step with ``batch_size`` running sequences."""
@@ -107,6 +111,7 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True):
             "drop_rate",
             "garbage_rate",
             "agree_prob",
+            "tool_call_malformed_rate",
         ):
             value = getattr(self, name)
             checks.append((0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value}"))

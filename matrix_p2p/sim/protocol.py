@@ -32,6 +32,10 @@ class SimRequest(msgspec.Struct, kw_only=True, frozen=True):
     stream: bool
     include_usage: bool
     seed: int | None
+    # Tool calling (see tools.py): the offered tools, and "none", "auto",
+    # "required" or the name of the one function the model must call.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str = "none"
 
 
 def _content_text(content: Any, where: str) -> str:
@@ -57,6 +61,39 @@ def _int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
     return value
 
 
+def _parse_tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, str]:
+    """``tools`` and ``tool_choice``, checked as vLLM does; the choice defaults to
+    "auto" with tools and "none" without, as OpenAI's does."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise BadRequest("tools must be a list")
+        for i, tool in enumerate(tools):
+            fn = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
+                raise BadRequest(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}")
+            if not isinstance(fn.get("name"), str) or not fn["name"]:
+                raise BadRequest(f"tools[{i}].function.name must be a non-empty string")
+            if not isinstance(fn.get("parameters", {}), dict):
+                raise BadRequest(f"tools[{i}].function.parameters must be an object")
+        tools = tools or None
+    if choice is None:
+        return tools, "auto" if tools else "none"
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if choice.get("type") != "function" or not isinstance(name, str):
+            raise BadRequest("tool_choice must be 'none', 'auto', 'required' or a named function")
+        if not any(t["function"]["name"] == name for t in tools or []):
+            raise BadRequest(f"tool_choice names a function that is not in tools: {name!r}")
+        return tools, name
+    if choice not in ("none", "auto", "required"):
+        raise BadRequest("tool_choice must be 'none', 'auto', 'required' or a named function")
+    if choice != "none" and not tools:
+        raise BadRequest(f"tool_choice {choice!r} requires tools")
+    return tools, choice
+
+
 def parse_request(raw: bytes, kind: Kind, default_model: str) -> SimRequest:
     """Parse a chat or text completion body; raises ``BadRequest`` naming the bad field."""
     try:
@@ -76,6 +113,7 @@ def parse_request(raw: bytes, kind: Kind, default_model: str) -> SimRequest:
             parts.append(_content_text(msg.get("content"), f"messages[{i}]"))
         text, n_messages = "\n".join(parts), len(messages)
         payload: Any = messages
+        tools, tool_choice = _parse_tools(body)
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt) and prompt:
@@ -83,6 +121,7 @@ def parse_request(raw: bytes, kind: Kind, default_model: str) -> SimRequest:
         if not isinstance(prompt, str):
             raise BadRequest("prompt must be a string or a list of strings")
         text, payload, n_messages = prompt, prompt, 0
+        tools, tool_choice = None, "none"
     model = body.get("model") or default_model
     if not isinstance(model, str):
         raise BadRequest("model must be a string")
@@ -101,6 +140,8 @@ def parse_request(raw: bytes, kind: Kind, default_model: str) -> SimRequest:
         stream=stream,
         include_usage=bool(options.get("include_usage", False)),
         seed=_int_field(body, "seed", -(2**63)),
+        tools=tools,
+        tool_choice=tool_choice,
     )
 
 
@@ -122,11 +163,18 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def completion_body(
-    req: SimRequest, rid: str, text: str, finish_reason: str, use: dict[str, int]
+    req: SimRequest,
+    rid: str,
+    text: str,
+    finish_reason: str,
+    use: dict[str, int],
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     choice: dict[str, Any] = {"index": 0}
     if req.kind == "chat":
-        choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
+        # a tool call comes with no text: content null, as OpenAI and vLLM answer
+        content = None if tool_calls and not text else text
+        choice["message"] = {"role": "assistant", "content": content, "tool_calls": tool_calls or []}
     else:
         choice["text"] = text
     choice |= {"logprobs": None, "finish_reason": finish_reason, "stop_reason": None}
@@ -148,8 +196,9 @@ def chunk_body(
     text: str | None = None,
     role: bool = False,
     finish_reason: str | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One streamed chunk: a role announcement, a text delta or the finish."""
+    """One streamed chunk: a role announcement, a text delta, tool calls or the finish."""
     choice: dict[str, Any] = {"index": 0}
     if req.kind == "chat":
         delta: dict[str, Any] = {}
@@ -158,6 +207,8 @@ def chunk_body(
             delta["content"] = ""
         if text is not None:
             delta["content"] = text
+        if tool_calls:  # each call whole, in one delta (OpenAI streams may split them)
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
         choice["delta"] = delta
     else:
         choice["text"] = text or ""

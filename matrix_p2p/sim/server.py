@@ -231,7 +231,7 @@ class SimServer:
             return _error(429, str(exc), "RateLimitError", retry_after=1)
         try:
             if req.stream:
-                return await self._stream(request, req, seq, answer.text, fault)
+                return await self._stream(request, req, seq, answer.text, fault, answer.tool_calls)
             while seq.active:
                 await seq.changed.wait()
                 seq.changed.clear()
@@ -244,14 +244,20 @@ class SimServer:
                 return web.Response(body=_GARBAGE, content_type="application/json")
             use = protocol.usage(answer.prompt_tokens, answer.completion_tokens)
             body = protocol.completion_body(
-                req, protocol.new_id(kind), answer.text, answer.finish_reason, use
+                req, protocol.new_id(kind), answer.text, answer.finish_reason, use, answer.tool_calls
             )
             return _json_response(body)
         finally:
             self.engine.abort(seq)  # no-op once finished; frees the slot if the client left
 
     async def _stream(
-        self, request: web.Request, req: SimRequest, seq: Sequence, text: str, fault: Fault
+        self,
+        request: web.Request,
+        req: SimRequest,
+        seq: Sequence,
+        text: str,
+        fault: Fault,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -285,6 +291,8 @@ class SimServer:
                         return resp
             if seq.state != "finished":
                 return resp  # stopping: the stream ends without [DONE]
+            if tool_calls and fault != "garbage":
+                await send(protocol.chunk_body(req, rid, created, tool_calls=tool_calls))
             await send(protocol.chunk_body(req, rid, created, finish_reason=seq.finish_reason))
             if req.include_usage:
                 use = protocol.usage(seq.prompt_tokens, seq.target_tokens)

@@ -46,8 +46,25 @@ class LLMResource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     price_per_1k_completion: float | None = None
 
 
+class SandboxResource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A pool of sandboxes (see ``resources.sandbox``). ``urls`` empty: ``--sandbox-url``,
+    or ``run`` starts a sandbox server in-process with ``pool`` slots and these limits."""
+
+    urls: list[str] = []
+    pool: int = 4
+    ttl_s: float = 300.0
+    timeout_s: float = 30.0  # default execution timeout
+    # how long a hop waits for a free sandbox before it is handed back (nak) for later:
+    # short, so tasks that hold sandboxes are never starved of worker slots by waiters
+    acquire_timeout_s: float = 10.0
+    max_restarts: int = 2  # trajectories restarted on a fresh sandbox when the old one is gone
+    memory_mb: int = 1024
+    cpu_s: int = 60
+
+
 class Resources(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     llm: dict[str, LLMResource] = {}
+    sandbox: dict[str, SandboxResource] = {}
 
 
 class RoleSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -59,6 +76,7 @@ class RoleSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_ack_pending: int = 20000
     hop_timeout_s: float = 600.0
     options: dict[str, Any] = {}
+    resources: list[str] = []  # names under resources.sandbox this role leases
     name: str = ""  # filled from the mapping key
 
 
@@ -180,6 +198,7 @@ def parse(text: str, *, path: str = "<workflow>") -> WorkflowSpec:
     resources = raw.get("resources")
     if isinstance(resources, dict):
         _convert_entries(resources.get("llm"), LLMResource, "resources.llm", path)
+        _convert_entries(resources.get("sandbox"), SandboxResource, "resources.sandbox", path)
     spec = _convert(raw, WorkflowSpec, "", path)
     _check(spec)
     return spec
@@ -228,6 +247,11 @@ def _check(spec: WorkflowSpec) -> None:
         if role.llm is not None and role.llm not in spec.resources.llm and role.llm != "default":
             known = ", ".join(sorted(spec.resources.llm)) or "none defined"
             fail(f"roles.{name}.llm", f"unknown LLM resource {role.llm!r} (known: {known})")
+        for i, res_name in enumerate(role.resources):
+            if res_name not in spec.resources.sandbox:
+                known = ", ".join(sorted(spec.resources.sandbox)) or "none defined"
+                fail(f"roles.{name}.resources[{i}]",
+                     f"unknown resource {res_name!r} (known under resources.sandbox: {known})")
     routing = spec.routing
     if isinstance(routing, CycleRouting):
         if not routing.roles:
@@ -253,3 +277,15 @@ def _check(spec: WorkflowSpec) -> None:
     for rname, res in spec.resources.llm.items():
         if res.max_tokens < 1:
             fail(f"resources.llm.{rname}.max_tokens", "must be at least 1")
+    for rname, sbx in spec.resources.sandbox.items():
+        where = f"resources.sandbox.{rname}"
+        if not NAME_RE.match(rname):
+            fail(where, "resource names must be 1-64 letters, digits, '_' or '-'")
+        for field in ("pool", "memory_mb", "cpu_s"):
+            if getattr(sbx, field) < 1:
+                fail(f"{where}.{field}", "must be at least 1")
+        for field in ("ttl_s", "timeout_s", "acquire_timeout_s"):
+            if getattr(sbx, field) <= 0:
+                fail(f"{where}.{field}", "must be positive")
+        if sbx.max_restarts < 0:
+            fail(f"{where}.max_restarts", "must be at least 0")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from matrix_p2p.bus import Bus
+from matrix_p2p.resources.base import Resources
 from matrix_p2p.runtime.sink import Sink
 from matrix_p2p.runtime.source import SubmitResult, submit
 from matrix_p2p.runtime.worker import WorkerStats, serve_roles
@@ -17,6 +18,7 @@ from matrix_p2p.workflow.spec import WorkflowSpec
 async def run_until(bus: Bus, spec: WorkflowSpec, out: Path, expect: int, *,
                     deadline_s: float = 60.0, llm_for: dict[str, Any] | None = None,
                     submit_rows: bool = True, concurrency: int | None = None,
+                    resources: Resources | None = None,
                     ) -> tuple[Sink, WorkerStats, SubmitResult]:
     stop = asyncio.Event()
     stats = WorkerStats()
@@ -24,7 +26,8 @@ async def run_until(bus: Bus, spec: WorkflowSpec, out: Path, expect: int, *,
     sub = SubmitResult()
     async with asyncio.timeout(deadline_s), asyncio.TaskGroup() as tg:
         workers = tg.create_task(serve_roles(bus, spec, list(spec.roles), llm_for=llm_for or {},
-                                             stop=stop, stats=stats, concurrency=concurrency))
+                                             stop=stop, stats=stats, concurrency=concurrency,
+                                             resources=resources))
         if submit_rows:
             sub = await submit(bus, spec)
         await sink.run(asyncio.Event(), expect=expect)

@@ -67,3 +67,11 @@ def test_summary_without_prices_or_tokens(tmp_path: Path) -> None:
     s = summarize(result(tmp_path / "o.jsonl", {}), spec)
     assert s.cost is None and s.roles == [] and s.tokens_per_s == 0.0
     assert render(s).splitlines()[-2].split() == ["total", "0", "0", "-"]
+
+
+def test_summary_says_what_sandbox_leases_were_left(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, PRICED, [])
+    r = result(tmp_path / "o.jsonl", {})
+    assert "sandbox" not in render(summarize(r, spec))  # no sandbox server in this run
+    r.sandbox_leased = 0
+    assert render(summarize(r, spec)).splitlines()[-1] == "  sandbox leases held at the end: 0"
