@@ -72,6 +72,6 @@ def test_summary_without_prices_or_tokens(tmp_path: Path) -> None:
 def test_summary_says_what_sandbox_leases_were_left(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, PRICED, [])
     r = result(tmp_path / "o.jsonl", {})
-    assert "sandbox" not in render(summarize(r, spec))  # no sandbox server in this run
+    assert "sandbox leases" not in render(summarize(r, spec))  # no sandbox server in this run
     r.sandbox_leased = 0
     assert render(summarize(r, spec)).splitlines()[-1] == "  sandbox leases held at the end: 0"
