@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import baselines, fleet, llm_client, report, runtime, tau
+from bench import baselines, fleet, llm_client, nr, report, runtime, tau
 from bench.simfleet import SimFleet
 
-PARTS = ("overhead", "scaling", "saturation", "baselines", "llm_client", "tau")
+PARTS = ("overhead", "scaling", "saturation", "baselines", "llm_client", "tau", "nr")
 
 SIZES = {
     "quick": {"overhead_tasks": 1500, "scaling": [500, 2000, 5000], "scaling_sync": "interval",
@@ -112,6 +112,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                                                    warmup_s=z["lc_warmup"],
                                                    window_s=z["lc_window"], log=log,
                                                    all_semaphores=z["lc_all_semaphores"])
+    if "nr" in parts:
+        r["nr"] = await nr.run_all(mode == "quick", log)
     return r
 
 

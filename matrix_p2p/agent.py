@@ -36,6 +36,14 @@ class ChatClient(Protocol):
     ) -> LLMResult: ...
 
 
+class SeenSet(Protocol):
+    """First claim of a key wins, fleet-wide (``runtime.seen.KVSeenSet``)."""
+
+    async def claim(self, key: str, task_id: str) -> str:
+        """Record ``task_id`` as the owner of ``key`` unless one exists; return the owner."""
+        ...
+
+
 class Context:
     """One hop's view of the runtime: the LLM, the spec, a bound logger, the clock."""
 
@@ -49,10 +57,12 @@ class Context:
         "_recorded",
         "_started",
         "_usage",
+        "children",
         "log",
         "resource",
         "resources",
         "role",
+        "seen",
         "spec",
         "task",
     )
@@ -68,8 +78,12 @@ class Context:
         log: Any,
         now: float,
         resources: Resources | None = None,
+        children: list[dict[str, Any]] | None = None,
+        seen: SeenSet | None = None,
     ) -> None:
         self.task = task
+        self.seen = seen  # the fleet's seen-set (None outside a worker)
+        self.children = [] if children is None else children
         self.resources = resources or Resources()
         self.role = role
         self.spec = spec
@@ -138,6 +152,17 @@ class Context:
         self._messages = None
         self._recorded = True
         return turn
+
+    def spawn(self, state: Mapping[str, Any] | None = None,
+              row: Mapping[str, Any] | None = None) -> int:
+        """Fan out: one more child task, returns its index. Once the hop succeeds, each
+        child (id ``<task>/<index>``, ``parent`` set) continues the workflow as this task
+        would have, with ``state`` on top of this task's state and ``row`` (default:
+        this task's row); this task ends as done with ``state.children``. A redelivered
+        hop spawns the same ids again, and none is created twice."""
+        self.children.append({"state": dict(state or {}),
+                              **({"row": dict(row)} if row is not None else {})})
+        return len(self.children) - 1
 
     def finish(self) -> None:
         """Called by the worker: usage not yet recorded in a turn gets a turn of its own."""

@@ -84,6 +84,8 @@ class Task(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: str | None = None
     created_at: float = 0.0
     finished_at: float | None = None
+    objects: list[str] = msgspec.field(default_factory=list)  # offloaded values (offload.py)
+    parent: str | None = None  # the task that spawned this one (fan-out: runtime/hop.py)
 
     def usage(self) -> Usage:
         total = Usage()

@@ -3,7 +3,7 @@
 Modules: ``types`` (the interface: ``Bus``, ``Puller``, ``Delivery``,
 ``KeyValue``, stream and consumer definitions), ``errors`` (the one translation
 of nats errors into ``BusError``), ``jetstream`` (the real broker: ``connect``),
-``kv`` and ``fleet_kv`` (key-value on JetStream), ``memory`` (the same
+``kv`` and ``fleet_kv`` (key-value on JetStream), ``objects`` (object stores), ``memory`` (the same
 interface in process, for unit tests).
 """
 
@@ -16,6 +16,7 @@ from matrix_p2p.bus.types import (
     ConsumerStats,
     Delivery,
     KeyValue,
+    ObjectStore,
     PayloadTooLargeError,
     Puller,
     StoredMsg,
@@ -33,6 +34,7 @@ __all__ = [
     "JetStreamBus",
     "KeyValue",
     "MemoryBus",
+    "ObjectStore",
     "PayloadTooLargeError",
     "Puller",
     "StoredMsg",

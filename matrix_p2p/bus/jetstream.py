@@ -18,6 +18,7 @@ from nats.js import api
 
 from matrix_p2p.bus.errors import AUTH_HINT, AlreadyExists, NotFound, TimedOut, reason, translate, when_ready
 from matrix_p2p.bus.kv import JetStreamKV
+from matrix_p2p.bus.objects import JetStreamObjects
 from matrix_p2p.bus.types import (
     Bus,
     ConnectOptions,
@@ -180,6 +181,11 @@ class JetStreamBus:
             with translate(f"open key-value bucket {bucket}"):
                 kv = await self.js.key_value(bucket)
         return JetStreamKV(kv, bucket)
+
+    async def object_store(self, bucket: str, *, replicas: int | None = None,
+                           ttl_s: float | None = None) -> JetStreamObjects:
+        """Open the object bucket, creating it if needed (see ``bus.objects``)."""
+        return await JetStreamObjects.open(self.js, bucket, replicas=replicas, ttl_s=ttl_s)
 
     def fleet_state(self, **options: Any) -> KVFleetState:
         """LLM endpoint state shared by every worker on this broker (not started:

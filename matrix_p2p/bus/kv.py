@@ -30,3 +30,11 @@ class JetStreamKV:
         except NotFound:  # never written, or deleted
             return False
         return True
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            with translate(f"key-value get {self.bucket}/{key}"):
+                entry = await self._kv.get(key)
+        except NotFound:  # never written, or deleted
+            return None
+        return bytes(entry.value or b"")

@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from matrix_p2p.bus import errors
+from matrix_p2p.bus.objects import MemoryObjects
 from matrix_p2p.bus.types import Bus, ConsumerDef, ConsumerStats, Delivery, StoredMsg, StreamDef, iter_by_next
 
 if TYPE_CHECKING:
@@ -236,6 +237,10 @@ class MemoryKV:
         self._bus.check("kv.exists", key, f"key-value get {self.bucket}/{key}")
         return key in self._items
 
+    async def get(self, key: str) -> bytes | None:
+        self._bus.check("kv.get", key, f"key-value get {self.bucket}/{key}")
+        return self._items.get(key)
+
 
 class MemoryBus:
     """``types.Bus`` in memory. See the module docstring for what it models."""
@@ -248,6 +253,7 @@ class MemoryBus:
         self.streams: dict[str, _Stream] = {}
         self.consumers: dict[tuple[str, str], _Consumer] = {}
         self.buckets: dict[str, dict[str, bytes]] = {}
+        self.objects: dict[str, dict[str, bytes]] = {}
         self.changed = asyncio.Event()
         self.closed = False
         self._fleet: InMemoryFleetState | None = None
@@ -310,6 +316,10 @@ class MemoryBus:
 
     async def key_value(self, bucket: str, *, replicas: int | None = None) -> MemoryKV:
         return MemoryKV(self, bucket, self.buckets.setdefault(bucket, {}))
+
+    async def object_store(self, bucket: str, *, replicas: int | None = None,
+                           ttl_s: float | None = None) -> MemoryObjects:
+        return MemoryObjects(self, bucket, self.objects.setdefault(bucket, {}))
 
     def fleet_state(self, **options: Any) -> contextlib.nullcontext[InMemoryFleetState]:
         """One ``InMemoryFleetState`` per bus (``options`` are JetStream's; ignored)."""

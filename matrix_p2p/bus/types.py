@@ -151,6 +151,22 @@ class KeyValue(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
+    async def get(self, key: str) -> bytes | None:
+        """The key's value; None if it was never written (or deleted)."""
+
+
+class ObjectStore(Protocol):
+    """Large values by name (offloaded envelope fields), any size: chunked by the bus."""
+
+    async def put(self, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name``, replacing what was there."""
+
+    async def get(self, name: str) -> bytes | None:
+        """The stored bytes; None if there is no such object (or it was deleted)."""
+
+    async def delete(self, name: str) -> bool:
+        """Remove the object entirely; False if it was not there."""
+
 
 class Bus(Protocol):
     """Streams, durable pull consumers, publish with dedup, key-value, stream reads."""
@@ -168,6 +184,10 @@ class Bus(Protocol):
     async def puller(self, stream: str, durable: str) -> Puller: ...
 
     async def key_value(self, bucket: str, *, replicas: int | None = None) -> KeyValue: ...
+
+    async def object_store(self, bucket: str, *, replicas: int | None = None,
+                           ttl_s: float | None = None) -> ObjectStore:
+        """Open the object bucket, creating it (objects older than ``ttl_s`` expire)."""
 
     def fleet_state(self, **options: Any) -> contextlib.AbstractAsyncContextManager[FleetState]:
         """LLM endpoint state shared by every worker on this bus (``async with``)."""

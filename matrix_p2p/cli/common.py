@@ -200,6 +200,12 @@ def with_bus(args: argparse.Namespace, name: str, what: str,
     return run_async(main)
 
 
+def add_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", metavar="PATH|GLOB|hf:NAME",
+                   help="read this input instead of the workflow's source: JSONL, .jsonl.zst or "
+                        ".parquet files (a glob), or hf:NAME[:SPLIT] (a Hugging Face dataset)")
+
+
 def add_command(sub: Any, name: str, help_: str, desc: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=desc,
                                                 formatter_class=Formatter)

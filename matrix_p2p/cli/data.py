@@ -26,6 +26,7 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--retry-failed", action="store_true",
                    help="also resubmit tasks whose latest attempt failed, as a new attempt")
     common.add_version_mode(s)
+    common.add_source(s)
     common.add_stream_replicas(s)
     common.add_metrics(s)
     common.add_nats(s, required=True)
@@ -42,6 +43,8 @@ def add_parsers(sub: Any) -> None:
     k.add_argument("--expect", type=int, metavar="N",
                    help="exit 0 once N distinct tasks are in the file")
     k.add_argument("--timeout", type=float, metavar="S", help="give up (exit 1) after S seconds")
+    k.add_argument("--kept-only", action="store_true",
+                   help="write only rows the workflow's filters kept (done, result.kept true)")
     k.add_argument("--durable", metavar="NAME",
                    help="consumer name (default sink-<output file name>: progress belongs to the "
                         "dataset, not its path; give two same-named outputs distinct names)")
@@ -67,6 +70,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from matrix_p2p.runtime.rows import with_source
     from matrix_p2p.runtime.source import submit
 
     common.positive("--limit", args.limit, allow_zero=True)
@@ -76,6 +80,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         from matrix_p2p.runtime.topology import Names
         from matrix_p2p.workflow.version import code_hash, resolve
 
+        spec = with_source(spec, args.source)
         digest = code_hash(spec)
         ns = await resolve(bus, Names.of(spec).submitted_bucket, spec, digest, args.version_mode,
                            replicas=args.stream_replicas)
@@ -108,7 +113,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         n: int | None = None
         async with common.metrics(args, "sink") as metrics, asyncio.TaskGroup() as tg:
             sink = Sink(bus, spec, Path(args.out), durable=args.durable,
-                        replicas=args.stream_replicas, metrics=metrics)
+                        replicas=args.stream_replicas, kept_only=args.kept_only, metrics=metrics)
             sink.beat = alive.beat
             tg.create_task(supervise(ready, stop, written, alive=alive,
                                      status=f"writing {spec.name} to {args.out}"))
@@ -124,7 +129,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
                   f"/{args.expect} tasks in {args.out}", file=sys.stderr)
             return 1
         print(f"{n} distinct tasks in {args.out} ({sink.done} done, {sink.failed} failed this "
-              f"run, {sink.duplicates} duplicates skipped)", file=sys.stderr)
+              f"run, {sink.duplicates} duplicates skipped)"
+              + (f"; {sink.counts.line()}" if sink.counts.line() else ""), file=sys.stderr)
         if args.expect is not None and n < args.expect:
             return 130 if stop.is_set() else 1
         return 0

@@ -22,7 +22,10 @@ def add_parsers(sub: Any) -> None:
         "example: python -m matrix_p2p run coral --limit 200 --out out/coral.jsonl")
     common.add_workflow(r, "workflow file or bundled name (coral)")
     r.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
+    common.add_source(r)
     r.add_argument("--out", metavar="PATH", help="dataset file (default: the workflow's sink.path)")
+    r.add_argument("--kept-only", action="store_true",
+                   help="write only rows the workflow's filters kept (done, result.kept true)")
     r.add_argument("--store", metavar="DIR",
                    help="embedded broker's store directory (default .mx/<workflow>; keep it "
                         "to resume)")
@@ -52,13 +55,14 @@ def add_parsers(sub: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from matrix_p2p.runtime import summary
     from matrix_p2p.runtime.local_run import RunOptions, run_workflow
+    from matrix_p2p.runtime.rows import with_source
     from matrix_p2p.workflow.loader import load
 
     common.positive("--limit", args.limit, allow_zero=True)
     common.positive("--concurrency", args.concurrency)
     common.positive("--sim-replicas", args.sim_replicas)
     common.positive("--metrics-port", args.metrics_port, allow_zero=True)
-    spec = load(args.workflow)
+    spec = with_source(load(args.workflow), args.source)
     opts = RunOptions(
         limit=args.limit, out=args.out,
         nats=common.conn_options(args, required=False, name="mx-run"),
@@ -67,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sim_replicas=args.sim_replicas,
         concurrency=args.concurrency, progress=not args.no_progress,
         fleet_state=not args.no_fleet_state, retry_failed=args.retry_failed,
-        version_mode=args.version_mode,
+        version_mode=args.version_mode, kept_only=args.kept_only,
         metrics_port=args.metrics_port, metrics_host=args.metrics_host,
     )
 

@@ -98,6 +98,20 @@ def load_written_ids(path: Path, fmt: str = "jsonl") -> set[str]:
     return ids
 
 
+def announced_children(path: Path, fmt: str = "jsonl") -> int:
+    """The children the fanned-out parents in the output spawned (their ``children``)."""
+    if not path.exists():
+        return 0
+    total = 0
+    for ln in _read_lines(path, fmt)[0]:
+        if b'"children"' in ln:
+            try:
+                total += int(json.loads(ln).get("children", 0))
+            except (ValueError, TypeError, AttributeError):
+                continue
+    return total
+
+
 def write_parquet(jsonl: Path, out: Path) -> None:
     """``out`` from the JSON lines in ``jsonl``, atomically (temp file and rename)."""
     try:

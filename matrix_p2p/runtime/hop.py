@@ -6,8 +6,9 @@ The worker asks twice and carries out what it is told:
    (undecodable, misrouted, already finished), end the task (delivered too
    often), or ``RunAgent``;
 2. ``after_agent(task, outcome, num_delivered, ...)`` once the agent ran:
-   ``Publish`` the next envelope (to a role, or done/failed), or ``Nak`` to run
-   the same hop again later.
+   ``Publish`` the next envelope (to a role, or done/failed), ``FanOut`` the
+   children the agent spawned (``children``), or ``Nak`` to run the same hop
+   again later.
 
 Every ``Publish`` is followed by an ack of the input, only after its PubAck; a
 ``Nak`` hands the message back; a ``DeadLetter`` keeps the bytes and terms the
@@ -17,7 +18,7 @@ message. No I/O here: the decisions are property-tested without a broker
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -111,7 +112,36 @@ class DeadLetter(msgspec.Struct, frozen=True):
     leases: list[Lease] = []  # the task ends here: its leases are released
 
 
-Action = Publish | Nak | DeadLetter
+class FanOut(msgspec.Struct, frozen=True):
+    """Publish every child (msg-id ``<child>:0``), then the parent's end (done, with
+    ``state.children``), then ack the input. A crash anywhere redelivers the parent's
+    hop; its children get the same ids and msg-ids again, so none is created twice."""
+
+    children: list[Publish]
+    parent: Publish
+
+
+Action = Publish | FanOut | Nak | DeadLetter
+
+
+def child_id(parent: str, index: int) -> str:
+    """A child's id: the parent's and the child's index (valid as msg-id and KV key)."""
+    return f"{parent}/{index}"
+
+
+def spawn(task: Task, children: list[dict[str, Any]]) -> list[Task]:
+    """The child envelopes of ``task`` as its agent left it: each a copy of the parent
+    (row, turns, state) with the child's own ``state`` keys on top, ``row`` if given
+    instead of the parent's, its own id, ``parent`` set, at hop 0 and without the
+    parent's leases and objects (offloaded values are put again under the child's id)."""
+    out = []
+    for i, c in enumerate(children):
+        row = c.get("row")
+        out.append(msgspec.structs.replace(
+            task, id=child_id(task.id, i), parent=task.id, hop=0,
+            row=dict(task.row if row is None else row), state={**task.state, **c.get("state", {})},
+            turns=list(task.turns), leases=[], objects=[]))
+    return out
 
 
 class Hop:
@@ -149,8 +179,11 @@ class Hop:
         return RunAgent(task=task)
 
     def after_agent(self, task: Task, outcome: AgentOutcome, num_delivered: int, *,
-                    now: float) -> Publish | Nak:
-        """The decision once the agent ran (``task`` as the agent left it)."""
+                    now: float, children: list[Task] | None = None) -> Publish | FanOut | Nak:
+        """The decision once the agent ran (``task`` as the agent left it; ``children``:
+        what it spawned, from ``spawn``)."""
+        if children and isinstance(outcome, Handled):
+            return self.fan_out(task, children, now=now)
         if isinstance(outcome, AgentFailed | AgentBug):
             return self.finish(task, Failed(reason=outcome.reason), now=now)
         if isinstance(outcome, AgentRetry):
@@ -168,9 +201,23 @@ class Hop:
         delay = max(retry.after_s, retry_delay(num_delivered, self.spec.limits.retry_backoff_s))
         return Nak(after_s=delay, reason=retry.reason)
 
-    def finish(self, task: Task, decision: Forward | Done | Failed, *, now: float) -> Publish:
-        """The publish that carries ``decision`` out: the next envelope, its subject and id."""
-        nxt = advance(task, decision, now=now)
+    def fan_out(self, task: Task, children: list[Task], *, now: float) -> FanOut:
+        """Each child routed as the parent would have been after this hop; the parent ends."""
+        pubs = []
+        for child in children:
+            decision = decide(child, self.spec)
+            if isinstance(decision, Retry):  # nothing to hand back: the child is new
+                decision = Failed(reason=f"router asked to retry a new child: {decision.reason}")
+            pubs.append(self.finish(child, decision, now=now, first=True))
+        parent = msgspec.structs.replace(task, state={**task.state, "children": len(children)})
+        return FanOut(children=pubs, parent=self.finish(parent, Done(reason="fanned out"),
+                                                        now=now))
+
+    def finish(self, task: Task, decision: Forward | Done | Failed, *, now: float,
+               first: bool = False) -> Publish:
+        """The publish that carries ``decision`` out: the next envelope, its subject and id
+        (``first``: a new child's first envelope, at hop 0)."""
+        nxt = advance(task, decision, now=now, first=first)
         data = envelope.encode(nxt)
         if len(data) > self.max_payload - ENVELOPE_HEADROOM:
             # It would be refused on every redelivery: end the task now, with the reason,
@@ -178,7 +225,7 @@ class Hop:
             decision = Failed(reason=(
                 f"envelope of {len(data)} bytes after role {self.role.name!r} exceeds the "
                 f"broker's max_payload of {self.max_payload} bytes"))
-            nxt = advance(shrunk(task, self.max_payload), decision, now=now)
+            nxt = advance(shrunk(task, self.max_payload), decision, now=now, first=first)
             data = envelope.encode(nxt)
         outcome: Outcome
         if isinstance(decision, Forward):
@@ -198,9 +245,11 @@ def retry_delay(num_delivered: int, base_s: float, cap_s: float = RETRY_CAP_S) -
     return float(min(cap_s, base_s * (2 ** max(0, num_delivered - 1))))
 
 
-def advance(task: Task, decision: Forward | Done | Failed, *, now: float) -> Task:
-    """The next envelope for a forward, done or failed decision (a new struct)."""
-    nxt = msgspec.structs.replace(task, hop=task.hop + 1)
+def advance(task: Task, decision: Forward | Done | Failed, *, now: float,
+            first: bool = False) -> Task:
+    """The next envelope for a forward, done or failed decision (a new struct; ``first``:
+    the hop stays, a new child's first envelope)."""
+    nxt = msgspec.structs.replace(task, hop=task.hop if first else task.hop + 1)
     if isinstance(decision, Forward):
         nxt.role = decision.role
     elif isinstance(decision, Done):

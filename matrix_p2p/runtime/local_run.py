@@ -26,6 +26,7 @@ from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
 from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runtime.attempts import retry_failed
 from matrix_p2p.runtime.files import check_writable, default_out, out_format, staging_path
+from matrix_p2p.runtime.filter_counts import FilterCounts
 from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.sink import Sink
 from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
@@ -52,6 +53,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
     fleet_state: bool = True  # share learned LLM endpoint limits through JetStream KV
     retry_failed: bool = False  # resubmit tasks whose latest attempt failed (attempts.py)
     version_mode: Mode = "check"  # a changed workflow: refuse, "reuse" or start "new" rows
+    kept_only: bool = False  # the sink writes only rows the workflow's filters kept
     metrics_port: int | None = None  # one /metrics for the whole run (0: a free port)
     metrics_host: str = "127.0.0.1"
 
@@ -71,6 +73,7 @@ class RunResult(msgspec.Struct):
     dataset_failed: int = 0
     retried: int = 0  # failed tasks resubmitted as a new attempt by this run
     sandbox_leased: int | None = None  # leases the in-process sandbox server held at the end
+    filters: FilterCounts = msgspec.field(default_factory=FilterCounts)
     usage_by_role: dict[str, Usage] = {}  # LLM tokens this run, for the summary
 
 
@@ -173,7 +176,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                     open_fleet_state(bus, enabled=opts.fleet_state and uses_llm(spec, roles)) as fleet, \
                     open_llms(spec, roles, urls, fleet=fleet, recorder=metrics) as llms, \
                     open_sandboxes(spec, sandboxes.urls) as resources:
-                sink = Sink(bus, spec, out, namespace=ns, metrics=metrics)
+                sink = Sink(bus, spec, out, namespace=ns, kept_only=opts.kept_only,
+                            metrics=metrics)
                 stats = WorkerStats()
                 submitted = SubmitResult()
                 stop_workers = asyncio.Event()
@@ -181,7 +185,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                 stop_progress = asyncio.Event()
 
                 def snapshot() -> Snapshot:
-                    return Snapshot(done=sink.done, failed=sink.failed, total=expected,
+                    return Snapshot(done=sink.done, failed=sink.failed,
+                                    total=expected + sink.announced,  # + fan-out children
                                     inflight=stats.inflight, tokens=llms.completion_tokens,
                                     submitted=submitted.submitted)
 
@@ -191,7 +196,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                 retry_ready = asyncio.Event()
 
                 def unfinished() -> bool:
-                    return sink.count < expected or any(not sink.has(t) for t in retried)
+                    return (not sink.finished(expected)
+                            or any(not sink.has(t) for t in retried))
 
                 async def supervise() -> None:
                     # the run ends when the sink has every task (and every new attempt),
@@ -236,5 +242,6 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         elapsed_s=loop.time() - started, completion_tokens=tokens,
         interrupted=stop.is_set() and unfinished(), submit=submitted, worker=stats,
         dataset_done=sink.latest.counts()[0], dataset_failed=sink.latest.counts()[1],
-        retried=len(retried), sandbox_leased=sandboxes.leased_at_end, usage_by_role=usage,
+        retried=len(retried), sandbox_leased=sandboxes.leased_at_end, filters=sink.counts,
+        usage_by_role=usage,
     )

@@ -9,7 +9,10 @@ start-up. A file that was deleted, truncated or written by another run is
 rebuilt from the results stream (``sink_state.py``). Parquet is not
 appendable: rows collect in ``<out>.mx.jsonl`` and become ``<out>`` at close,
 by temp file and rename. The format follows ``out``'s extension
-(``files.out_format``).
+(``files.out_format``). Offloaded values are resolved before a row is written,
+and their objects deleted once it is durable, before the ack (``offload``);
+``kept_only`` leaves out the rows the workflow's filters dropped (their ids go to
+``<out>.skipped``, so a restart skips them too).
 """
 
 from __future__ import annotations
@@ -26,15 +29,17 @@ import structlog
 from matrix_p2p import envelope
 from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
-from matrix_p2p.bus import Bus
+from matrix_p2p.bus import Bus, Delivery
 from matrix_p2p.envelope import EnvelopeError, Task, Usage
 from matrix_p2p.errors import BusError
 from matrix_p2p.metrics import NullMetrics, Recorder
-from matrix_p2p.runtime import topology
+from matrix_p2p.runtime import offload, topology
 from matrix_p2p.runtime.attempts import Latest, split_attempt
 from matrix_p2p.runtime.files import (
     RowWriter,
+    announced_children,
     check_writable,
+    load_written_ids,
     out_format,
     read_lines,
     replace_file,
@@ -42,6 +47,7 @@ from matrix_p2p.runtime.files import (
     truncate_to,
     write_parquet,
 )
+from matrix_p2p.runtime.filter_counts import FilterCounts
 from matrix_p2p.runtime.sink_state import (
     Sidecar,
     keep_latest,
@@ -110,6 +116,8 @@ def to_row(task: Task) -> dict[str, Any]:
             "by_role": by_role,
         },
         "hops": task.hop - from_hop,
+        **({"parent": task.parent} if task.parent is not None else {}),
+        **({"children": task.state["children"]} if "children" in task.state else {}),
     }
 
 
@@ -138,7 +146,8 @@ class Sink:
 
     def __init__(self, bus: Bus, spec: WorkflowSpec, out: Path, *, fmt: str | None = None,
                  durable: str | None = None, replicas: int | None = None,
-                 namespace: str | None = None, metrics: Recorder | None = None) -> None:
+                 namespace: str | None = None, kept_only: bool = False,
+                 metrics: Recorder | None = None) -> None:
         self.bus = bus
         self.spec = spec
         self.out = out
@@ -158,6 +167,12 @@ class Sink:
         # not this dataset's; None takes every result
         self.namespace = namespace
         self._side: Sidecar | None = None
+        self.offload = offload.Offloader(bus, spec)
+        self.counts = FilterCounts()
+        self.announced = 0  # children the written parents spawned (fan-out)
+        # kept-only: the ids of the rows left out go to a side file, so a restart skips them
+        self.skipped_path = (out.with_name(out.name + ".skipped")
+                             if kept_only or spec.sink.kept_only else None)
         self.metrics = metrics or NullMetrics()
         self.beat: Callable[[], None] = lambda: None  # systemd watchdog: the fetch loop turns
 
@@ -168,6 +183,13 @@ class Sink:
 
     def has(self, task_id: str) -> bool:
         return task_id in self.written
+
+    def finished(self, expected: int) -> bool:
+        """Every one of ``expected`` submitted tasks is written, and every child a
+        written parent announced (fan-out: ids ``<parent>/<i>``; submitted ids have no
+        ``/``). Counted over this output, across restarts."""
+        children = sum(1 for i in self.written if "/" in i)
+        return len(self.written) - children >= expected and children >= self.announced
 
     def accepts(self, task_id: str) -> bool:
         return self.namespace is None or namespace_of(task_id) == self.namespace
@@ -187,9 +209,28 @@ class Sink:
         else:
             fresh = side is None and not self.staging.exists()
             (log.info if fresh else log.warning)("sink.rebuild", out=str(self.out), reason=why)
-            good = await rebuild(self.bus, self.names, self.staging, self.fmt,
-                                 lambda t: _row_encoder.encode(to_row(t)) + b"\n", self.latest,
-                                 accept=self.accepts)
+            # offloaded values are read back; those of results written (and their objects
+            # deleted) before the file was lost stay references
+            left_out: list[Task] = []  # kept-only: recorded in the side file below
+
+            def line(t: Task) -> bytes:
+                if self.skipped_path is None or is_kept(t):
+                    return _row_encoder.encode(to_row(t)) + b"\n"
+                left_out.append(t)
+                return b""
+
+            good = await rebuild(self.bus, self.names, self.staging, self.fmt, line,
+                                 self.latest, accept=self.accepts, prepare=self._resolve)
+            if self.skipped_path is not None:
+                side_file = RowWriter(self.skipped_path, "jsonl")
+                for t in left_out:
+                    side_file.write(_skipped_line(t))
+                side_file.close()
+        if self.skipped_path is not None:
+            for tid in load_written_ids(self.skipped_path):
+                self.latest.offer(tid, "done")
+            self.announced += announced_children(self.skipped_path)
+        self.announced += announced_children(self.staging, self.fmt)
         self.written = self.latest.ids()
         self._side = Sidecar(workflow=self.spec.name, stream=self.names.results_stream,
                              identity=identity, format=self.fmt, count=self.count,
@@ -224,6 +265,7 @@ class Sink:
         await self._open()
         puller = await self.bus.puller(self.names.results_stream, self.durable)
         writer = RowWriter(self.staging, self.fmt)
+        skipped = RowWriter(self.skipped_path, "jsonl") if self.skipped_path else None
         self.changed.set()
         if ready is not None:
             ready.set()
@@ -243,9 +285,9 @@ class Sink:
                 backoff.reset()
                 if not batch:
                     continue
-                keep = []
+                keep: list[tuple[Delivery, Task | None]] = []
                 superseded = False
-                fresh: list[str] = []  # statuses of the rows written from this batch
+                fresh: list[tuple[str, bool]] = []  # finished tasks: status, row written
                 for d in batch:
                     try:
                         task = envelope.decode(d.data)
@@ -261,8 +303,10 @@ class Sink:
                         self.metrics.dead_lettered("sink")
                         continue
                     if not self.accepts(task.id):
-                        keep.append(d)  # another code version's result
+                        keep.append((d, None))  # another code version's result
                         continue
+                    if task.id not in self.written and not await self._resolve(task):
+                        continue  # its offloaded values cannot be read now: redelivered later
                     prev = self.latest.by_base.get(split_attempt(task.id)[0])
                     verdict = self.latest.offer(task.id, task.status)
                     if verdict in ("duplicate", "stale"):
@@ -272,24 +316,70 @@ class Sink:
                             self.written.discard(prev[1])
                             superseded = True
                         self.written.add(task.id)
-                        writer.write(_row_encoder.encode(to_row(task)) + b"\n")
-                        fresh.append(task.status)
-                        if task.status == "done":
-                            self.done += 1
-                        else:
-                            self.failed += 1
-                    keep.append(d)
+                        self._write(task, writer, skipped)
+                        fresh.append((task.status, skipped is None or is_kept(task)))
+                    keep.append((d, task))
+                if skipped is not None:
+                    skipped.commit()
                 writer = await self._commit(writer, superseded)  # durable before the acks
-                self.metrics.sink_rows_written(len(fresh))
-                for status in fresh:
+                self.metrics.sink_rows_written(sum(written for _, written in fresh))
+                for status, _ in fresh:
                     self.metrics.task_finished(status)
-                for d in keep:
+                for d, done_task in keep:
+                    if done_task is not None:
+                        try:  # on disk now: its objects can go
+                            await self.offload.delete_all(done_task)
+                        except BusError as exc:
+                            log.warning("sink.offload_delete_failed", task=done_task.id,
+                                        error=str(exc))
+                            continue  # unacked: redelivered, a duplicate then, deleted again
                     await d.ack()
                 self.changed.set()
         finally:
             writer.close()
+            if skipped is not None:
+                skipped.close()
             await puller.unsubscribe()
             if self.fmt == "parquet":
                 write_parquet(self.staging, self.out)
         return self.count
 
+
+    async def _resolve(self, task: Task) -> bool:
+        """Its offloaded values back in place; False if the store cannot be read now."""
+        if self.skipped_path is not None and not is_kept(task):
+            return True  # not written: nothing to read
+        try:
+            await self.offload.load(task, missing_ok=True)
+        except BusError as exc:
+            log.warning("sink.offload_read_failed", task=task.id, error=str(exc))
+            return False
+        if offload.refs(task):
+            log.warning("sink.offloaded_value_missing", task=task.id)
+        return True
+
+    def _write(self, task: Task, writer: RowWriter, skipped: RowWriter | None) -> None:
+        """The row (kept-only: a filtered task's id goes to the side file instead)."""
+        if skipped is not None and not is_kept(task):
+            skipped.write(_skipped_line(task))
+        else:
+            writer.write(_row_encoder.encode(to_row(task)) + b"\n")
+        self.counts.add(task)
+        self.announced += int(task.state.get("children", 0))
+        if task.status == "done":
+            self.done += 1
+        else:
+            self.failed += 1
+
+
+def _skipped_line(task: Task) -> bytes:
+    return _row_encoder.encode({
+        "id": task.id, "status": task.status,
+        **({"children": task.state["children"]} if "children" in task.state else {}),
+    }) + b"\n"
+
+
+def is_kept(task: Task) -> bool:
+    """The ``--kept-only`` test: done, and the workflow's filters kept it."""
+    return (task.status == "done" and task.state.get("kept") is True
+            and "children" not in task.state)  # a fanned-out parent: its children are the rows

@@ -11,7 +11,7 @@ run or store) the file is rebuilt from the results stream, atomically.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +83,11 @@ def trust_reason(side: Sidecar | None, staging: Path, *, identity: str, fmt: str
 
 async def rebuild(bus: Bus, names: Names, staging: Path, fmt: str,
                   to_line: Callable[[Task], bytes], latest: Latest, *,
-                  accept: Callable[[str], bool] = lambda _: True) -> int:
+                  accept: Callable[[str], bool] = lambda _: True,
+                  prepare: Callable[[Task], Awaitable[object]] | None = None) -> int:
     """Write every result in the stream (the latest attempt of each task) to ``staging``,
-    atomically. Fills ``latest``; returns the file's length."""
+    atomically. Fills ``latest``; returns the file's length. ``prepare`` runs on each
+    row's task first (the sink resolves offloaded values there)."""
     rows: dict[str, bytes] = {}
     async for m in bus.iter_stream(names.results_stream):
         try:
@@ -93,6 +95,8 @@ async def rebuild(bus: Bus, names: Names, staging: Path, fmt: str,
         except EnvelopeError:
             continue  # the sink's consumer dead-letters it when it gets there
         if accept(task.id) and latest.offer(task.id, task.status) in ("new", "supersedes"):
+            if prepare is not None:
+                await prepare(task)
             rows[split_attempt(task.id)[0]] = to_line(task)
     return replace_file(staging, list(rows.values()), fmt)
 

@@ -3,22 +3,17 @@
 Submitting twice creates nothing new: an id already recorded in the
 workflow's "submitted" key-value bucket is skipped. Admission control keeps
 the number of live tasks in the task stream under ``limits.max_inflight``,
-and rows are read lazily, so a million-row file never floods memory or the
-stream. A row that is not valid JSON is not dropped: it becomes a task that
+and rows are read lazily (``rows``), so a million-row file never floods memory or
+the stream. A row that is not valid JSON is not dropped: it becomes a task that
 ends as failed at once, with the file and line in its error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import glob
 import hashlib
-import json
-import os
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import msgspec
 import structlog
@@ -27,24 +22,16 @@ from matrix_p2p import envelope
 from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus
-from matrix_p2p.errors import ConfigError
 from matrix_p2p.metrics import NullMetrics, Recorder
 from matrix_p2p.runtime.attempts import kv_key
+from matrix_p2p.runtime.offload import Offloader
+from matrix_p2p.runtime.rows import Row, iter_rows
 from matrix_p2p.runtime.topology import Names, ensure_workflow, hop_msg_id
 from matrix_p2p.workflow.spec import WorkflowSpec
 
 log = structlog.get_logger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-class Row(msgspec.Struct, frozen=True):
-    source: str  # as the workflow gives it (relative stays relative)
-    index: int  # line number (files) or position (datasets): seeds and messages
-    key: str
-    data: dict[str, Any] | None
-    error: str | None = None
-    row_index: int = 0  # from 0: the row's place in its source, as dataset tools count
 
 
 class SubmitResult(msgspec.Struct):
@@ -63,72 +50,6 @@ def task_id(key: str, trial: int) -> str:
     if safe != key or len(safe) > 64:
         safe = f"{safe[:48]}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     return f"{safe}-t{trial}"
-
-
-def source_files(spec: WorkflowSpec) -> list[Path]:
-    if spec.source.path is None:
-        raise ConfigError(f"{spec.path}: source: no `path` given")
-    pattern = spec.source.path
-    if not Path(pattern).is_absolute():
-        pattern = str(spec.base_dir / pattern)
-    files = sorted(Path(p) for p in glob.glob(pattern))
-    if not files:
-        raise ConfigError(f"{spec.path}: source.path: no file matches {spec.source.path!r}")
-    return files
-
-
-def iter_rows(spec: WorkflowSpec) -> Iterator[Row]:
-    """Rows in a stable order, read lazily."""
-    if spec.source.hf is not None:
-        yield from _iter_hf(spec)
-        return
-    id_field = spec.source.id_field
-    relative = not Path(spec.source.path or "").is_absolute()
-    for path in source_files(spec):
-        # the source as the workflow names it: a relative path stays relative to the file
-        name = os.path.relpath(path, spec.base_dir) if relative else str(path)
-        with path.open("r", encoding="utf-8", errors="replace") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                default_key = f"{path.stem}-{lineno}"
-                ri = lineno - 1
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield Row(name, lineno, default_key, None,
-                              error=f"{path}:{lineno}: not valid JSON: {exc.msg}", row_index=ri)
-                    continue
-                if not isinstance(data, dict):
-                    yield Row(name, lineno, default_key, None,
-                              error=f"{path}:{lineno}: expected a JSON object, got "
-                                    f"{type(data).__name__}", row_index=ri)
-                    continue
-                key = default_key
-                if id_field is not None:
-                    if id_field not in data:
-                        yield Row(name, lineno, default_key, data,
-                                  error=f"{path}:{lineno}: no {id_field!r} field (source.id_field)",
-                                  row_index=ri)
-                        continue
-                    key = str(data[id_field])
-                yield Row(name, lineno, key, data, row_index=ri)
-
-
-def _iter_hf(spec: WorkflowSpec) -> Iterator[Row]:
-    hf = spec.source.hf
-    assert hf is not None
-    try:
-        import datasets  # optional extra: matrix_p2p[hf]
-    except ImportError:
-        raise ConfigError(
-            f"{spec.path}: source.hf needs the 'datasets' package (pip install 'matrix_p2p[hf]')"
-        ) from None
-    ds = datasets.load_dataset(hf.dataset, hf.config, split=hf.split, streaming=True)
-    name = f"hf:{hf.dataset}/{hf.split}"
-    for i, data in enumerate(ds):
-        key = str(data[spec.source.id_field]) if spec.source.id_field else f"{hf.split}-{i}"
-        yield Row(name, i, key, dict(data), row_index=i)
 
 
 async def submit(
@@ -160,6 +81,7 @@ async def submit(
     entry = spec.entry_role()
     sem = asyncio.Semaphore(parallel)
     ns = f"~v{namespace}" if namespace else ""
+    offloader = Offloader(bus, spec)
     recorder = metrics or NullMetrics()
 
     async def one(row: Row, trial: int) -> None:
@@ -184,6 +106,7 @@ async def submit(
             else:
                 subject = names.task(entry)
                 result.submitted += 1
+            await offloader.store(task)  # big values to the object store, before the publish
             # publish first, then record: a crash in between republishes (dedup'd by msg-id)
             await bus.publish(subject, envelope.encode(task), msg_id=hop_msg_id(tid, 0))
             await kv.create(kv_key(tid))

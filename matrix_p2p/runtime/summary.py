@@ -34,6 +34,8 @@ class Summary(msgspec.Struct, kw_only=True):
     output_failed: int
     retried: int  # failed tasks resubmitted as a new attempt by this run
     sandbox_leased: int | None  # leases the in-process sandbox server held at the end
+    children: int  # fan-out children among the rows (rows beyond the expected tasks)
+    filters: str  # "kept N, filtered M (...)", empty for a workflow without filters
     wall_s: float
     tasks_per_s: float
     roles: list[RoleTokens]
@@ -66,6 +68,7 @@ def summarize(result: RunResult, spec: WorkflowSpec) -> Summary:
         expected=result.expected, done=result.done, failed=result.failed,
         output_done=result.dataset_done, output_failed=result.dataset_failed,
         retried=result.retried, sandbox_leased=result.sandbox_leased,
+        children=max(0, result.rows - result.expected), filters=result.filters.line(),
         wall_s=round(result.elapsed_s, 3), tasks_per_s=round((result.done + result.failed) / wall, 2),
         roles=roles, prompt_tokens=prompt, completion_tokens=completion,
         tokens_per_s=round((prompt + completion) / wall, 1),
@@ -82,7 +85,8 @@ def render(s: Summary) -> str:
     """The table ``run`` prints when it ends."""
     head = "interrupted" if s.interrupted else "finished"
     lines = [
-        f"{s.workflow}: {head} in {s.wall_s:,.1f}s; {s.rows}/{s.expected} rows in {s.out}",
+        f"{s.workflow}: {head} in {s.wall_s:,.1f}s; {s.rows}/{s.expected}"
+        + (f" (+{s.children} children)" if s.children else "") + f" rows in {s.out}",
         f"  tasks this run   {s.done:>10,} done {s.failed:>8,} failed   {s.tasks_per_s:,.1f} tasks/s",
         f"  output: {s.output_done:,} done, {s.output_failed:,} failed"
         + (f" ({s.retried:,} retried)" if s.retried else ""),
@@ -94,6 +98,8 @@ def render(s: Summary) -> str:
     lines.append(f"  {'total':<16}{s.prompt_tokens:>14,}{s.completion_tokens:>16,}"
                  f"{_money(s.cost):>12}")
     lines.append(f"  tokens/s         {s.tokens_per_s:,.0f} (generated {s.completion_tokens_per_s:,.0f})")
+    if s.filters:
+        lines.append(f"  filters: {s.filters}")
     if s.sandbox_leased is not None:
         lines.append(f"  sandbox leases held at the end: {s.sandbox_leased}")
     return "\n".join(lines)

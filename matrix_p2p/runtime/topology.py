@@ -11,7 +11,9 @@ Layout of one workflow namespace (``<prefix>`` is ``mx`` unless the file says so
   replayable; sinks read it with their own durable consumers);
 - ``<prefix>.<wf>.dlq`` on ``<PREFIX>_<WF>_DLQ``: the original bytes, with headers
   ``Mx-Reason``, ``Mx-Subject`` and optionally ``Mx-Task`` and ``Mx-Truncated``;
-- key-value bucket ``<PREFIX>_<WF>_SUBMITTED``: the ids ``submit`` has created.
+- key-value bucket ``<PREFIX>_<WF>_SUBMITTED``: the ids ``submit`` has created;
+- object bucket ``<PREFIX>_<WF>_OBJECTS``: offloaded large values (``offload``);
+- key-value bucket ``<PREFIX>_<WF>_SEEN``: the fleet's seen-set (``seen``: dedup claims).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ TRUNCATED = "Mx-Truncated"
 class Names:
     """The names of one workflow namespace."""
 
-    __slots__ = ("dlq", "dlq_stream", "done", "failed", "prefix", "results_stream",
-                 "submitted_bucket", "task_prefix", "tasks_stream", "workflow")
+    __slots__ = ("dlq", "dlq_stream", "done", "failed", "objects_bucket", "prefix",
+                 "results_stream", "seen_bucket", "submitted_bucket", "task_prefix",
+                 "tasks_stream", "workflow")
 
     def __init__(self, workflow: str, prefix: str = "mx") -> None:
         self.workflow = workflow
@@ -50,6 +53,8 @@ class Names:
         self.results_stream = f"{up}_RESULTS"
         self.dlq_stream = f"{up}_DLQ"
         self.submitted_bucket = f"{up}_SUBMITTED"
+        self.objects_bucket = f"{up}_OBJECTS"
+        self.seen_bucket = f"{up}_SEEN"
 
     @classmethod
     def of(cls, spec: WorkflowSpec) -> Names:

@@ -2,18 +2,21 @@
 
 One hop, as in DESIGN.md: fetch only as many messages as there are free
 slots; ask the pure hop machine (``hop.Hop``) what to do with each message;
-run ``agent.handle`` while a heartbeat keeps ``ack_wait`` short; ask again;
-carry out the action: publish the next envelope with msg-id ``<task>:<hop>``
-and await its PubAck, and only then ack the input (or nak it, or dead-letter
-it). A crash anywhere redelivers, and the msg-id dedups the republish. This
-module does the I/O the actions name and nothing else.
+run ``agent.handle`` (between resolving and re-offloading the task's large
+values: ``offload``) while a heartbeat keeps ``ack_wait`` short; ask again;
+carry out the action: publish the next envelope (after the children of a
+fan-out) with msg-id ``<task>:<hop>`` and await its PubAck, and only then ack
+the input (or nak it, or dead-letter it). A crash anywhere redelivers, and the
+msg-id dedups the republish. This module does the I/O the actions name and
+nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import msgspec
 import structlog
@@ -34,13 +37,17 @@ from matrix_p2p.runtime.hop import (
     AgentOutcome,
     AgentRetry,
     DeadLetter,
+    FanOut,
     Handled,
     Hop,
     Nak,
     Publish,
     RunAgent,
     classify,
+    spawn,
 )
+from matrix_p2p.runtime.offload import MissingObject, Offloader
+from matrix_p2p.runtime.seen import KVSeenSet
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow.spec import RoleSpec, WorkflowSpec
 
@@ -60,6 +67,7 @@ class WorkerStats(msgspec.Struct):
     retried: int = 0
     redelivered: int = 0
     dead_lettered: int = 0
+    spawned: int = 0  # children of fan-outs
     publish_errors: int = 0
     inflight: int = 0
     max_inflight: int = 0
@@ -89,6 +97,8 @@ class RoleWorker:
         stats: WorkerStats,
         resources: Resources | None = None,
         clock: Callable[[], float] = time.time,
+        offloader: Offloader | None = None,
+        seen: KVSeenSet | None = None,
         metrics: Recorder | None = None,
         beat: Callable[[], None] = lambda: None,
     ) -> None:
@@ -103,6 +113,8 @@ class RoleWorker:
         self.resources = resources or Resources()
         self.names = Names.of(spec)
         self.hop = Hop(spec, role, bus.max_payload)
+        self.offload = offloader or Offloader(bus, spec)
+        self.seen = seen or KVSeenSet(bus, spec)
         self.resource = spec.llm_for(role.name)
         self.log = log.bind(role=role.name, workflow=spec.name)
         self._inflight: dict[Delivery, float] = {}
@@ -225,8 +237,9 @@ class RoleWorker:
                 self.log.info("worker.redelivered", task=task.id, hop=task.hop,
                               delivery=d.num_delivered)
             held = {lease.ref for lease in task.leases}
-            outcome = await self._run_agent(task)
-            action = self.hop.after_agent(task, outcome, d.num_delivered, now=self.clock())
+            outcome, children = await self._run_offloaded(task)
+            action = self.hop.after_agent(task, outcome, d.num_delivered, now=self.clock(),
+                                          children=children)
             if isinstance(action, Nak):
                 # the hop runs again from the envelope as it arrived: a lease taken during
                 # this attempt is not in it, so give it back now rather than at its TTL
@@ -237,10 +250,33 @@ class RoleWorker:
             action = first
         await self._carry_out(d, action)
 
-    async def _run_agent(self, task: Task) -> AgentOutcome:
+    async def _run_offloaded(self, task: Task) -> tuple[AgentOutcome, list[Task]]:
+        """The agent between resolving the task's offloaded values and offloading them
+        again (``offload``): it sees plain values; the next envelopes (the task's, and
+        its children's if it spawned any) carry references."""
+        try:
+            resolved = await self.offload.load(task)
+        except MissingObject as exc:
+            return AgentFailed(reason=str(exc)), []
+        except BusError as exc:
+            return AgentRetry(reason=f"cannot read offloaded values: {exc}"), []
+        spawned: list[dict[str, Any]] = []
+        outcome = await self._run_agent(task, spawned)
+        # copied before the parent's values become references: children get their own objects
+        children = spawn(task, spawned) if spawned and isinstance(outcome, Handled) else []
+        try:
+            await self.offload.store(task, resolved)
+            for child in children:
+                await self.offload.store(child)
+        except BusError as exc:
+            return AgentRetry(reason=f"cannot offload values: {exc}"), []
+        return outcome, children
+
+    async def _run_agent(self, task: Task, spawned: list[dict[str, Any]]) -> AgentOutcome:
         ctx = Context(
             task=task, role=self.role, spec=self.spec, llm=self.llm, resource=self.resource,
-            log=self.log, now=self.clock(), resources=self.resources,
+            log=self.log, now=self.clock(), resources=self.resources, children=spawned,
+            seen=self.seen,
         )
         try:
             async with asyncio.timeout(self.role.hop_timeout_s):
@@ -271,11 +307,16 @@ class RoleWorker:
             await d.nak(delay=action.after_s)
         elif isinstance(action, DeadLetter):
             await self._dead_letter(d, action)
+        elif isinstance(action, FanOut):
+            await self._publish_then_ack(d, action.parent, children=action.children)
         else:
             await self._publish_then_ack(d, action)
 
-    async def _publish_then_ack(self, d: Delivery, p: Publish) -> None:
+    async def _publish_then_ack(self, d: Delivery, p: Publish, children: Sequence[Publish] = ()
+                                ) -> None:
         try:
+            for child in children:  # before the parent's end: a crash redoes them all
+                await self.bus.publish(child.subject, child.data, msg_id=child.msg_id)
             await self.bus.publish(p.subject, p.data, msg_id=p.msg_id)
         except BusError as exc:
             # Not acked: the input comes back after ack_wait and the hop runs again.
@@ -289,6 +330,9 @@ class RoleWorker:
         self._outcome[d] = p.outcome
         if p.ends_task and p.task.leases:
             await self.resources.release_all(p.task.leases, task=p.task.id)
+        for child in children:
+            self.stats.spawned += 1
+            self.log.debug("task.spawned", task=child.task.id, parent=p.task.id)
         if p.outcome == "forwarded":
             self.stats.forwarded += 1
         elif p.outcome == "done":
@@ -337,6 +381,8 @@ async def serve_roles(
     for agent in agents.values():
         await agent.setup()
     readies = [asyncio.Event() for _ in roles]
+    offloader = Offloader(bus, spec)  # one object bucket handle for every role
+    seen = KVSeenSet(bus, spec)
     tasks_stream = Names.of(spec).tasks_stream
 
     async def consumers() -> dict[str, ConsumerStats | None]:
@@ -351,7 +397,7 @@ async def serve_roles(
                 rw = RoleWorker(
                     bus=bus, spec=spec, role=role, agent=agents[name], llm=llm_for.get(name),
                     concurrency=concurrency or role.concurrency, stats=stats, resources=resources,
-                    metrics=metrics, beat=beat,
+                    offloader=offloader, seen=seen, metrics=metrics, beat=beat,
                 )
                 tg.create_task(rw.run(stop, role_ready, drain_timeout))
             if ready is not None:

@@ -13,6 +13,9 @@ The bundled workflows' agents parse these answers, so the protocol is fixed:
    line is ``Answer: X``, present even when ``max_tokens`` caps the output.
 3. Otherwise: filler words.
 
+The NaturalReasoning workflow's prompts are answered first, by ``nr.py`` (its
+own protocol is in that module's docstring).
+
 Filler words fill the answer up to the sampled length (one word = one token),
 before the final lines, so that the answer line is never cut off.
 """
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import random
 import re
+
+from matrix_p2p.sim.nr import respond_nr
 
 JUDGE_MARKER = "Verdict: AGREE or DISAGREE"
 CHOICE_MARKER = "Answer: <letter>"
@@ -103,6 +108,8 @@ def choose(text: str, rng: random.Random, agree_prob: float) -> str:
 
 def respond(text: str, n_tokens: int, rng: random.Random, agree_prob: float = 0.6) -> str:
     """The answer to a prompt ``text`` with about ``n_tokens`` words (see module doc)."""
+    if (nr := respond_nr(text, n_tokens, rng)) is not None:
+        return nr
     if JUDGE_MARKER in text:
         return _with_tail(judge_tail(text), n_tokens, rng)
     if CHOICE_MARKER in text:

@@ -120,6 +120,7 @@ class SinkSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # record each turn's request messages in the envelope and the row (they grow with
     # the dialogue, so envelopes get much bigger)
     messages: bool = False
+    kept_only: bool = False  # write only done rows with result.kept true (document filters)
 
 
 class Limits(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -128,6 +129,10 @@ class Limits(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     ack_wait_s: float = 30.0
     max_inflight: int = 10000  # admission window of `submit`: tasks alive in the stream
     retry_backoff_s: float = 2.0
+    # a row or state value bigger than this (msgpack bytes) travels in the object store,
+    # the envelope carrying a reference (runtime/offload.py); null: never offload
+    offload_bytes: int | None = 256 * 1024
+    offload_ttl_s: float = 7 * 86400.0  # backstop: objects a crashed hop orphaned expire
 
 
 class WorkflowSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -274,6 +279,8 @@ def _check(spec: WorkflowSpec) -> None:
         fail("limits.ack_wait_s", "must be at least 1 second")
     if lim.max_inflight < 1:
         fail("limits.max_inflight", "must be at least 1")
+    if lim.offload_bytes is not None and lim.offload_bytes < 1024:
+        fail("limits.offload_bytes", "must be at least 1024 (or null: never offload)")
     for rname, res in spec.resources.llm.items():
         if res.max_tokens < 1:
             fail(f"resources.llm.{rname}.max_tokens", "must be at least 1")

@@ -28,7 +28,7 @@ from matrix_p2p.workflow.refs import import_ref
 from matrix_p2p.workflow.spec import PythonRouting, WorkflowSpec
 
 Mode = Literal["check", "reuse", "new"]
-_NS_RE = re.compile(r"~v(?P<ns>[0-9a-f]{8})(?=~|$)")
+_NS_RE = re.compile(r"~v(?P<ns>[0-9a-f]{8})(?=~|/|$)")  # "/": a fan-out child, its parent's
 
 
 def code_hash(spec: WorkflowSpec) -> str:

@@ -18,8 +18,10 @@ from matrix_p2p.workflow.spec import WorkflowSpec
 async def run_until(bus: Bus, spec: WorkflowSpec, out: Path, expect: int, *,
                     deadline_s: float = 60.0, llm_for: dict[str, Any] | None = None,
                     submit_rows: bool = True, concurrency: int | None = None,
-                    resources: Resources | None = None,
+                    resources: Resources | None = None, fan_out: bool = False,
                     ) -> tuple[Sink, WorkerStats, SubmitResult]:
+    """Serve, submit, and sink until ``expect`` tasks are written (``fan_out``: and every
+    child their parents announced)."""
     stop = asyncio.Event()
     stats = WorkerStats()
     sink = Sink(bus, spec, out)
@@ -30,7 +32,19 @@ async def run_until(bus: Bus, spec: WorkflowSpec, out: Path, expect: int, *,
                                              resources=resources))
         if submit_rows:
             sub = await submit(bus, spec)
-        await sink.run(asyncio.Event(), expect=expect)
+        if fan_out:
+            stop_sink = asyncio.Event()
+
+            async def watch() -> None:
+                while not sink.finished(expect):
+                    sink.changed.clear()
+                    await sink.changed.wait()
+                stop_sink.set()
+
+            tg.create_task(watch())
+            await sink.run(stop_sink)
+        else:
+            await sink.run(asyncio.Event(), expect=expect)
         stop.set()
         await workers
     return sink, stats, sub

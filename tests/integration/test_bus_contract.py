@@ -176,6 +176,9 @@ async def test_key_value_creates_once(any_bus: Bus) -> None:
     assert await (await any_bus.key_value(bucket)).create("task-1") is False  # reopened
     assert await kv.exists("task-1") is True
     assert await kv.exists("task-2") is False
+    assert await kv.create("owned", b"task-9") is True
+    assert await kv.get("owned") == b"task-9"
+    assert await kv.get("task-2") is None
 
 
 async def test_reading_a_stream_back(any_bus: Bus) -> None:
@@ -232,3 +235,24 @@ async def test_refusals_are_worded_alike(any_bus: Bus) -> None:
     with pytest.raises(BusError) as over:
         await any_bus.publish(f"{ns.prefix}l.x", b"x" * 101)
     assert str(over.value) == f"publish to {ns.prefix}l.x refused: message size exceeds maximum allowed"
+
+
+async def test_object_store_put_get_delete(any_bus: Bus) -> None:
+    bucket = f"objs{next(_ids)}x{os.getpid()}"
+    objs = await any_bus.object_store(bucket)
+    big = os.urandom(3 * 1024 * 1024 + 7)  # many chunks, over a 1 MB max_payload
+    await objs.put("task-1/abc", big)
+    await objs.put("task-1/small", b"x")
+    assert await objs.get("task-1/abc") == big
+    assert await (await any_bus.object_store(bucket)).get("task-1/small") == b"x"  # reopened
+    await objs.put("task-1/small", b"yz")  # replaced
+    assert await objs.get("task-1/small") == b"yz"
+    assert await objs.delete("task-1/abc") is True
+    assert await objs.get("task-1/abc") is None
+    assert await objs.delete("task-1/abc") is False
+    assert await objs.get("never") is None
+    assert await objs.delete("task-1/small") is True
+    if not isinstance(any_bus, MemoryBus):  # nothing left behind, not even a tombstone
+        from matrix_p2p.bus.objects import stream_of
+
+        assert await any_bus.stream_msgs(stream_of(bucket)) == 0
