@@ -75,3 +75,16 @@ def test_summary_says_what_sandbox_leases_were_left(tmp_path: Path) -> None:
     assert "sandbox leases" not in render(summarize(r, spec))  # no sandbox server in this run
     r.sandbox_leased = 0
     assert render(summarize(r, spec)).splitlines()[-1] == "  sandbox leases held at the end: 0"
+
+
+def test_summary_counts_children_and_filters(tmp_path: Path) -> None:
+    from matrix_p2p.runtime.filter_counts import FilterCounts
+
+    spec = make_spec(tmp_path, PRICED, [])
+    r = result(tmp_path / "o.jsonl", {})
+    r.rows, r.expected = 15, 12
+    r.filters = FilterCounts(kept=10, filtered={"langid": 3})
+    s = summarize(r, spec)
+    lines = render(s).splitlines()
+    assert lines[0].endswith(f"15/12 (+3 children) rows in {tmp_path / 'o.jsonl'}")
+    assert lines[-1] == "  filters: kept 10, filtered 3 (langid 3), failed 0"
