@@ -81,7 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = await run_workflow(spec, opts, stop)
         s = summary.summarize(result, spec)
         path = summary.write_json(s)
-        print(summary.render(s) + f"\n  summary: {path}", file=sys.stderr)
+        head, *table = summary.render(s).splitlines()
+        print("\n".join([head, f"  summary: {path}", *table]), file=sys.stderr)
         if result.interrupted:
             return 130
         if result.dataset_failed and not args.accept_failures:

@@ -242,3 +242,21 @@ def test_worker_process_notifies_ready_then_stopping_on_sigterm(
 
         # an LLM-free worker never opens the fleet's key-value bucket
         assert not asyncio.run(fleet_bucket_exists())
+
+
+def test_run_ends_with_a_summary_table_and_json(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, DUMMY_YAML, [{"n": i} for i in range(20)])
+    out = tmp_path / "out" / "rows.jsonl"
+    r = procs.mx("run", str(spec.path), "--no-progress", "--out", str(out), "--store",
+                 str(tmp_path / "store"), "--sync-interval", "--metrics-port", "0")
+    assert r.returncode == 0, r.stderr
+    assert '"event": "metrics.serving"' in r.stderr and '"process": "run"' in r.stderr
+    lines = r.stderr.splitlines()
+    [head] = [i for i, line in enumerate(lines) if line.startswith(f"{spec.name}: finished in ")]
+    assert lines[head].endswith(f"; 20/20 rows in {out}")
+    assert lines[head + 1] == f"  summary: {out}.summary.json"
+    assert lines[head + 2].split()[:7] == ["tasks", "this", "run", "20", "done", "0", "failed"]
+    assert lines[head + 3] == "  output: 20 done, 0 failed"
+    summary = json.loads((tmp_path / "out" / "rows.jsonl.summary.json").read_text())
+    assert (summary["done"], summary["rows"], summary["cost"]) == (20, 20, None)
+    assert summary["roles"] == []  # the dummy agents call no LLM
