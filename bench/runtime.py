@@ -18,6 +18,7 @@ from typing import Any
 
 from bench import harness, relay
 from bench.procs import Child, cpu_s, py
+from matrix_p2p.metrics import Metrics
 from matrix_p2p.runtime.worker import WorkerStats, serve_roles
 from matrix_p2p.workflow.loader import load
 
@@ -25,8 +26,9 @@ ROW_CHARS = 1000  # with the turns, the envelope is about 1-3 KB (2 KB on averag
 
 
 async def hop_run(kind: str, procs: int, n_tasks: int, *, sync: str = "always",
-                  timeout: float = 300.0) -> dict[str, Any]:
-    """One measurement. ``kind``: relay | runtime; ``procs``: 0 = in this process."""
+                  timeout: float = 300.0, metrics: bool = False) -> dict[str, Any]:
+    """One measurement. ``kind``: relay | runtime; ``procs``: 0 = in this process.
+    ``metrics``: the runtime records Prometheus metrics (``--metrics-port 0``)."""
     spec = load("dummy")
     entry = spec.entry_role()
     async with harness.broker(sync) as (server, bus):
@@ -44,7 +46,8 @@ async def hop_run(kind: str, procs: int, n_tasks: int, *, sync: str = "always",
                 else:
                     inproc = asyncio.create_task(serve_roles(
                         bus, spec, list(spec.roles), llm_for={}, stop=stop, stats=WorkerStats(),
-                        ready=ready, drain_timeout=5.0))
+                        ready=ready, drain_timeout=5.0,
+                        metrics=Metrics() if metrics else None))
                 async with asyncio.timeout(30):
                     await ready.wait()
             else:
@@ -54,7 +57,8 @@ async def hop_run(kind: str, procs: int, n_tasks: int, *, sync: str = "always",
                         marker = "relay.ready"
                     else:
                         args = py("-m", "matrix_p2p", "worker", "dummy",
-                                  "--role", "all", "--nats", server.url, "--drain-timeout", "5")
+                                  "--role", "all", "--nats", server.url, "--drain-timeout", "5",
+                                  *(["--metrics-port", "0"] if metrics else []))
                         marker = "worker.ready"
                     children.append(await Child(args, marker, f"{kind}-{i}").start())
             nats_pid = server.pid or -1
@@ -73,7 +77,7 @@ async def hop_run(kind: str, procs: int, n_tasks: int, *, sync: str = "always",
                 await inproc
         results = await harness.read_results(bus, spec, n_tasks)
     out = harness.hop_summary(results, t0)
-    out.update(kind=kind, procs=procs, sync=sync,
+    out.update(kind=kind, procs=procs, sync=sync, metrics=metrics,
                worker_cpu_s=round(sum(v for p, v in cpu.items() if p != nats_pid), 2),
                nats_cpu_s=cpu.get(nats_pid, 0.0))
     return out

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +67,20 @@ async def rig(request: pytest.FixtureRequest, nats_server: EmbeddedNats) -> Asyn
     yield r
     await r.bus.close()
 
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[str, socket.socket]]:
+    """A fake systemd notify socket (AF_UNIX datagrams), non-blocking. A short directory:
+    AF_UNIX paths are limited to 107 bytes, pytest's tmp_path can be longer."""
+    with tempfile.TemporaryDirectory(prefix="mx-sd-") as d:
+        path = str(Path(d) / "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.setblocking(False)
+        try:
+            yield path, sock
+        finally:
+            sock.close()
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +40,18 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def stop_process(p: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
+    """Signal ``p`` by PID (SIGTERM: a drain), SIGKILL it if it lingers; its exit status."""
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return p.returncode
+
+
 class Proc:
     def __init__(self, args: list[str], log: Path) -> None:
         self.args = args
@@ -52,15 +65,9 @@ class Proc:
         return self.p.pid
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-            try:
-                self.p.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
+        code = stop_process(self.p, sig, timeout)
         self._fh.close()
-        return self.p.returncode
+        return code
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

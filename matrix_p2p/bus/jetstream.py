@@ -287,6 +287,7 @@ class JetStreamBus:
             ack_pending=int(info.num_ack_pending or 0),
             redelivered=int(info.num_redelivered or 0),
             waiting=int(info.num_waiting or 0),
+            delivered=int(info.delivered.consumer_seq or 0) if info.delivered else 0,
         )
 
     async def close(self) -> None:

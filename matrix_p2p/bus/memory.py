@@ -82,6 +82,7 @@ class _Consumer:
         self.due: dict[int, float] = {}  # pending (unacked) seq -> when to redeliver
         self.count: dict[int, int] = {}  # pending seq -> deliveries so far
         self.waiting = 0
+        self.delivered = 0  # deliveries so far, as JetStream's consumer sequence
 
     def wants(self, m: StoredMsg) -> bool:
         f = self.d.filter_subject
@@ -110,6 +111,7 @@ class _Consumer:
     def _deliver(self, m: StoredMsg, now: float) -> tuple[StoredMsg, int]:
         self.due[m.seq] = now + self.d.ack_wait_s
         n = self.count[m.seq] = self.count.get(m.seq, 0) + 1
+        self.delivered += 1
         return m, n
 
     def forget(self, seq: int) -> None:
@@ -400,7 +402,7 @@ class MemoryBus:
             return None
         return ConsumerStats(pending=c.unseen(), ack_pending=len(c.due),
                              redelivered=sum(1 for n in c.count.values() if n > 1),
-                             waiting=c.waiting)
+                             waiting=c.waiting, delivered=c.delivered)
 
     async def close(self) -> None:
         """Later operations fail as on a closed connection; waiting fetches wake up."""

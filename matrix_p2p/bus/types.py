@@ -102,6 +102,7 @@ class ConsumerStats(msgspec.Struct):
     ack_pending: int
     redelivered: int
     waiting: int
+    delivered: int = 0  # deliveries so far, redeliveries included (the consumer's sequence)
 
 
 class Delivery(Protocol):

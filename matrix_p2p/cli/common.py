@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -17,6 +18,7 @@ import structlog
 from matrix_p2p import logs
 from matrix_p2p.bus import Bus, ConnectOptions, connect
 from matrix_p2p.errors import ConfigError
+from matrix_p2p.metrics import Recorder
 from matrix_p2p.workflow.loader import load
 from matrix_p2p.workflow.spec import WorkflowSpec
 
@@ -69,6 +71,24 @@ def add_stream_replicas(p: argparse.ArgumentParser) -> None:
                    help="JetStream stream replicas on a cluster, e.g. 3 (default: keep the "
                         "existing streams' setting; new streams get 1; --replicas is the "
                         "old spelling)")
+
+
+def add_metrics(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Prometheus metrics")
+    g.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve /metrics on this port (0: a free one, logged as metrics.serving); "
+                        "default: no metrics")
+    g.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address to serve /metrics on (default 127.0.0.1; 0.0.0.0 for a scraper "
+                        "on another host)")
+
+
+def metrics(args: argparse.Namespace, what: str) -> contextlib.AbstractAsyncContextManager[Recorder]:
+    """The process's metrics for ``--metrics-port`` / ``--metrics-host`` (``NullMetrics`` without)."""
+    from matrix_p2p.metrics import serving
+
+    positive("--metrics-port", args.metrics_port, allow_zero=True)
+    return serving(args.metrics_port, args.metrics_host, what=what)
 
 
 def add_llm_urls(p: argparse.ArgumentParser, default: str) -> None:

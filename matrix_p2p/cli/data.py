@@ -28,6 +28,7 @@ def add_parsers(sub: Any) -> None:
     common.add_version_mode(s)
     common.add_source(s)
     common.add_stream_replicas(s)
+    common.add_metrics(s)
     common.add_nats(s, required=True)
     common.add_common(s)
     s.set_defaults(fn=cmd_submit)
@@ -48,6 +49,7 @@ def add_parsers(sub: Any) -> None:
                    help="consumer name (default sink-<output file name>: progress belongs to the "
                         "dataset, not its path; give two same-named outputs distinct names)")
     common.add_stream_replicas(k)
+    common.add_metrics(k)
     common.add_nats(k, required=True)
     common.add_common(k)
     k.set_defaults(fn=cmd_sink)
@@ -57,6 +59,11 @@ def add_parsers(sub: Any) -> None:
         "Read the workflow's streams and consumers and print their state.")
     common.add_workflow(st)
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--sample", type=float, default=2.0, metavar="S",
+                    help="measure hops/s per role over S seconds (default 2; 0: no rates)")
+    st.add_argument("--window", type=float, default=60.0, metavar="S",
+                    help="finished tasks/s, tokens/s and the ETA over the last S seconds "
+                         "(default 60)")
     common.add_nats(st, required=True)
     common.add_common(st)
     st.set_defaults(fn=cmd_status)
@@ -77,8 +84,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         digest = code_hash(spec)
         ns = await resolve(bus, Names.of(spec).submitted_bucket, spec, digest, args.version_mode,
                            replicas=args.stream_replicas)
-        r = await submit(bus, spec, limit=args.limit, stop=stop, replicas=args.stream_replicas,
-                         namespace=ns, code_version=digest)
+        async with common.metrics(args, "submit") as metrics:
+            r = await submit(bus, spec, limit=args.limit, stop=stop, replicas=args.stream_replicas,
+                             namespace=ns, code_version=digest, metrics=metrics)
         print(f"submitted {r.submitted} new tasks, {r.already} already submitted, "
               f"{r.bad_rows} bad rows (recorded as failed)", file=sys.stderr)
         if args.retry_failed:
@@ -93,18 +101,30 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_sink(args: argparse.Namespace) -> int:
     from matrix_p2p.runtime.sink import Sink
+    from matrix_p2p.sdnotify import Liveness, supervise
 
     common.positive("--expect", args.expect, allow_zero=True)
     common.positive("--timeout", args.timeout)
     common.positive("--stream-replicas", args.stream_replicas)
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
-        sink = Sink(bus, spec, Path(args.out), durable=args.durable, replicas=args.stream_replicas,
-                    kept_only=args.kept_only)
-        try:
-            async with asyncio.timeout(args.timeout):
-                n = await sink.run(stop, expect=args.expect)
-        except TimeoutError:
+        ready, written = asyncio.Event(), asyncio.Event()
+        alive = Liveness(60.0)  # a fetch waits at most 1 s; a batch's write and fsync, seconds
+        n: int | None = None
+        async with common.metrics(args, "sink") as metrics, asyncio.TaskGroup() as tg:
+            sink = Sink(bus, spec, Path(args.out), durable=args.durable,
+                        replicas=args.stream_replicas, kept_only=args.kept_only, metrics=metrics)
+            sink.beat = alive.beat
+            tg.create_task(supervise(ready, stop, written, alive=alive,
+                                     status=f"writing {spec.name} to {args.out}"))
+            try:
+                async with asyncio.timeout(args.timeout):
+                    n = await sink.run(stop, expect=args.expect, ready=ready)
+            except TimeoutError:
+                pass
+            finally:
+                written.set()
+        if n is None:
             print(f"matrix_p2p: error: timed out after {args.timeout}s with {sink.count}"
                   f"/{args.expect} tasks in {args.out}", file=sys.stderr)
             return 1
@@ -119,10 +139,17 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from matrix_p2p.runtime.rates import measure
     from matrix_p2p.runtime.status import render_status, workflow_status
+
+    common.positive("--sample", args.sample, allow_zero=True)
+    common.positive("--window", args.window)
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         st = await workflow_status(bus, spec)
+        if args.sample:
+            st.rates = await measure(bus, spec, sample_s=args.sample, window_s=args.window,
+                                     stop=stop)
         print(msgspec.json.encode(st).decode() if args.json else render_status(st))
         return 0
 

@@ -46,19 +46,22 @@ def add_parsers(sub: Any) -> None:
                    help="exit 0 even when some tasks failed")
     common.add_version_mode(r)
     common.add_fleet_state(r)
+    common.add_metrics(r)
     common.add_nats(r, required=False)
     common.add_common(r)
     r.set_defaults(fn=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from matrix_p2p.runtime.local_run import RunOptions, run_workflow, summary_line
+    from matrix_p2p.runtime import summary
+    from matrix_p2p.runtime.local_run import RunOptions, run_workflow
     from matrix_p2p.runtime.rows import with_source
     from matrix_p2p.workflow.loader import load
 
     common.positive("--limit", args.limit, allow_zero=True)
     common.positive("--concurrency", args.concurrency)
     common.positive("--sim-replicas", args.sim_replicas)
+    common.positive("--metrics-port", args.metrics_port, allow_zero=True)
     spec = with_source(load(args.workflow), args.source)
     opts = RunOptions(
         limit=args.limit, out=args.out,
@@ -69,13 +72,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency, progress=not args.no_progress,
         fleet_state=not args.no_fleet_state, retry_failed=args.retry_failed,
         version_mode=args.version_mode, kept_only=args.kept_only,
+        metrics_port=args.metrics_port, metrics_host=args.metrics_host,
     )
 
     async def main() -> int:
         stop = asyncio.Event()
         common.install_signals(stop, "draining in-flight tasks; re-run the same command to resume")
         result = await run_workflow(spec, opts, stop)
-        print(summary_line(result), file=sys.stderr)
+        s = summary.summarize(result, spec)
+        path = summary.write_json(s)
+        head, *table = summary.render(s).splitlines()
+        print("\n".join([head, f"  summary: {path}", *table]), file=sys.stderr)
         if result.interrupted:
             return 130
         if result.dataset_failed and not args.accept_failures:

@@ -34,15 +34,17 @@ def add_parsers(sub: Any) -> None:
                    help="on stop, wait this long for in-flight hops, then hand them back")
     common.add_fleet_state(w)
     common.add_stream_replicas(w)
+    common.add_metrics(w)
     common.add_nats(w, required=True)
     common.add_common(w)
     w.set_defaults(fn=cmd_worker)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from matrix_p2p.resources.llm import open_fleet_state, open_llms
+    from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
     from matrix_p2p.resources.sandbox import open_sandboxes
     from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+    from matrix_p2p.sdnotify import Liveness, supervise
 
     if args.workflow and args.workflow_flag:
         raise ConfigError("worker: give the workflow once (positional WORKFLOW)")
@@ -60,23 +62,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         roles = common.roles_list(args.role, spec)
         stats = WorkerStats()
-        async with open_fleet_state(bus, enabled=not args.no_fleet_state) as fleet, \
-                open_llms(spec, roles, common.llm_urls(args), fleet=fleet) as llms, \
+        # systemd's watchdog: the fetch loops beat; a full worker beats as hops end (each
+        # bounded by its hop_timeout_s)
+        alive = Liveness(60.0 + max(spec.roles[r].hop_timeout_s for r in roles))
+        async with common.metrics(args, f"worker-{args.role}") as metrics, \
+                open_fleet_state(bus, enabled=uses_llm(spec, roles) and not args.no_fleet_state) as fleet, \
+                open_llms(spec, roles, common.llm_urls(args), fleet=fleet,
+                          recorder=metrics) as llms, \
                 open_sandboxes(spec, common.sandbox_urls(args)) as resources:
             ready = asyncio.Event()
+            served = asyncio.Event()
 
             async def announce() -> None:
                 await ready.wait()
                 common.log.info("worker.ready", workflow=spec.name, roles=roles, pid=os.getpid(),
                                 nats=nats_url)
 
+            async def serve() -> None:
+                try:
+                    await serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop,
+                                      concurrency=args.concurrency, stats=stats, ready=ready,
+                                      drain_timeout=args.drain_timeout,
+                                      replicas=args.stream_replicas, resources=resources,
+                                      metrics=metrics, beat=alive.beat)
+                finally:
+                    served.set()
+
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(announce())
-                tg.create_task(serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop,
-                                           concurrency=args.concurrency, stats=stats,
-                                           ready=ready, drain_timeout=args.drain_timeout,
-                                           replicas=args.stream_replicas,
-                                           resources=resources))
+                tg.create_task(supervise(ready, stop, served, alive=alive,
+                                         status=f"serving {','.join(roles)} of {spec.name}"))
+                tg.create_task(serve())
         common.log.info("worker.stopped", **msgspec.structs.asdict(stats))
         return 0
 

@@ -34,7 +34,7 @@ from matrix_p2p.llm.config import LLMConfig
 from matrix_p2p.llm.endpoints import Endpoints
 from matrix_p2p.llm.fleet import FleetState
 from matrix_p2p.llm.fleet_sync import FleetSync
-from matrix_p2p.llm.outcomes import Outcomes
+from matrix_p2p.llm.outcomes import AttemptRecorder, Outcomes
 from matrix_p2p.llm.pool import Endpoint, EndpointStats, StickyMap, normalise_url
 from matrix_p2p.llm.types import ErrorKind, LLMError, LLMResponse, LLMResult
 
@@ -65,6 +65,7 @@ class LLMClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         worker_id: str | None = None,
+        recorder: AttemptRecorder | None = None,
     ) -> None:
         self.config = config
         self.fleet = fleet
@@ -79,7 +80,7 @@ class LLMClient:
                                 interval_s=config.fleet_publish_interval_s,
                                 clock=clock, wall_clock=wall_clock)
         self._outcomes = Outcomes(clock=clock, wall_clock=wall_clock,
-                                  publish=self._fleet.maybe_publish)
+                                  publish=self._fleet.maybe_publish, recorder=recorder)
         self._admission = Admission(config, self._endpoints, clock)
         self._sticky = StickyMap(config.sticky_capacity)
         self._usage_by_role: dict[str, Usage] = {}
@@ -235,10 +236,12 @@ class LLMClient:
                 continue
             ep = got
             attempts += 1
+            t0 = self.clock()
             try:
                 result = await self._attempt(ep, kind, body, attempts)
             finally:
                 self._admission.release(ep)
+            self._outcomes.finished(ep, result, self.clock() - t0)
             if isinstance(result, LLMResponse):
                 self._account(ep, role, result)
                 if sticky is not None:
@@ -268,6 +271,7 @@ class LLMClient:
     def _account(self, ep: Endpoint, role: str, r: LLMResponse) -> None:
         u = Usage(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens)
         self._usage_by_role[role] = self._usage_by_role.get(role, Usage()) + u
+        self._outcomes.tokens(role, r)
         ep.usage = ep.usage + u
         self.total_completion_tokens += r.completion_tokens
 

@@ -10,11 +10,12 @@ either may be worth telling the fleet (``publish``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
 from matrix_p2p.llm.pool import Endpoint
-from matrix_p2p.llm.types import ErrorKind, LLMError, LLMResult
+from matrix_p2p.llm.types import ErrorKind, LLMError, LLMResponse, LLMResult
 from matrix_p2p.llm.wire import BadResponse, decode_completion
 
 log = structlog.get_logger(__name__)
@@ -22,16 +23,40 @@ log = structlog.get_logger(__name__)
 Publish = Callable[[Endpoint, bool], None]  # (endpoint, urgent)
 
 
+class AttemptRecorder(Protocol):
+    """Where attempts are counted (``matrix_p2p.metrics`` implements it; this package
+    never imports prometheus). Called once per finished attempt and per LLM answer."""
+
+    def attempt(self, endpoint: str, seconds: float, code: int | str, limit: int) -> None:
+        """``code``: the HTTP status, or the error kind when there was none."""
+
+    def tokens(self, role: str, prompt: int, completion: int) -> None: ...
+
+
 class Outcomes:
     """Records outcomes on endpoints. ``publish(ep, urgent)`` is told whenever
     an endpoint's state changed in a way the fleet may care about."""
 
     def __init__(
-        self, *, clock: Callable[[], float], wall_clock: Callable[[], float], publish: Publish
+        self, *, clock: Callable[[], float], wall_clock: Callable[[], float], publish: Publish,
+        recorder: AttemptRecorder | None = None,
     ) -> None:
         self._clock = clock
         self._wall_clock = wall_clock
         self._publish = publish
+        self._recorder = recorder
+
+    def finished(self, ep: Endpoint, result: LLMResult, seconds: float) -> None:
+        """One attempt ended with ``result`` (after ``answer`` or ``failed`` gave it its
+        meaning): count it by code, with its latency and the endpoint's limit now."""
+        if self._recorder is not None:
+            code = 200 if isinstance(result, LLMResponse) else (result.status or result.kind)
+            self._recorder.attempt(ep.url, seconds, code, ep.limiter.limit)
+
+    def tokens(self, role: str, result: LLMResponse) -> None:
+        """A completion's usage, for the role that asked."""
+        if self._recorder is not None:
+            self._recorder.tokens(role, result.prompt_tokens, result.completion_tokens)
 
     def answer(
         self, ep: Endpoint, status: int, raw: bytes, retry_after: float | None, *,

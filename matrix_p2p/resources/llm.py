@@ -9,8 +9,10 @@ from typing import Any
 
 from matrix_p2p.agent import ChatClient
 from matrix_p2p.bus import Bus
+from matrix_p2p.envelope import Usage
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.llm import FleetState, LLMClient, LLMConfig
+from matrix_p2p.llm.outcomes import AttemptRecorder
 from matrix_p2p.workflow.spec import LLMResource, WorkflowSpec
 
 
@@ -24,6 +26,14 @@ class LLMSet:
     @property
     def completion_tokens(self) -> int:
         return sum(c.total_completion_tokens for c in self.clients.values())
+
+    def usage_by_role(self) -> dict[str, Usage]:
+        """Tokens per role over every client (a role uses one client; summed anyway)."""
+        out: dict[str, Usage] = {}
+        for c in self.clients.values():
+            for role, u in c.usage_by_role().items():
+                out[role] = out.get(role, Usage()) + u
+        return out
 
 
 def llm_config(res: LLMResource, urls: Sequence[str], where: str) -> LLMConfig:
@@ -42,16 +52,22 @@ def llm_config(res: LLMResource, urls: Sequence[str], where: str) -> LLMConfig:
     )
 
 
+def uses_llm(spec: WorkflowSpec, roles: Sequence[str]) -> bool:
+    """Whether any of ``roles`` calls an LLM (else the fleet's key-value bucket is not opened)."""
+    return any(spec.llm_for(role) is not None for role in roles)
+
+
 @contextlib.asynccontextmanager
 async def open_llms(
     spec: WorkflowSpec, roles: Sequence[str], urls: Sequence[str] = (),
-    fleet: FleetState | None = None,
+    fleet: FleetState | None = None, recorder: AttemptRecorder | None = None,
 ) -> AsyncIterator[LLMSet]:
     """Start the clients the given roles need; close them on exit.
 
     ``urls`` (from ``--llm-url``) replace every resource's endpoints.
     ``fleet`` (from ``open_fleet_state``) is shared by every client: what one
     learns about an endpoint (limit, Retry-After, ejection), the others apply.
+    ``recorder`` (the process's ``Metrics``) counts requests, latency, limits and tokens.
     """
     clients: dict[str, LLMClient] = {}
     by_role: dict[str, ChatClient | None] = {}
@@ -64,7 +80,8 @@ async def open_llms(
             if name not in clients:
                 res = spec.resources.llm.get(name, LLMResource())
                 cfg = llm_config(res, urls, f"{spec.path}: resources.llm.{name}")
-                clients[name] = await stack.enter_async_context(LLMClient(cfg, fleet=fleet))
+                client = LLMClient(cfg, fleet=fleet, recorder=recorder)
+                clients[name] = await stack.enter_async_context(client)
             by_role[role] = clients[name]
         yield LLMSet(clients, by_role)
 

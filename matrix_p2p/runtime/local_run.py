@@ -20,7 +20,9 @@ import structlog
 from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import StoreBroker
-from matrix_p2p.resources.llm import open_fleet_state, open_llms
+from matrix_p2p.envelope import Usage
+from matrix_p2p.metrics import serving
+from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
 from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runtime.attempts import retry_failed
 from matrix_p2p.runtime.files import check_writable, default_out, out_format, staging_path
@@ -52,6 +54,8 @@ class RunOptions(msgspec.Struct, kw_only=True):
     retry_failed: bool = False  # resubmit tasks whose latest attempt failed (attempts.py)
     version_mode: Mode = "check"  # a changed workflow: refuse, "reuse" or start "new" rows
     kept_only: bool = False  # the sink writes only rows the workflow's filters kept
+    metrics_port: int | None = None  # one /metrics for the whole run (0: a free port)
+    metrics_host: str = "127.0.0.1"
 
 
 class RunResult(msgspec.Struct):
@@ -70,6 +74,7 @@ class RunResult(msgspec.Struct):
     retried: int = 0  # failed tasks resubmitted as a new attempt by this run
     sandbox_leased: int | None = None  # leases the in-process sandbox server held at the end
     filters: FilterCounts = msgspec.field(default_factory=FilterCounts)
+    usage_by_role: dict[str, Usage] = {}  # LLM tokens this run, for the summary
 
 
 @contextlib.asynccontextmanager
@@ -167,10 +172,12 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         try:
             ns = await resolve(bus, Names.of(spec).submitted_bucket, spec, digest,
                                opts.version_mode)
-            async with open_fleet_state(bus, enabled=opts.fleet_state) as fleet, \
-                    open_llms(spec, roles, urls, fleet=fleet) as llms, \
+            async with serving(opts.metrics_port, opts.metrics_host, what="run") as metrics, \
+                    open_fleet_state(bus, enabled=opts.fleet_state and uses_llm(spec, roles)) as fleet, \
+                    open_llms(spec, roles, urls, fleet=fleet, recorder=metrics) as llms, \
                     open_sandboxes(spec, sandboxes.urls) as resources:
-                sink = Sink(bus, spec, out, namespace=ns, kept_only=opts.kept_only)
+                sink = Sink(bus, spec, out, namespace=ns, kept_only=opts.kept_only,
+                            metrics=metrics)
                 stats = WorkerStats()
                 submitted = SubmitResult()
                 stop_workers = asyncio.Event()
@@ -205,7 +212,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                 async def workers_then_sink() -> None:
                     await serve_roles(bus, spec, roles, llm_for=llms.by_role, stop=stop_workers,
                                       concurrency=opts.concurrency, stats=stats,
-                                      drain_timeout=opts.drain_timeout_s, resources=resources)
+                                      drain_timeout=opts.drain_timeout_s, resources=resources,
+                                      metrics=metrics)
                     stop_sink.set()  # after the drain: what finished during it is written too
 
                 async def source() -> None:
@@ -213,7 +221,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                         retried.extend(await retry_failed(bus, spec, namespace=ns))
                     retry_ready.set()
                     await submit(bus, spec, limit=opts.limit, stop=stop_workers,
-                                 progress=submitted, namespace=ns, code_version=digest)
+                                 progress=submitted, namespace=ns, code_version=digest,
+                                 metrics=metrics)
 
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(sink.run(stop_sink, ready=sink_ready))
@@ -225,6 +234,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                     await stop_sink.wait()
                     stop_progress.set()
                 tokens = llms.completion_tokens
+                usage = llms.usage_by_role()
         finally:
             await bus.close()
     return RunResult(
@@ -233,19 +243,5 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         interrupted=stop.is_set() and unfinished(), submit=submitted, worker=stats,
         dataset_done=sink.latest.counts()[0], dataset_failed=sink.latest.counts()[1],
         retried=len(retried), sandbox_leased=sandboxes.leased_at_end, filters=sink.counts,
+        usage_by_role=usage,
     )
-
-
-def summary_line(r: RunResult) -> str:
-    rate = (r.done + r.failed) / max(r.elapsed_s, 1e-9)
-    status = "interrupted: " if r.interrupted else ""
-    spawned = r.rows - r.expected if r.rows > r.expected else 0  # fan-out children
-    return (f"{status}{r.rows}/{r.expected}" + (f" (+{spawned} children)" if spawned else "")
-            + f" rows in {r.out} ({r.done} done, {r.failed} failed "
-            f"this run) in {r.elapsed_s:.1f}s: {rate:,.1f} tasks/s, "
-            f"{r.completion_tokens / max(r.elapsed_s, 1e-9):,.0f} generated tok/s; "
-            f"output: {r.dataset_done} done, {r.dataset_failed} failed"
-            + (f" ({r.retried} retried)" if r.retried else "")
-            + (f"; sandbox leases held at the end: {r.sandbox_leased}"
-               if r.sandbox_leased is not None else "")
-            + (f"; {r.filters.line()}" if r.filters.line() else ""))

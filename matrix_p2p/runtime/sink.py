@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus, Delivery
 from matrix_p2p.envelope import EnvelopeError, Task, Usage
 from matrix_p2p.errors import BusError
+from matrix_p2p.metrics import NullMetrics, Recorder
 from matrix_p2p.runtime import offload, topology
 from matrix_p2p.runtime.attempts import Latest, split_attempt
 from matrix_p2p.runtime.files import (
@@ -144,7 +146,8 @@ class Sink:
 
     def __init__(self, bus: Bus, spec: WorkflowSpec, out: Path, *, fmt: str | None = None,
                  durable: str | None = None, replicas: int | None = None,
-                 namespace: str | None = None, kept_only: bool = False) -> None:
+                 namespace: str | None = None, kept_only: bool = False,
+                 metrics: Recorder | None = None) -> None:
         self.bus = bus
         self.spec = spec
         self.out = out
@@ -170,6 +173,8 @@ class Sink:
         # kept-only: the ids of the rows left out go to a side file, so a restart skips them
         self.skipped_path = (out.with_name(out.name + ".skipped")
                              if kept_only or spec.sink.kept_only else None)
+        self.metrics = metrics or NullMetrics()
+        self.beat: Callable[[], None] = lambda: None  # systemd watchdog: the fetch loop turns
 
     @property
     def count(self) -> int:
@@ -267,6 +272,7 @@ class Sink:
         backoff = Retrying(0.1, 5.0)
         try:
             while not stop.is_set():
+                self.beat()
                 if expect is not None and self.count >= expect:
                     break
                 try:
@@ -281,6 +287,7 @@ class Sink:
                     continue
                 keep: list[tuple[Delivery, Task | None]] = []
                 superseded = False
+                fresh: list[tuple[str, bool]] = []  # finished tasks: status, row written
                 for d in batch:
                     try:
                         task = envelope.decode(d.data)
@@ -293,6 +300,7 @@ class Sink:
                             log.warning("sink.dead_letter_failed", error=str(exc2))
                             continue
                         await d.term()
+                        self.metrics.dead_lettered("sink")
                         continue
                     if not self.accepts(task.id):
                         keep.append((d, None))  # another code version's result
@@ -309,10 +317,14 @@ class Sink:
                             superseded = True
                         self.written.add(task.id)
                         self._write(task, writer, skipped)
+                        fresh.append((task.status, skipped is None or is_kept(task)))
                     keep.append((d, task))
                 if skipped is not None:
                     skipped.commit()
                 writer = await self._commit(writer, superseded)  # durable before the acks
+                self.metrics.sink_rows_written(sum(written for _, written in fresh))
+                for status, _ in fresh:
+                    self.metrics.task_finished(status)
                 for d, done_task in keep:
                     if done_task is not None:
                         try:  # on disk now: its objects can go

@@ -22,6 +22,7 @@ from matrix_p2p import envelope
 from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus
+from matrix_p2p.metrics import NullMetrics, Recorder
 from matrix_p2p.runtime.attempts import kv_key
 from matrix_p2p.runtime.offload import Offloader
 from matrix_p2p.runtime.rows import Row, iter_rows
@@ -63,6 +64,7 @@ async def submit(
     replicas: int | None = None,
     namespace: str = "",
     code_version: str = "",
+    metrics: Recorder | None = None,
 ) -> SubmitResult:
     """Submit the first ``limit`` rows (times ``spec.trials``). Idempotent; resumable.
 
@@ -80,6 +82,7 @@ async def submit(
     sem = asyncio.Semaphore(parallel)
     ns = f"~v{namespace}" if namespace else ""
     offloader = Offloader(bus, spec)
+    recorder = metrics or NullMetrics()
 
     async def one(row: Row, trial: int) -> None:
         tid = task_id(row.key, trial) + ns
@@ -107,6 +110,7 @@ async def submit(
             # publish first, then record: a crash in between republishes (dedup'd by msg-id)
             await bus.publish(subject, envelope.encode(task), msg_id=hop_msg_id(tid, 0))
             await kv.create(kv_key(tid))
+            recorder.tasks_submitted()
         finally:
             sending.discard(tid)
             sem.release()

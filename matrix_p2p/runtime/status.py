@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from matrix_p2p.bus import Bus
+from matrix_p2p.runtime.rates import Rates, render_rates
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow.spec import WorkflowSpec
 
@@ -27,6 +28,7 @@ class WorkflowStatus(msgspec.Struct):
     # live tasks on task subjects that no role of this workflow serves (a typo in
     # a publisher, or a role removed from the file): nobody will consume them
     unserved: dict[str, int] = {}
+    rates: Rates | None = None  # `status --sample S` (see runtime.rates)
 
 
 async def workflow_status(bus: Bus, spec: WorkflowSpec) -> WorkflowStatus:
@@ -58,4 +60,6 @@ def render_status(st: WorkflowStatus) -> str:
     for subject, n in sorted(st.unserved.items()):
         lines.append(f"  warning: {n} tasks on {subject}, which no role of this workflow serves "
                      "(a publisher's typo, or a role removed from the file: add it back)")
+    if st.rates is not None:
+        lines.append(render_rates(st.rates))
     return "\n".join(lines)

@@ -24,9 +24,10 @@ import structlog
 from matrix_p2p.agent import Agent, ChatClient, Context, make_agent
 from matrix_p2p.aio import pause, wait_any
 from matrix_p2p.backoff import Retrying
-from matrix_p2p.bus import Bus, Delivery, Puller
+from matrix_p2p.bus import Bus, ConsumerStats, Delivery, Puller
 from matrix_p2p.envelope import Task
 from matrix_p2p.errors import BusError, FailTask, RetryLater
+from matrix_p2p.metrics import NullMetrics, Recorder
 from matrix_p2p.resources.base import Resources
 from matrix_p2p.runtime import topology
 from matrix_p2p.runtime.hop import (
@@ -98,6 +99,8 @@ class RoleWorker:
         clock: Callable[[], float] = time.time,
         offloader: Offloader | None = None,
         seen: KVSeenSet | None = None,
+        metrics: Recorder | None = None,
+        beat: Callable[[], None] = lambda: None,
     ) -> None:
         self.bus = bus
         self.spec = spec
@@ -119,6 +122,10 @@ class RoleWorker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._handlers: set[asyncio.Task[None]] = set()
+        # metrics: each action records its outcome here; _handle reports it once per hop
+        self.rm = (metrics or NullMetrics()).role(role.name)
+        self._outcome: dict[Delivery, str] = {}
+        self.beat = beat  # the systemd watchdog's liveness: the fetch loop turns, hops end
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None,
                   drain_timeout: float = 30.0) -> None:
@@ -139,6 +146,7 @@ class RoleWorker:
                           tg: asyncio.TaskGroup) -> None:
         backoff = Retrying(0.1, 5.0)
         while not stop.is_set():
+            self.beat()
             free = self.concurrency - len(self._inflight)
             if free <= 0:
                 self._slot_free.clear()
@@ -194,10 +202,12 @@ class RoleWorker:
         self._inflight.pop(d, None)
         self.stats.inflight -= 1
         self._slot_free.set()
+        self.beat()
         if not self._inflight:
             self._idle.set()
 
     async def _handle(self, d: Delivery) -> None:
+        self.rm.hop_started()
         try:
             await self._hop(d)
         except asyncio.CancelledError:
@@ -211,6 +221,8 @@ class RoleWorker:
             # A bug in our own code: log it, leave the message for redelivery.
             self.log.exception("worker.hop_crashed", subject=d.subject)
         finally:
+            # no outcome recorded: a crash or a hand-back, the message comes back
+            self.rm.hop_done(time.monotonic() - self._inflight[d], self._outcome.pop(d, "retried"))
             self._release(d)
 
     async def _hop(self, d: Delivery) -> None:
@@ -289,6 +301,7 @@ class RoleWorker:
     async def _carry_out(self, d: Delivery, action: Action) -> None:
         if isinstance(action, Nak):
             self.stats.retried += 1
+            self._outcome[d] = "retried"
             self.log.info("worker.retry", subject=d.subject, reason=action.reason,
                           delivery=d.num_delivered, after_s=action.after_s)
             await d.nak(delay=action.after_s)
@@ -308,11 +321,13 @@ class RoleWorker:
         except BusError as exc:
             # Not acked: the input comes back after ack_wait and the hop runs again.
             self.stats.publish_errors += 1
+            self._outcome[d] = "publish_error"
             self.log.warning("worker.publish_failed", task=p.task.id, error=str(exc))
             return
         # ack only after the next hop's PubAck: a crash in between redelivers,
         # and the msg-id dedups the republish
         await d.ack()
+        self._outcome[d] = p.outcome
         if p.ends_task and p.task.leases:
             await self.resources.release_all(p.task.leases, task=p.task.id)
         for child in children:
@@ -337,6 +352,7 @@ class RoleWorker:
             self.log.warning("worker.dead_letter_failed", error=str(exc))
             return
         self.stats.dead_lettered += 1
+        self._outcome[d] = "dead_lettered"
         await d.term()
         if action.leases:
             await self.resources.release_all(action.leases, task=action.task_id)
@@ -355,6 +371,8 @@ async def serve_roles(
     drain_timeout: float = 30.0,
     replicas: int | None = None,
     resources: Resources | None = None,
+    metrics: Recorder | None = None,
+    beat: Callable[[], None] = lambda: None,
 ) -> WorkerStats:
     """Run the given roles in this process until ``stop``; returns the counters."""
     stats = stats or WorkerStats()
@@ -365,14 +383,21 @@ async def serve_roles(
     readies = [asyncio.Event() for _ in roles]
     offloader = Offloader(bus, spec)  # one object bucket handle for every role
     seen = KVSeenSet(bus, spec)
+    tasks_stream = Names.of(spec).tasks_stream
+
+    async def consumers() -> dict[str, ConsumerStats | None]:
+        return {name: await bus.consumer_stats(tasks_stream, name) for name in roles}
+
     try:
         async with asyncio.TaskGroup() as tg:
+            if metrics is not None:
+                tg.create_task(metrics.poll_consumers(consumers, stop))
             for name, role_ready in zip(roles, readies, strict=True):
                 role = spec.roles[name]
                 rw = RoleWorker(
                     bus=bus, spec=spec, role=role, agent=agents[name], llm=llm_for.get(name),
                     concurrency=concurrency or role.concurrency, stats=stats, resources=resources,
-                    offloader=offloader, seen=seen,
+                    offloader=offloader, seen=seen, metrics=metrics, beat=beat,
                 )
                 tg.create_task(rw.run(stop, role_ready, drain_timeout))
             if ready is not None:

@@ -184,7 +184,7 @@ def check_exactly_once(out: Path, expected: set[str], status: dict[str, Any] | N
 
 
 def status_json(workflow: Path, url: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    r = mx("status", str(workflow), "--nats", url, "--json", env=env, timeout=60)
+    r = mx("status", str(workflow), "--nats", url, "--json", "--sample", "0", env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     result: dict[str, Any] = json.loads(r.stdout)
     return result
