@@ -2,12 +2,13 @@
 
 Modules: ``types`` (the interface: ``Bus``, ``Puller``, ``Delivery``,
 ``KeyValue``, stream and consumer definitions), ``errors`` (the one translation
-of nats errors into ``BusError``), ``jetstream`` (the real broker: ``connect``),
+of nats errors into ``BusError``), ``jetstream`` (the real broker), ``connection`` (``connect``),
 ``kv`` and ``fleet_kv`` (key-value on JetStream), ``objects`` (object stores), ``memory`` (the same
 interface in process, for unit tests).
 """
 
-from matrix_p2p.bus.jetstream import JetStreamBus, connect
+from matrix_p2p.bus.connection import connect
+from matrix_p2p.bus.jetstream import JetStreamBus
 from matrix_p2p.bus.memory import MemoryBus
 from matrix_p2p.bus.types import (
     Bus,
