@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from aiohttp import web
 import matrix_p2p.sandbox.metrics as metrics
 import matrix_p2p.sandbox.protocol as protocol
 import matrix_p2p.sandbox.workdir as workdir
+from matrix_p2p.httpserve import serve_app
 from matrix_p2p.sandbox.errors import BadRequest, SandboxUnavailable, UnknownLease
 from matrix_p2p.sandbox.pool import Lease
 from matrix_p2p.sandbox.runner import ExecSpec
@@ -91,26 +91,12 @@ class SandboxServer:
             app.router.add_get("/status", self._status)
             app.router.add_get("/healthz", self._healthz)
             app.router.add_get("/metrics", self._metrics)
-            # handler_cancellation: a client that hangs up cancels its /execute,
-            # and cancelling a run kills its process group.
-            runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                                   handler_cancellation=True, shutdown_timeout=1.0)
-            await runner.setup()
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((self.host, self._requested_port))
-                sock.setblocking(False)
-                await web.SockSite(runner, sock, backlog=1024).start()
-            except BaseException:
-                sock.close()
-                await runner.cleanup()
-                raise
+            runner, port = await serve_app(app, self.host, self._requested_port)
         except BaseException:
             await self.service.stop()
             raise
         self._runner = runner
-        self.port = sock.getsockname()[1]
+        self.port = port
         log.info("sandbox.serving", url=self.url)
         return self
 

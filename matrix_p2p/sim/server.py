@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections import Counter
 from typing import Any
@@ -30,6 +29,7 @@ import structlog
 from aiohttp import web
 
 from matrix_p2p.errors import ConfigError
+from matrix_p2p.httpserve import serve_app
 from matrix_p2p.sim import metrics, protocol
 from matrix_p2p.sim.answer import plan_answer
 from matrix_p2p.sim.config import FAULT_FIELDS, SimConfig
@@ -100,29 +100,9 @@ class SimServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/sim/stats", self._stats)
         app.router.add_post("/sim/faults", self._faults)
-        # handler_cancellation: a client that goes away cancels its handler,
-        # which aborts its sequence (as vLLM does) and ends a hang.
-        runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            access_log=None,
-            handler_cancellation=True,
-            shutdown_timeout=1.0,
-        )
-        await runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self._requested_port))
-            sock.setblocking(False)
-            site = web.SockSite(runner, sock, backlog=1024)
-            await site.start()
-        except BaseException:
-            sock.close()
-            await runner.cleanup()
-            raise
+        runner, port = await serve_app(app, self.host, self._requested_port)
         self._runner = runner
-        self.port = sock.getsockname()[1]
+        self.port = port
         self.engine.start()
         log.info(
             "sim.started",
