@@ -13,8 +13,9 @@ import time
 
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.bus import ConnectOptions, connect
+from matrix_p2p.runtime.serve import serve_roles
 from matrix_p2p.runtime.source import submit
-from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+from matrix_p2p.runtime.worker import WorkerStats
 from matrix_p2p.workflow import loader
 
 

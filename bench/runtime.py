@@ -19,7 +19,8 @@ from typing import Any
 from bench import harness, relay
 from bench.procs import Child, cpu_s, py
 from matrix_p2p.metrics import Metrics
-from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+from matrix_p2p.runtime.serve import serve_roles
+from matrix_p2p.runtime.worker import WorkerStats
 from matrix_p2p.workflow.loader import load
 
 ROW_CHARS = 1000  # with the turns, the envelope is about 1-3 KB (2 KB on average)

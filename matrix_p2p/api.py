@@ -20,7 +20,8 @@ from matrix_p2p.aio import wait_any
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.resources.llm import open_fleet_state, open_llms
 from matrix_p2p.runtime.local_run import RunOptions, RunResult, run_workflow
-from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+from matrix_p2p.runtime.serve import serve_roles
+from matrix_p2p.runtime.worker import WorkerStats
 from matrix_p2p.workflow.loader import load
 from matrix_p2p.workflow.spec import WorkflowSpec
 from matrix_p2p.workflow.version import Mode

@@ -15,9 +15,10 @@ from pathlib import Path
 from matrix_p2p import envelope
 from matrix_p2p.bus import Bus, MemoryBus
 from matrix_p2p.envelope import Task
+from matrix_p2p.runtime.serve import serve_roles
 from matrix_p2p.runtime.source import submit
 from matrix_p2p.runtime.topology import Names
-from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+from matrix_p2p.runtime.worker import WorkerStats
 from matrix_p2p.workflow.spec import WorkflowSpec
 from tests.conftest import make_spec
 from tests.faults import Fault, FaultyBus, Step, until_crash

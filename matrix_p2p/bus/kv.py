@@ -1,10 +1,13 @@
-"""Key-value helpers on JetStream: create-once keys (``types.KeyValue``)."""
+"""Key-value helpers: create-once keys (``types.KeyValue``) on JetStream and in memory."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matrix_p2p.bus.errors import AlreadyExists, NotFound, translate
+
+if TYPE_CHECKING:
+    from matrix_p2p.bus.memory import MemoryBus
 
 
 class JetStreamKV:
@@ -38,3 +41,27 @@ class JetStreamKV:
         except NotFound:  # never written, or deleted
             return None
         return bytes(entry.value or b"")
+
+
+class MemoryKV:
+    """Create-once keys in one bucket of a ``MemoryBus``."""
+
+    def __init__(self, bus: MemoryBus, bucket: str, items: dict[str, bytes]) -> None:
+        self._bus = bus
+        self.bucket = bucket
+        self._items = items
+
+    async def create(self, key: str, value: bytes = b"1") -> bool:
+        self._bus.check("kv.create", key, f"key-value create {self.bucket}/{key}")
+        if key in self._items:
+            return False
+        self._items[key] = value
+        return True
+
+    async def exists(self, key: str) -> bool:
+        self._bus.check("kv.exists", key, f"key-value get {self.bucket}/{key}")
+        return key in self._items
+
+    async def get(self, key: str) -> bytes | None:
+        self._bus.check("kv.get", key, f"key-value get {self.bucket}/{key}")
+        return self._items.get(key)

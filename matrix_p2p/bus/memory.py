@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from matrix_p2p.bus import errors
+from matrix_p2p.bus.kv import MemoryKV
 from matrix_p2p.bus.objects import MemoryObjects
 from matrix_p2p.bus.types import Bus, ConsumerDef, ConsumerStats, Delivery, StoredMsg, StreamDef, iter_by_next
 
@@ -216,30 +217,6 @@ class MemoryPuller:
 
     async def unsubscribe(self) -> None:
         return None
-
-
-class MemoryKV:
-    """Create-once keys in one bucket of a ``MemoryBus``."""
-
-    def __init__(self, bus: MemoryBus, bucket: str, items: dict[str, bytes]) -> None:
-        self._bus = bus
-        self.bucket = bucket
-        self._items = items
-
-    async def create(self, key: str, value: bytes = b"1") -> bool:
-        self._bus.check("kv.create", key, f"key-value create {self.bucket}/{key}")
-        if key in self._items:
-            return False
-        self._items[key] = value
-        return True
-
-    async def exists(self, key: str) -> bool:
-        self._bus.check("kv.exists", key, f"key-value get {self.bucket}/{key}")
-        return key in self._items
-
-    async def get(self, key: str) -> bytes | None:
-        self._bus.check("kv.get", key, f"key-value get {self.bucket}/{key}")
-        return self._items.get(key)
 
 
 class MemoryBus:

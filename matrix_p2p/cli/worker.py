@@ -43,7 +43,8 @@ def add_parsers(sub: Any) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
     from matrix_p2p.resources.sandbox import open_sandboxes
-    from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+    from matrix_p2p.runtime.serve import serve_roles
+    from matrix_p2p.runtime.worker import WorkerStats
     from matrix_p2p.sdnotify import Liveness, supervise
 
     if args.workflow and args.workflow_flag:

@@ -28,10 +28,11 @@ from matrix_p2p.runtime.attempts import retry_failed
 from matrix_p2p.runtime.files import check_writable, default_out, out_format, staging_path
 from matrix_p2p.runtime.filter_counts import FilterCounts
 from matrix_p2p.runtime.progress import Progress, Snapshot
+from matrix_p2p.runtime.serve import serve_roles
 from matrix_p2p.runtime.sink import Sink
 from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
 from matrix_p2p.runtime.topology import Names
-from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+from matrix_p2p.runtime.worker import WorkerStats
 from matrix_p2p.workflow.spec import WorkflowSpec
 from matrix_p2p.workflow.version import Mode, code_hash, resolve
 

@@ -9,9 +9,10 @@ from typing import Any
 
 from matrix_p2p.bus import Bus
 from matrix_p2p.resources.base import Resources
+from matrix_p2p.runtime.serve import serve_roles
 from matrix_p2p.runtime.sink import Sink
 from matrix_p2p.runtime.source import SubmitResult, submit
-from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+from matrix_p2p.runtime.worker import WorkerStats
 from matrix_p2p.workflow.spec import WorkflowSpec
 
 

@@ -10,10 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from matrix_p2p.bus import Bus
 from matrix_p2p.metrics import Metrics
+from matrix_p2p.runtime.serve import serve_roles
 from matrix_p2p.runtime.sink import Sink
 from matrix_p2p.runtime.source import submit
 from matrix_p2p.runtime.topology import ensure_workflow
-from matrix_p2p.runtime.worker import WorkerStats, serve_roles
+from matrix_p2p.runtime.worker import WorkerStats
 from tests.conftest import DUMMY_YAML, make_spec
 
 

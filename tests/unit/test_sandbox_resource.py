@@ -136,7 +136,7 @@ async def test_the_worker_releases_leases_on_every_ending(tmp_path: Path) -> Non
                 released.set()
 
         kind.release = release  # type: ignore[method-assign]
-        from matrix_p2p.runtime.worker import serve_roles
+        from matrix_p2p.runtime.serve import serve_roles
 
         async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
             tg.create_task(serve_roles(bus, s, ["a"], llm_for={}, stop=stop,
