@@ -184,21 +184,27 @@ def _ray_main(path: str, tasks: int, concurrency: int) -> None:
     ray.shutdown()
 
 
-async def run_ray(fleet: SimFleet, path: Path, *, tasks: int, concurrency: int,
-                  timeout: float) -> dict[str, Any]:
+async def ray_child(fleet: SimFleet, module: str, args: list[str], *, name: str,
+                    timeout: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run a Ray Data pipeline in a child process (``python -m MODULE ray ARGS``): its
+    ``RAY_RESULT`` JSON, and the fleet's figures over the ``map_batches`` call only
+    (Ray's start-up excluded)."""
     s0 = await fleet.stats()
-    child = Child(py("-m", "bench.baselines", "ray", str(path), str(tasks), str(concurrency)),
-                  "RAY_RESULT", "ray")
+    child = Child(py("-m", module, "ray", *args), "RAY_RESULT", name)
     try:
         await child.start(timeout=timeout)
         s1 = await fleet.stats()
     finally:
         await child.stop(timeout=30)
     line = next(ln for ln in child.tail if ln.startswith("RAY_RESULT "))
-    r = json.loads(line.split(" ", 1)[1])
-    # the fleet's tokens over the map_batches call only (Ray's start-up excluded)
-    s0 = dict(s0, t=r["t0"])
-    d = delta(s0, s1)
+    r: dict[str, Any] = json.loads(line.split(" ", 1)[1])
+    return r, delta(dict(s0, t=r["t0"]), s1)
+
+
+async def run_ray(fleet: SimFleet, path: Path, *, tasks: int, concurrency: int,
+                  timeout: float) -> dict[str, Any]:
+    r, d = await ray_child(fleet, "bench.baselines", [str(path), str(tasks), str(concurrency)],
+                           name="ray", timeout=timeout)
     return _summary("ray_data", tasks, concurrency, r["seconds"], d, None, done=r["done"])
 
 

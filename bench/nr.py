@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from bench import harness
-from bench.baselines import make_tasks
+from bench.baselines import make_tasks, ray_child
 from bench.procs import Child, cpu_s, py
 from bench.simfleet import SimFleet, delta
 from matrix_p2p import envelope
@@ -171,17 +171,8 @@ def _ray_main(path: str, docs: int, concurrency: int) -> None:
 
 async def run_ray(fleet: SimFleet, path: Path, docs: int, concurrency: int,
                   timeout: float = 900.0) -> dict[str, Any]:
-    s0 = await fleet.stats()
-    child = Child(py("-m", "bench.nr", "ray", str(path), str(docs), str(concurrency)),
-                  "RAY_RESULT", "ray-nr")
-    try:
-        await child.start(timeout=timeout)
-        s1 = await fleet.stats()
-    finally:
-        await child.stop(timeout=30)
-    line = next(ln for ln in child.tail if ln.startswith("RAY_RESULT "))
-    r = json.loads(line.split(" ", 1)[1])
-    d = delta(dict(s0, t=r["t0"]), s1)  # over the pipeline only: Ray's start-up left out
+    r, d = await ray_child(fleet, "bench.nr", [str(path), str(docs), str(concurrency)],
+                           name="ray-nr", timeout=timeout)
     return _summary("ray_data", docs, r["seconds"], d, kept=r["kept"], failed=r["failed"],
                     unfinished=r["running"])
 
