@@ -145,6 +145,10 @@ class Offloader:
         put: list[str] = []
         for section in SECTIONS:
             holder: dict[str, Any] = getattr(task, section)
+            if not resolved and self.threshold is not None and (
+                    not holder or len(_encoder.encode(holder)) <= self.threshold):
+                # the hot path: one encoding shows no value in this section can be big
+                continue
             for key, value in holder.items():
                 if is_ref(value):
                     continue
