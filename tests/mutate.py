@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 G = "tests/integration/test_guards.py::"
 HOP = "tests/integration/test_hop_faults.py"
 EDGE = "tests/integration/test_edge_faults.py"
+RS = "tests/unit/test_runset.py::"
+RSP = "tests/integration/test_runset_property.py::test_every_run_writes_exactly_its_own_tasks"
 
 
 @dataclass
@@ -98,6 +100,35 @@ MUTANTS = [
     Mutant("a cancelled fetch is cancelled (nats-py swallows it)", "matrix_p2p/bus/jetstream.py", [
         ("honour_cancel(cancels)", "pass"),
     ], ["tests/integration/test_fetch_cancel.py", HOP]),
+    # issue 17: a run is a set of tasks
+    Mutant("run set: the sink writes every result in the store", "matrix_p2p/runtime/sink.py", [
+        ("if self.tasks is not None: return self.tasks.owns(task_id)", "pass"),
+    ], [RS + "test_a_sink_with_a_task_set_writes_exactly_its_tasks", RSP]),
+    Mutant("run set: an output written for another set is trusted",
+           "matrix_p2p/runtime/sink_state.py", [
+        ("if side.tasks != tasks:", "if False:"),
+    ], [RS + "test_a_sink_with_a_task_set_writes_exactly_its_tasks"]),
+    Mutant("run set: duplicate source ids pass", "matrix_p2p/runset/taskset.py", [
+        ("if seen is not None:", "if False:"),
+    ], [RS + "test_plan_names_the_first_duplicate_id_and_both_lines"]),
+    Mutant("run set: finished without the announced children", "matrix_p2p/runset/completion.py", [
+        ("if child not in self._latest: self._missing.add(child)", "pass"),
+    ], [RS + "test_completion_waits_for_every_task_its_children_and_later_attempts"]),
+    Mutant("run set: a later attempt is not waited for", "matrix_p2p/runset/completion.py", [
+        ("if have is None or have[0] < attempt: self._missing.add(base)", "pass"),
+    ], [RS + "test_completion_waits_for_every_task_its_children_and_later_attempts"]),
+    Mutant("run set: an interrupted retry's attempts not looked up", "matrix_p2p/runtime/local_run.py", [
+        ("for tid in await submitted_attempts(submitted, sink.completion.failed_bases()):",
+         "for tid in []:"),
+    ], [RS + "test_a_run_waits_for_the_attempt_an_interrupted_retry_submitted"]),
+    Mutant("attempts: a new attempt keeps the failed attempt's code version",
+           "matrix_p2p/runtime/attempts.py", [
+        ("code_version=task.code_version if code_version is None else code_version",
+         "code_version=task.code_version"),
+    ], [RS + "test_a_new_attempt_carries_the_current_code_version"]),
+    Mutant("attempts: --retry-failed retries other runs' tasks", "matrix_p2p/runtime/attempts.py", [
+        ("if owns is not None and not owns(task.id):", "if False:"),
+    ], [RS + "test_retry_failed_retries_only_the_runs_own_tasks_with_the_new_code"]),
 ]
 
 

@@ -92,7 +92,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.retry_failed:
             from matrix_p2p.runtime.attempts import retry_failed
 
-            again = await retry_failed(bus, spec, namespace=ns)
+            again = await retry_failed(bus, spec, namespace=ns, code_version=digest)
             print(f"resubmitted {len(again)} failed tasks as a new attempt", file=sys.stderr)
         return 130 if stop.is_set() else 0
 

@@ -82,7 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         s = summary.summarize(result, spec)
         path = summary.write_json(s)
         head, *table = summary.render(s).splitlines()
-        print("\n".join([head, f"  summary: {path}", *table]), file=sys.stderr)
+        kept = ([f"  the earlier code version's rows: {result.preserved}"]
+                if result.preserved else [])
+        print("\n".join([head, f"  summary: {path}", *kept, *table]), file=sys.stderr)
         if result.interrupted:
             return 130
         if result.dataset_failed and not args.accept_failures:

@@ -8,11 +8,12 @@ attempt; the sink keeps the latest attempt of each task (one row per ``x``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import structlog
 
 from matrix_p2p import envelope
-from matrix_p2p.bus import Bus
+from matrix_p2p.bus import Bus, KeyValue
 from matrix_p2p.envelope import EnvelopeError, Task
 from matrix_p2p.runtime.topology import ensure_workflow, hop_msg_id
 from matrix_p2p.workflow.spec import WorkflowSpec
@@ -68,22 +69,28 @@ class Latest:
         return len(self.by_base) - failed, failed
 
 
-def next_attempt(task: Task, entry: str) -> Task:
+def next_attempt(task: Task, entry: str, code_version: str | None = None) -> Task:
     """A fresh envelope for the next attempt of failed ``task``: same input, seed and
-    trial, no turns, running at the entry role. Pure."""
+    trial, no turns, running at the entry role, labelled with the code that will run it
+    (``code_version``; the failed attempt's when not given). Pure."""
     base, n = split_attempt(task.id)
     return envelope.new_task(
         task_id=attempt_id(base, n + 1), workflow=task.workflow,
-        workflow_version=task.workflow_version, code_version=task.code_version, role=entry,
+        workflow_version=task.workflow_version,
+        code_version=task.code_version if code_version is None else code_version, role=entry,
         row=task.row, source=task.source, row_index=task.row_index, trial=task.trial, seed=task.seed,
     )
 
 
-async def retry_failed(bus: Bus, spec: WorkflowSpec, *,
-                       namespace: str | None = None) -> list[str]:
+async def retry_failed(bus: Bus, spec: WorkflowSpec, *, namespace: str | None = None,
+                       owns: Callable[[str], bool] | None = None,
+                       code_version: str | None = None) -> list[str]:
     """Resubmit every task whose latest attempt failed, as its next attempt. Returns the
-    new ids. Idempotent: an attempt already recorded in the "submitted" bucket is not
-    published again (a crash mid-way is resumed by running it again).
+    ids of the attempts the caller now waits for: those published now, and those an
+    earlier, interrupted call published that have not ended yet. Idempotent: an attempt
+    already recorded in the "submitted" bucket is not published again (a crash mid-way is
+    resumed by running it again). ``owns`` limits it to one run's tasks
+    (``runset.taskset``); ``code_version`` labels the new attempts.
 
     Error handling: bus errors propagate.
     """
@@ -103,6 +110,8 @@ async def retry_failed(bus: Bus, spec: WorkflowSpec, *,
             continue  # replays are retried by replaying again
         if namespace is not None and namespace_of(task.id) != namespace:
             continue  # another code version's task
+        if owns is not None and not owns(task.id):
+            continue  # not one of this run's tasks
         if order.offer(task.id, task.status) in ("new", "supersedes"):
             latest[split_attempt(task.id)[0]] = task
     entry = spec.entry_role()
@@ -110,12 +119,27 @@ async def retry_failed(bus: Bus, spec: WorkflowSpec, *,
     for task in latest.values():
         if task.status != "failed" or (task.error or "").startswith("bad input row"):
             continue  # a bad input row would fail again: fix the row instead
-        nxt = next_attempt(task, entry)
+        nxt = next_attempt(task, entry, code_version)
         if await kv.exists(kv_key(nxt.id)):
+            new.append(nxt.id)  # submitted by an interrupted run: still to wait for
             continue
         await bus.publish(names.task(entry), envelope.encode(nxt), msg_id=hop_msg_id(nxt.id, 0))
         await kv.create(kv_key(nxt.id))
         new.append(nxt.id)
     log.info("retry_failed.submitted", workflow=spec.name, tasks=len(new))
     return new
+
+
+async def submitted_attempts(kv: KeyValue, failed: list[tuple[str, int]]) -> list[str]:
+    """The later attempts recorded in the "submitted" bucket ``kv`` for tasks whose
+    latest known attempt failed (``(base, attempt)`` pairs): what an earlier
+    ``--retry-failed`` submitted and a run must still wait for.
+
+    Error handling: bus errors propagate."""
+    found: list[str] = []
+    for base, n in failed:
+        while await kv.exists(kv_key(attempt_id(base, n + 1))):
+            n += 1
+            found.append(attempt_id(base, n))
+    return found
 

@@ -20,17 +20,20 @@ import structlog
 from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import StoreBroker
+from matrix_p2p.bus import KeyValue
 from matrix_p2p.envelope import Usage
 from matrix_p2p.metrics import serving
 from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
 from matrix_p2p.resources.sandbox import open_sandboxes
-from matrix_p2p.runtime.attempts import retry_failed
+from matrix_p2p.runset.completion import Counts
+from matrix_p2p.runset.taskset import plan
+from matrix_p2p.runtime.attempts import retry_failed, submitted_attempts
 from matrix_p2p.runtime.files import check_writable, default_out, out_format, staging_path
 from matrix_p2p.runtime.filter_counts import FilterCounts
 from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.serve import serve_roles
 from matrix_p2p.runtime.sink import Sink
-from matrix_p2p.runtime.source import SubmitResult, count_tasks, submit
+from matrix_p2p.runtime.source import SubmitResult, submit
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.runtime.worker import WorkerStats
 from matrix_p2p.workflow.spec import WorkflowSpec
@@ -61,9 +64,9 @@ class RunOptions(msgspec.Struct, kw_only=True):
 
 class RunResult(msgspec.Struct):
     out: str
-    rows: int
-    expected: int
-    done: int
+    rows: int  # distinct tasks in the output: this run's tasks and their children
+    expected: int  # this run's tasks (rows selected times trials)
+    done: int  # finished during this run (the output may hold more from earlier runs)
     failed: int
     elapsed_s: float
     completion_tokens: int
@@ -76,6 +79,8 @@ class RunResult(msgspec.Struct):
     sandbox_leased: int | None = None  # leases the in-process sandbox server held at the end
     filters: FilterCounts = msgspec.field(default_factory=FilterCounts)
     usage_by_role: dict[str, Usage] = {}  # LLM tokens this run, for the summary
+    tasks: Counts = msgspec.field(default_factory=Counts)  # the output's rows, by kind
+    preserved: str | None = None  # where an earlier code version's rows were moved
 
 
 @contextlib.asynccontextmanager
@@ -153,6 +158,19 @@ async def _sandbox_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[_
             found.leased_at_end = int(server.service.status()["leased"])  # type: ignore[call-overload]
 
 
+async def all_ended(sink: Sink, submitted: KeyValue) -> bool:
+    """Every task of the sink's set has the row of the attempt the run waits for. A
+    failed one may have a later attempt that an interrupted ``--retry-failed`` submitted
+    (recorded in the ``submitted`` bucket): the run waits for that too. Looked up only
+    once all else is there, and only for the failed tasks."""
+    if not sink.finished():
+        return False
+    assert sink.completion is not None
+    for tid in await submitted_attempts(submitted, sink.completion.failed_bases()):
+        sink.completion.expect_attempt(tid)
+    return sink.finished()
+
+
 async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event) -> RunResult:
     """Run ``spec`` to completion (or until ``stop``). Returns what was written.
 
@@ -160,7 +178,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     ``MatrixError`` before any work starts; during the run, failed hops are
     retried by the workers and tasks that cannot finish end as failed rows.
     """
-    expected = count_tasks(spec, opts.limit)
+    planned = plan(spec, opts.limit)  # the run's task ids; duplicate ids: one line, now
+    expected = len(planned)
     out = Path(opts.out) if opts.out else default_out(spec)
     check_writable(staging_path(out, out_format(out, spec)))  # one line now, not mid-run
     digest = code_hash(spec)
@@ -177,8 +196,12 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                     open_fleet_state(bus, enabled=opts.fleet_state and uses_llm(spec, roles)) as fleet, \
                     open_llms(spec, roles, urls, fleet=fleet, recorder=metrics) as llms, \
                     open_sandboxes(spec, sandboxes.urls) as resources:
+                tasks = planned.in_namespace(ns)
                 sink = Sink(bus, spec, out, namespace=ns, kept_only=opts.kept_only,
-                            metrics=metrics)
+                            metrics=metrics, tasks=tasks)
+                completion = sink.completion
+                assert completion is not None
+                submitted_kv = await bus.key_value(Names.of(spec).submitted_bucket)
                 stats = WorkerStats()
                 submitted = SubmitResult()
                 stop_workers = asyncio.Event()
@@ -187,7 +210,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
 
                 def snapshot() -> Snapshot:
                     return Snapshot(done=sink.done, failed=sink.failed,
-                                    total=expected + sink.announced,  # + fan-out children
+                                    total=expected + completion.announced,  # + children
                                     inflight=stats.inflight, tokens=llms.completion_tokens,
                                     submitted=submitted.submitted)
 
@@ -196,17 +219,17 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                 retried: list[str] = []
                 retry_ready = asyncio.Event()
 
-                def unfinished() -> bool:
-                    return (not sink.finished(expected)
-                            or any(not sink.has(t) for t in retried))
-
                 async def supervise() -> None:
-                    # the run ends when the sink has every task (and every new attempt),
-                    # or on Ctrl-C
+                    # the run ends when the sink has every task of the run's set, or on
+                    # Ctrl-C
                     await sink_ready.wait()
                     await wait_any(retry_ready, stop)
-                    while unfinished() and not stop.is_set():
+                    for tid in retried:
+                        completion.expect_attempt(tid)
+                    while not stop.is_set():
                         sink.changed.clear()
+                        if await all_ended(sink, submitted_kv):
+                            break
                         await wait_any(sink.changed, stop)
                     stop_workers.set()
 
@@ -219,7 +242,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
 
                 async def source() -> None:
                     if opts.retry_failed:
-                        retried.extend(await retry_failed(bus, spec, namespace=ns))
+                        retried.extend(await retry_failed(bus, spec, namespace=ns,
+                                                          owns=tasks.owns, code_version=digest))
                     retry_ready.set()
                     await submit(bus, spec, limit=opts.limit, stop=stop_workers,
                                  progress=submitted, namespace=ns, code_version=digest,
@@ -241,8 +265,9 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     return RunResult(
         out=str(out), rows=sink.count, expected=expected, done=sink.done, failed=sink.failed,
         elapsed_s=loop.time() - started, completion_tokens=tokens,
-        interrupted=stop.is_set() and unfinished(), submit=submitted, worker=stats,
+        interrupted=stop.is_set() and not sink.finished(), submit=submitted, worker=stats,
         dataset_done=sink.latest.counts()[0], dataset_failed=sink.latest.counts()[1],
         retried=len(retried), sandbox_leased=sandboxes.leased_at_end, filters=sink.counts,
-        usage_by_role=usage,
+        usage_by_role=usage, tasks=completion.counts(),
+        preserved=str(sink.preserved) if sink.preserved else None,
     )

@@ -33,6 +33,8 @@ from matrix_p2p.bus import Bus, Delivery
 from matrix_p2p.envelope import EnvelopeError, Task, Usage
 from matrix_p2p.errors import BusError
 from matrix_p2p.metrics import NullMetrics, Recorder
+from matrix_p2p.runset.completion import Completion
+from matrix_p2p.runset.taskset import TaskSet
 from matrix_p2p.runtime import offload, topology
 from matrix_p2p.runtime.attempts import Latest, split_attempt
 from matrix_p2p.runtime.files import (
@@ -147,7 +149,7 @@ class Sink:
     def __init__(self, bus: Bus, spec: WorkflowSpec, out: Path, *, fmt: str | None = None,
                  durable: str | None = None, replicas: int | None = None,
                  namespace: str | None = None, kept_only: bool = False,
-                 metrics: Recorder | None = None) -> None:
+                 metrics: Recorder | None = None, tasks: TaskSet | None = None) -> None:
         self.bus = bus
         self.spec = spec
         self.out = out
@@ -166,6 +168,11 @@ class Sink:
         # a code version's id namespace (workflow/version.py): other versions' rows are
         # not this dataset's; None takes every result
         self.namespace = namespace
+        # a run's task set (runset/): the output holds exactly these tasks, and the sink is
+        # finished when each has its row; None: every result (of the namespace)
+        self.tasks = tasks
+        self.completion = Completion(tasks) if tasks is not None else None
+        self.preserved: Path | None = None  # where an earlier code version's rows were moved
         self._side: Sidecar | None = None
         self.offload = offload.Offloader(bus, spec)
         self.counts = FilterCounts()
@@ -184,22 +191,32 @@ class Sink:
     def has(self, task_id: str) -> bool:
         return task_id in self.written
 
-    def finished(self, expected: int) -> bool:
-        """Every one of ``expected`` submitted tasks is written, and every child a
-        written parent announced (fan-out: ids ``<parent>/<i>``; submitted ids have no
-        ``/``). Counted over this output, across restarts."""
+    def finished(self, expected: int = 0) -> bool:
+        """With a task set: every task of it has its row (the attempt the run waits for),
+        and so has every child a written row announced. Without one: ``expected``
+        submitted tasks are written, and as many children as were announced (fan-out:
+        ids ``<parent>/<i>``; submitted ids have no ``/``). Over this output, across
+        restarts."""
+        if self.completion is not None:
+            return self.completion.finished
         children = sum(1 for i in self.written if "/" in i)
         return len(self.written) - children >= expected and children >= self.announced
 
     def accepts(self, task_id: str) -> bool:
+        if self.tasks is not None:
+            return self.tasks.owns(task_id)
         return self.namespace is None or namespace_of(task_id) == self.namespace
 
     async def _open(self) -> None:
         """Trust the file as the sidecar describes it, or rebuild it from the stream."""
         identity = await stream_identity(self.bus, self.names)
         side = load_sidecar(self.out)
+        digest = self.tasks.digest if self.tasks is not None else None
         why = trust_reason(side, self.staging, identity=identity, fmt=self.fmt,
-                           stream=self.names.results_stream, namespace=self.namespace)
+                           stream=self.names.results_stream, namespace=self.namespace,
+                           tasks=digest)
+        if why is not None and side is not None and side.namespace != self.namespace:
+            self.preserved = preserve_version(self.out, self.staging, self.fmt)
         if why is None and side is not None:
             truncate_to(self.staging, side.good_length)
             for ln in read_lines(self.staging, self.fmt):
@@ -232,9 +249,11 @@ class Sink:
             self.announced += announced_children(self.skipped_path)
         self.announced += announced_children(self.staging, self.fmt)
         self.written = self.latest.ids()
+        if self.completion is not None:
+            self._complete_from_files()
         self._side = Sidecar(workflow=self.spec.name, stream=self.names.results_stream,
                              identity=identity, format=self.fmt, count=self.count,
-                             good_length=good, namespace=self.namespace)
+                             good_length=good, namespace=self.namespace, tasks=digest)
         save_sidecar(self.out, self._side)
 
     async def _commit(self, writer: RowWriter, superseded: bool) -> RowWriter:
@@ -358,18 +377,77 @@ class Sink:
             log.warning("sink.offloaded_value_missing", task=task.id)
         return True
 
+    def _complete_from_files(self) -> None:
+        """The rows the output (and the kept-only side file) holds, to the completion."""
+        assert self.completion is not None
+        files = [(self.staging, self.fmt, True)]
+        if self.skipped_path is not None:
+            files.append((self.skipped_path, "jsonl", False))
+        for path, fmt, written in files:
+            for ln in read_lines(path, fmt):
+                try:
+                    head = _head_decoder.decode(ln)
+                except msgspec.DecodeError:
+                    continue  # the rebuild or trust check has dealt with the file already
+                if head.id in self.written:
+                    kept = written and head.status == "done" and head.children == 0 \
+                        and head.result.get("kept") is True
+                    self.completion.row(head.id, head.status, children=head.children, kept=kept)
+
     def _write(self, task: Task, writer: RowWriter, skipped: RowWriter | None) -> None:
         """The row (kept-only: a filtered task's id goes to the side file instead)."""
         if skipped is not None and not is_kept(task):
             skipped.write(_skipped_line(task))
         else:
             writer.write(_row_encoder.encode(to_row(task)) + b"\n")
+        if self.completion is not None:
+            self.completion.row(task.id, task.status, children=int(task.state.get("children", 0)),
+                                kept=is_kept(task))
         self.counts.add(task)
         self.announced += int(task.state.get("children", 0))
         if task.status == "done":
             self.done += 1
         else:
             self.failed += 1
+
+
+class _RowHead(msgspec.Struct):
+    """The fields of a row (or a kept-only side-file line) that completion needs."""
+
+    id: str
+    status: str
+    children: int = 0
+    result: dict[str, Any] = {}
+
+
+_head_decoder = msgspec.json.Decoder(_RowHead)
+
+
+def preserve_version(out: Path, staging: Path, fmt: str) -> Path | None:
+    """Move an output written for another code version aside (``--new-version`` starts
+    fresh rows; the earlier version's stay on disk): ``<name>.code-<hash><ext>``, the hash
+    read from its first row. Returns the new path (None: nothing to keep)."""
+    source = out if fmt == "parquet" and out.exists() else staging
+    lines = read_lines(staging, fmt) if staging.exists() else []
+    if not lines and not (fmt == "parquet" and out.exists()):
+        return None
+    label = "earlier"
+    if lines:
+        try:
+            label = "code-" + str(msgspec.json.decode(lines[0]).get("code_version") or "unknown")
+        except (msgspec.DecodeError, AttributeError):
+            pass
+    ext = out.name[len(sink_name(out)):]
+    target = out.with_name(f"{sink_name(out)}.{label}{ext}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = out.with_name(f"{sink_name(out)}.{label}-{n}{ext}")
+    source.replace(target)
+    if source != staging and staging.exists():
+        staging.unlink()
+    log.warning("sink.earlier_version_kept", out=str(out), moved_to=str(target))
+    return target
 
 
 def _skipped_line(task: Task) -> bytes:

@@ -36,6 +36,7 @@ class Sidecar(msgspec.Struct, kw_only=True):
     count: int = 0
     good_length: int = 0
     namespace: str | None = None  # the code version's id namespace it keeps (None: all)
+    tasks: str | None = None  # the digest of the run's task set it holds (None: every result)
 
 
 def sidecar_path(out: Path) -> Path:
@@ -64,7 +65,8 @@ async def stream_identity(bus: Bus, names: Names) -> str:
 
 
 def trust_reason(side: Sidecar | None, staging: Path, *, identity: str, fmt: str,
-                 stream: str, namespace: str | None = None) -> str | None:
+                 stream: str, namespace: str | None = None,
+                 tasks: str | None = None) -> str | None:
     """Why the file cannot be trusted as it is (then it is rebuilt), or None."""
     if side is None:
         return "no sidecar"
@@ -74,6 +76,8 @@ def trust_reason(side: Sidecar | None, staging: Path, *, identity: str, fmt: str
         return "written for another stream or format"
     if side.namespace != namespace:
         return "written for another code version"
+    if side.tasks != tasks:
+        return "written for another set of tasks (another source, --limit or trials)"
     if side.identity != identity and (side.identity or side.count):
         return "written by another run"
     if staging.stat().st_size < side.good_length:

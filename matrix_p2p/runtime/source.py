@@ -151,12 +151,3 @@ async def wait_for_room(bus: Bus, names: Names, window: int, stop: asyncio.Event
             return live
         await pause(backoff.next(), stop)
 
-
-def count_tasks(spec: WorkflowSpec, limit: int | None = None) -> int:
-    """How many tasks ``submit`` would create (reads the source once)."""
-    n = 0
-    for _row in iter_rows(spec):
-        if limit is not None and n >= limit:
-            break
-        n += 1
-    return n * spec.trials
