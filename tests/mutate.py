@@ -117,7 +117,7 @@ MUTANTS = [
     Mutant("run set: a later attempt is not waited for", "matrix_p2p/runset/completion.py", [
         ("if have is None or have[0] < attempt: self._missing.add(base)", "pass"),
     ], [RS + "test_completion_waits_for_every_task_its_children_and_later_attempts"]),
-    Mutant("run set: an interrupted retry's attempts not looked up", "matrix_p2p/runtime/local_run.py", [
+    Mutant("run set: an interrupted retry's attempts not looked up", "matrix_p2p/runset/ended.py", [
         ("for tid in await submitted_attempts(submitted, sink.completion.failed_bases()):",
          "for tid in []:"),
     ], [RS + "test_a_run_waits_for_the_attempt_an_interrupted_retry_submitted"]),

@@ -6,13 +6,18 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from matrix_p2p.bus import Bus
 from matrix_p2p.cli import common
+from matrix_p2p.errors import ConfigError
 from matrix_p2p.workflow.spec import WorkflowSpec
+
+if TYPE_CHECKING:
+    from matrix_p2p.runtime.sink import Sink
+    from matrix_p2p.runtime.topology import Names
 
 
 def add_parsers(sub: Any) -> None:
@@ -42,6 +47,11 @@ def add_parsers(sub: Any) -> None:
     k.add_argument("--out", required=True, metavar="PATH")
     k.add_argument("--expect", type=int, metavar="N",
                    help="exit 0 once N distinct tasks are in the file")
+    k.add_argument("--limit", type=int, metavar="N",
+                   help="write exactly the tasks `submit --limit N` (with the same --source) "
+                        "creates, and exit once each has ended: 0 if all are done, 1 if any "
+                        "failed")
+    common.add_source(k)
     k.add_argument("--timeout", type=float, metavar="S", help="give up (exit 1) after S seconds")
     k.add_argument("--kept-only", action="store_true",
                    help="write only rows the workflow's filters kept (done, result.kept true)")
@@ -70,6 +80,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from matrix_p2p.runset.taskset import plan
     from matrix_p2p.runtime.rows import with_source
     from matrix_p2p.runtime.source import submit
 
@@ -81,6 +92,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         from matrix_p2p.workflow.version import code_hash, resolve
 
         spec = with_source(spec, args.source)
+        plan(spec, args.limit)  # duplicate ids: one line, before anything is submitted
         digest = code_hash(spec)
         ns = await resolve(bus, Names.of(spec).submitted_bucket, spec, digest, args.version_mode,
                            replicas=args.stream_replicas)
@@ -100,34 +112,61 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
+    from matrix_p2p.runset.taskset import plan
+    from matrix_p2p.runtime.rows import with_source
     from matrix_p2p.runtime.sink import Sink
+    from matrix_p2p.runtime.topology import Names
     from matrix_p2p.sdnotify import Liveness, supervise
+    from matrix_p2p.workflow.version import code_hash, current_namespace
 
     common.positive("--expect", args.expect, allow_zero=True)
+    common.positive("--limit", args.limit, allow_zero=True)
+    as_set = args.limit is not None or args.source is not None
+    if as_set and args.expect is not None:
+        raise ConfigError("sink: --expect counts rows, --limit/--source name the tasks: give one")
     common.positive("--timeout", args.timeout)
     common.positive("--stream-replicas", args.stream_replicas)
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
-        ready, written = asyncio.Event(), asyncio.Event()
+        ready, written, ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
         alive = Liveness(60.0)  # a fetch waits at most 1 s; a batch's write and fsync, seconds
         n: int | None = None
+        names = Names.of(spec)
+        tasks = None
+        if as_set:  # the run's set, as `submit` with the same options made it
+            spec = with_source(spec, args.source)
+            planned = plan(spec, args.limit)
+            ns = await current_namespace(bus, names.submitted_bucket, code_hash(spec))
+            tasks = planned.in_namespace(ns)
         async with common.metrics(args, "sink") as metrics, asyncio.TaskGroup() as tg:
             sink = Sink(bus, spec, Path(args.out), durable=args.durable,
-                        replicas=args.stream_replicas, kept_only=args.kept_only, metrics=metrics)
+                        replicas=args.stream_replicas, kept_only=args.kept_only, metrics=metrics,
+                        tasks=tasks)
             sink.beat = alive.beat
             tg.create_task(supervise(ready, stop, written, alive=alive,
                                      status=f"writing {spec.name} to {args.out}"))
+            if tasks is not None:
+                tg.create_task(_until_ended(bus, names, sink, ready, stop, ended))
             try:
                 async with asyncio.timeout(args.timeout):
-                    n = await sink.run(stop, expect=args.expect, ready=ready)
+                    n = await sink.run(ended if tasks is not None else stop, expect=args.expect,
+                                       ready=ready)
             except TimeoutError:
-                pass
+                ended.set()
             finally:
                 written.set()
         if n is None:
+            want = len(tasks) if tasks is not None else args.expect
             print(f"matrix_p2p: error: timed out after {args.timeout}s with {sink.count}"
-                  f"/{args.expect} tasks in {args.out}", file=sys.stderr)
+                  f"/{want} tasks in {args.out}", file=sys.stderr)
             return 1
+        if tasks is not None:
+            if not sink.finished():
+                return 130 if stop.is_set() else 1
+            done, failed = sink.latest.counts()
+            print(f"{args.out}: {len(tasks)} tasks and {sink.count - len(tasks)} children: "
+                  f"{done} done, {failed} failed", file=sys.stderr)
+            return 1 if failed else 0
         print(f"{n} distinct tasks in {args.out} ({sink.done} done, {sink.failed} failed this "
               f"run, {sink.duplicates} duplicates skipped)"
               + (f"; {sink.counts.line()}" if sink.counts.line() else ""), file=sys.stderr)
@@ -136,6 +175,22 @@ def cmd_sink(args: argparse.Namespace) -> int:
         return 0
 
     return common.with_bus(args, "sink", "writing what has arrived", body)
+
+
+async def _until_ended(bus: Bus, names: Names, sink: Sink, ready: asyncio.Event,
+                       stop: asyncio.Event, ended: asyncio.Event) -> None:
+    """Set ``ended`` once every task of the sink's set has ended (or on ``stop``)."""
+    from matrix_p2p.aio import wait_any
+    from matrix_p2p.runset.ended import all_ended
+
+    kv = await bus.key_value(names.submitted_bucket)
+    await wait_any(ready, stop, ended)
+    while not (stop.is_set() or ended.is_set()):
+        sink.changed.clear()
+        if await all_ended(sink, kv):
+            break
+        await wait_any(sink.changed, stop, ended)
+    ended.set()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ the ids; ``TaskSet`` is the pure membership test the sink filters by.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from collections.abc import Iterable
 
 from matrix_p2p.errors import ConfigError
@@ -88,13 +89,19 @@ def plan(spec: WorkflowSpec, limit: int | None = None) -> Planned:
         if seen is not None:
             field = f" ({spec.source.id_field})" if spec.source.id_field else ""
             raise ConfigError(
-                f"{_where(row)}: duplicate id {row.key!r}{field}, first at {_where(seen)}: "
+                f"{_where(spec, row)}: duplicate id {row.key!r}{field}, first at "
+                f"{_where(spec, seen)}: "
                 "every input row needs its own id")
         first[row.key] = row
         keys.extend(task_id(row.key, trial) for trial in range(spec.trials))
     return Planned(keys)
 
 
-def _where(row: Row) -> str:
-    unit = "row" if row.source.startswith("hf:") or row.source.endswith(".parquet") else "line"
-    return f"{row.source} {unit} {row.index}"
+def _where(spec: WorkflowSpec, row: Row) -> str:
+    """``<file> line N`` (``row N`` in a dataset or Parquet file); a source path relative
+    to the workflow file is shown from there, so the user can open it."""
+    dataset = row.source.startswith("hf:")
+    unit = "row" if dataset or row.source.endswith(".parquet") else "line"
+    path = row.source if dataset or Path(row.source).is_absolute() else \
+        str(spec.base_dir / row.source)
+    return f"{path} {unit} {row.index}"

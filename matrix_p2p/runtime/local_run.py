@@ -20,14 +20,14 @@ import structlog
 from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import StoreBroker
-from matrix_p2p.bus import KeyValue
 from matrix_p2p.envelope import Usage
 from matrix_p2p.metrics import serving
 from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
 from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runset.completion import Counts
+from matrix_p2p.runset.ended import all_ended
 from matrix_p2p.runset.taskset import plan
-from matrix_p2p.runtime.attempts import retry_failed, submitted_attempts
+from matrix_p2p.runtime.attempts import retry_failed
 from matrix_p2p.runtime.files import check_writable, default_out, out_format, staging_path
 from matrix_p2p.runtime.filter_counts import FilterCounts
 from matrix_p2p.runtime.progress import Progress, Snapshot
@@ -156,19 +156,6 @@ async def _sandbox_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[_
             yield found
         finally:
             found.leased_at_end = int(server.service.status()["leased"])  # type: ignore[call-overload]
-
-
-async def all_ended(sink: Sink, submitted: KeyValue) -> bool:
-    """Every task of the sink's set has the row of the attempt the run waits for. A
-    failed one may have a later attempt that an interrupted ``--retry-failed`` submitted
-    (recorded in the ``submitted`` bucket): the run waits for that too. Looked up only
-    once all else is there, and only for the failed tasks."""
-    if not sink.finished():
-        return False
-    assert sink.completion is not None
-    for tid in await submitted_attempts(submitted, sink.completion.failed_bases()):
-        sink.completion.expect_attempt(tid)
-    return sink.finished()
 
 
 async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event) -> RunResult:

@@ -61,6 +61,13 @@ def namespace_of(task_id: str) -> str:
     return m["ns"] if m else ""
 
 
+async def current_namespace(bus: Bus, bucket: str, digest: str) -> str:
+    """The id namespace ``resolve`` gives this code version on this store, read only
+    (a sink must not record versions)."""
+    kv = await bus.key_value(bucket)
+    return digest[:8] if await kv.exists(f"_fresh.{digest}") else ""
+
+
 async def resolve(bus: Bus, bucket: str, spec: WorkflowSpec, digest: str, mode: Mode, *,
                   replicas: int | None = None) -> str:
     """The id namespace to submit under (``""`` or 8 hex digits), recording ``digest``.

@@ -136,7 +136,7 @@ async def test_a_sink_with_a_task_set_writes_exactly_its_tasks(tmp_path: Path) -
 
 async def test_a_run_waits_for_the_attempt_an_interrupted_retry_submitted(tmp_path: Path) -> None:
     """Why: an interrupted `--retry-failed` re-run exited while its attempts were in flight."""
-    from matrix_p2p.runtime.local_run import all_ended
+    from matrix_p2p.runset.ended import all_ended
 
     bus = MemoryBus()
     spec = make_spec(tmp_path, DUMMY_YAML, [{"n": 1}])
