@@ -15,8 +15,8 @@ the ids; ``TaskSet`` is the pure membership test the sink filters by.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.runtime.attempts import split_attempt
