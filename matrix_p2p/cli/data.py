@@ -6,13 +6,16 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from matrix_p2p.bus import Bus
 from matrix_p2p.cli import common
 from matrix_p2p.workflow.spec import WorkflowSpec
+
+if TYPE_CHECKING:
+    from matrix_p2p.runtime.sink import Sink
 
 
 def add_parsers(sub: Any) -> None:
@@ -128,14 +131,34 @@ def cmd_sink(args: argparse.Namespace) -> int:
             print(f"matrix_p2p: error: timed out after {args.timeout}s with {sink.count}"
                   f"/{args.expect} tasks in {args.out}", file=sys.stderr)
             return 1
-        print(f"{n} distinct tasks in {args.out} ({sink.done} done, {sink.failed} failed this "
-              f"run, {sink.duplicates} duplicates skipped)"
-              + (f"; {sink.counts.line()}" if sink.counts.line() else ""), file=sys.stderr)
+        print(sink_message(sink, args.out), file=sys.stderr)
         if args.expect is not None and n < args.expect:
             return 130 if stop.is_set() else 1
         return 0
 
     return common.with_bus(args, "sink", "writing what has arrived", body)
+
+
+def sink_message(sink: Sink, out: str) -> str:
+    """What ``sink`` says when it stops: the rows in the file (its lines), the tasks in the
+    output by status, what this run wrote, then the filters and the workflow's figures."""
+    from matrix_p2p.report import figures
+
+    done, failed = sink.latest.counts()
+    left_out = sink.count - sink.file_rows
+    lines = [
+        f"{sink.file_rows:,} rows in {out}; its tasks: {done:,} done, {failed:,} failed"
+        + (f", {sink.children:,} of them fan-out children" if sink.children else "")
+        + (f"; {left_out:,} more left out by --kept-only (ids in {out}.skipped)"
+           if left_out else ""),
+        f"  this run: {sink.done:,} done and {sink.failed:,} failed as they finished"
+        + (f", {sink.rebuilt:,} rebuilt from the results stream" if sink.rebuilt else "")
+        + f", {sink.duplicates:,} duplicates skipped",
+    ]
+    if sink.counts.line():
+        lines.append(f"  filters: {sink.counts.line()}")
+    lines += [f"  {line}" for line in figures.render(sink.figures.results())]
+    return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

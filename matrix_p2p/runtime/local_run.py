@@ -22,6 +22,7 @@ from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import StoreBroker
 from matrix_p2p.envelope import Usage
 from matrix_p2p.metrics import serving
+from matrix_p2p.report.figures import FigureValue
 from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
 from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runtime.attempts import retry_failed
@@ -76,6 +77,10 @@ class RunResult(msgspec.Struct):
     sandbox_leased: int | None = None  # leases the in-process sandbox server held at the end
     filters: FilterCounts = msgspec.field(default_factory=FilterCounts)
     usage_by_role: dict[str, Usage] = {}  # LLM tokens this run, for the summary
+    file_rows: int = 0  # lines in the output file: `rows` less the tasks kept-only left out
+    left_out: int = 0  # kept-only: tasks whose ids went to <out>.skipped instead of rows
+    children: int = 0  # fan-out children among the output's distinct tasks (`rows`)
+    figures: list[FigureValue] = []  # the workflow's `summary:` over the output's rows
 
 
 @contextlib.asynccontextmanager
@@ -244,5 +249,6 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         interrupted=stop.is_set() and unfinished(), submit=submitted, worker=stats,
         dataset_done=sink.latest.counts()[0], dataset_failed=sink.latest.counts()[1],
         retried=len(retried), sandbox_leased=sandboxes.leased_at_end, filters=sink.counts,
-        usage_by_role=usage,
+        usage_by_role=usage, file_rows=sink.file_rows, left_out=sink.count - sink.file_rows,
+        children=sink.children, figures=sink.figures.results(),
     )
