@@ -39,10 +39,11 @@ DOCS = [{"n": i, "keep": i % 3 == 0, "questions": 2, "score": i, "why": "short"}
         for i in range(12)]
 
 
-async def _run(spec: WorkflowSpec, nats: EmbeddedNats, out: Path, *,
-               kept_only: bool = False, limit: int | None = None) -> RunResult:
+async def _run(spec: WorkflowSpec, nats: EmbeddedNats, out: Path, *, kept_only: bool = False,
+               limit: int | None = None, retry_failed: bool = False) -> RunResult:
     opts = RunOptions(out=str(out), nats=ConnectOptions(url=nats.url, name="test"),
-                      progress=False, kept_only=kept_only, limit=limit, drain_timeout_s=10)
+                      progress=False, kept_only=kept_only, limit=limit, drain_timeout_s=10,
+                      retry_failed=retry_failed)
     async with asyncio.timeout(120):
         return await run_workflow(spec, opts, asyncio.Event())
 
@@ -83,6 +84,20 @@ async def test_without_kept_only_every_task_is_a_row(nats_server: EmbeddedNats,
     assert s.filters.fanned_out == 4
     # the documents read the same against their questions when the parents are rows too
     assert {v.label: v.value for v in s.figures}["questions per kept document"] == 2.0
+
+
+async def test_a_retried_task_counts_once_in_the_figures(nats_server: EmbeddedNats,
+                                                        tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, SIEVE + "  - {label: done, rate: status, equals: done}\n",
+                     [{"n": i, "keep": False, "fail_first": i < 2} for i in range(6)])
+    out = tmp_path / "o.jsonl"
+    first = summarize(await _run(spec, nats_server, out), spec)
+    assert (first.rows, first.output_failed) == (6, 2)
+    assert {v.label: (v.value, v.rows) for v in first.figures}["done"] == (round(4 / 6, 6), 6)
+    # the new attempts replace the failed rows: the figures are over the file's 6 rows
+    again = summarize(await _run(spec, nats_server, out, retry_failed=True), spec)
+    assert (again.rows, _lines(out), again.output_failed, again.retried) == (6, 6, 0, 2)
+    assert {v.label: (v.value, v.rows) for v in again.figures}["done"] == (1.0, 6)
 
 
 def test_the_sink_command_says_what_it_wrote(nats_server: EmbeddedNats, tmp_path: Path,
