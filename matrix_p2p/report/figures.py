@@ -159,7 +159,7 @@ def text(fv: FigureValue, *, top: int = 6) -> str:
         return f"{_number(v)} (over {fv.rows:,} rows{missing})"
     if fv.kind == "ratio":
         return _number(v)
-    return f"{v:,}" + (f" ({fv.missing:,} missing)" if fv.missing and fv.kind == "distinct" else "")
+    return f"{v:,}"  # count, distinct: the rows without the field are simply not counted
 
 
 def render(values: Sequence[FigureValue]) -> list[str]:
