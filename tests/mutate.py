@@ -34,6 +34,7 @@ HOP = "tests/integration/test_hop_faults.py"
 EDGE = "tests/integration/test_edge_faults.py"
 RS = "tests/unit/test_runset.py::"
 RSP = "tests/integration/test_runset_property.py::test_every_run_writes_exactly_its_own_tasks"
+SUM = "tests/integration/test_summary_run.py::"
 
 
 @dataclass
@@ -129,6 +130,26 @@ MUTANTS = [
     Mutant("attempts: --retry-failed retries other runs' tasks", "matrix_p2p/runtime/attempts.py", [
         ("if owns is not None and not owns(task.id):", "if False:"),
     ], [RS + "test_retry_failed_retries_only_the_runs_own_tasks_with_the_new_code"]),
+    Mutant("summary rows: kept-only's left-out tasks counted as rows", "matrix_p2p/runtime/sink.py", [
+        ("return len(self.written) - len(self.left_out & self.written)",
+         "return len(self.written)"),
+    ], [SUM + "test_kept_only_rows_are_the_lines_of_the_file"]),
+    Mutant("summary children: rows beyond the expected tasks", "matrix_p2p/runtime/summary.py", [
+        ("children=result.children,", "children=max(0, result.rows - result.expected),"),
+    ], ["tests/unit/test_summary.py::test_summary_counts_children_and_filters"]),
+    Mutant("sink command: rows rebuilt from the stream not counted", "matrix_p2p/runtime/sink.py", [
+        ("self.rebuilt = self.count", "self.rebuilt = 0"),
+    ], [SUM + "test_the_sink_command_says_what_it_wrote"]),
+    Mutant("figures: a row without the field counted as zero", "matrix_p2p/report/figures.py", [
+        ("self.missing += 1\n return", "self.missing += 1; v = 0  # MUTANT"),
+    ], ["tests/unit/test_figures.py"]),
+    Mutant("figures: the rows already in the file left out on resume", "matrix_p2p/runtime/sink.py", [
+        ('self.latest.offer(row["id"], row["status"])\n self.figures.add(row)',
+         'self.latest.offer(row["id"], row["status"])'),
+    ], [SUM + "test_kept_only_rows_are_the_lines_of_the_file"]),
+    Mutant("figures: a superseded attempt's row still counted", "matrix_p2p/runtime/sink.py", [
+        ("self._refigure(lines)", "pass"),
+    ], [SUM + "test_a_retried_task_counts_once_in_the_figures"]),
 ]
 
 

@@ -160,16 +160,15 @@ def cmd_sink(args: argparse.Namespace) -> int:
             print(f"matrix_p2p: error: timed out after {args.timeout}s with {sink.count}"
                   f"/{want} tasks in {args.out}", file=sys.stderr)
             return 1
-        if tasks is not None:
+        print(sink_message(sink, args.out), file=sys.stderr)
+        if tasks is not None:  # the submit + sink form of a run: its exit status
             if not sink.finished():
                 return 130 if stop.is_set() else 1
-            done, failed = sink.latest.counts()
-            print(f"{args.out}: {len(tasks)} tasks and {sink.count - len(tasks)} children: "
-                  f"{done} done, {failed} failed", file=sys.stderr)
+            failed = sink.latest.counts()[1]
+            if failed:
+                print(f"matrix_p2p: {failed} task(s) failed: resubmit them with "
+                      "`submit --retry-failed`", file=sys.stderr)
             return 1 if failed else 0
-        print(f"{n} distinct tasks in {args.out} ({sink.done} done, {sink.failed} failed this "
-              f"run, {sink.duplicates} duplicates skipped)"
-              + (f"; {sink.counts.line()}" if sink.counts.line() else ""), file=sys.stderr)
         if args.expect is not None and n < args.expect:
             return 130 if stop.is_set() else 1
         return 0
@@ -191,6 +190,26 @@ async def _until_ended(bus: Bus, names: Names, sink: Sink, ready: asyncio.Event,
             break
         await wait_any(sink.changed, stop, ended)
     ended.set()
+def sink_message(sink: Sink, out: str) -> str:
+    """What ``sink`` says when it stops: the rows in the file (its lines), the tasks in the
+    output by status, what this run wrote, then the filters and the workflow's figures."""
+    from matrix_p2p.report import figures
+
+    done, failed = sink.latest.counts()
+    left_out = sink.count - sink.file_rows
+    lines = [
+        f"{sink.file_rows:,} rows in {out}; its tasks: {done:,} done, {failed:,} failed"
+        + (f", {sink.children:,} of them fan-out children" if sink.children else "")
+        + (f"; {left_out:,} more left out by --kept-only (ids in {out}.skipped)"
+           if left_out else ""),
+        f"  this run: {sink.done:,} done and {sink.failed:,} failed as they finished"
+        + (f", {sink.rebuilt:,} rebuilt from the results stream" if sink.rebuilt else "")
+        + f", {sink.duplicates:,} duplicates skipped",
+    ]
+    if sink.counts.line():
+        lines.append(f"  filters: {sink.counts.line()}")
+    lines += [f"  {line}" for line in figures.render(sink.figures.results())]
+    return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import StoreBroker
 from matrix_p2p.envelope import Usage
 from matrix_p2p.metrics import serving
+from matrix_p2p.report.figures import FigureValue
 from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
 from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runset.completion import Counts
@@ -81,6 +82,10 @@ class RunResult(msgspec.Struct):
     usage_by_role: dict[str, Usage] = {}  # LLM tokens this run, for the summary
     tasks: Counts = msgspec.field(default_factory=Counts)  # the output's rows, by kind
     preserved: str | None = None  # where an earlier code version's rows were moved
+    file_rows: int = 0  # lines in the output file: `rows` less the tasks kept-only left out
+    left_out: int = 0  # kept-only: tasks whose ids went to <out>.skipped instead of rows
+    children: int = 0  # fan-out children among the output's distinct tasks (`rows`)
+    figures: list[FigureValue] = []  # the workflow's `summary:` over the output's rows
 
 
 @contextlib.asynccontextmanager
@@ -257,4 +262,6 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         retried=len(retried), sandbox_leased=sandboxes.leased_at_end, filters=sink.counts,
         usage_by_role=usage, tasks=completion.counts(),
         preserved=str(sink.preserved) if sink.preserved else None,
+        file_rows=sink.file_rows, left_out=sink.count - sink.file_rows,
+        children=sink.children, figures=sink.figures.results(),
     )

@@ -33,6 +33,7 @@ from matrix_p2p.bus import Bus, Delivery
 from matrix_p2p.envelope import EnvelopeError, Task, Usage
 from matrix_p2p.errors import BusError
 from matrix_p2p.metrics import NullMetrics, Recorder
+from matrix_p2p.report.figures import Figures
 from matrix_p2p.runset.completion import Completion
 from matrix_p2p.runset.taskset import TaskSet
 from matrix_p2p.runtime import offload, topology
@@ -176,6 +177,9 @@ class Sink:
         self._side: Sidecar | None = None
         self.offload = offload.Offloader(bus, spec)
         self.counts = FilterCounts()
+        self.figures = Figures(spec.summary)  # the workflow's own, over the output's rows
+        self.left_out: set[str] = set()  # kept-only: ids in the side file, not the output
+        self.rebuilt = 0  # tasks this run's rebuild of the file from the stream wrote
         self.announced = 0  # children the written parents spawned (fan-out)
         # kept-only: the ids of the rows left out go to a side file, so a restart skips them
         self.skipped_path = (out.with_name(out.name + ".skipped")
@@ -191,6 +195,16 @@ class Sink:
     def has(self, task_id: str) -> bool:
         return task_id in self.written
 
+    @property
+    def file_rows(self) -> int:
+        """Rows in the output file: the distinct tasks less those ``kept_only`` left out."""
+        return len(self.written) - len(self.left_out & self.written)
+
+    @property
+    def children(self) -> int:
+        """Fan-out children (ids ``<parent>/<i>``) among the distinct tasks."""
+        return sum(1 for i in self.written if "/" in i)
+
     def finished(self, expected: int = 0) -> bool:
         """With a task set: every task of it has its row (the attempt the run waits for),
         and so has every child a written row announced. Without one: ``expected``
@@ -199,8 +213,7 @@ class Sink:
         restarts."""
         if self.completion is not None:
             return self.completion.finished
-        children = sum(1 for i in self.written if "/" in i)
-        return len(self.written) - children >= expected and children >= self.announced
+        return len(self.written) - self.children >= expected and self.children >= self.announced
 
     def accepts(self, task_id: str) -> bool:
         if self.tasks is not None:
@@ -222,6 +235,7 @@ class Sink:
             for ln in read_lines(self.staging, self.fmt):
                 row = msgspec.json.decode(ln)
                 self.latest.offer(row["id"], row["status"])
+                self.figures.add(row)
             good = side.good_length
         else:
             fresh = side is None and not self.staging.exists()
@@ -238,6 +252,8 @@ class Sink:
 
             good = await rebuild(self.bus, self.names, self.staging, self.fmt, line,
                                  self.latest, accept=self.accepts, prepare=self._resolve)
+            self.rebuilt = self.count
+            self._refigure()
             if self.skipped_path is not None:
                 side_file = RowWriter(self.skipped_path, "jsonl")
                 for t in left_out:
@@ -246,6 +262,7 @@ class Sink:
         if self.skipped_path is not None:
             for tid in load_written_ids(self.skipped_path):
                 self.latest.offer(tid, "done")
+                self.left_out.add(tid)
             self.announced += announced_children(self.skipped_path)
         self.announced += announced_children(self.staging, self.fmt)
         self.written = self.latest.ids()
@@ -256,6 +273,14 @@ class Sink:
                              good_length=good, namespace=self.namespace, tasks=digest)
         save_sidecar(self.out, self._side)
 
+    def _refigure(self, lines: list[bytes] | None = None) -> None:
+        """The workflow's figures over the whole file again (rebuilt, or rewritten
+        without an earlier attempt's row); ``lines``: the file's, if already read."""
+        self.figures = Figures(self.spec.summary)
+        if self.spec.summary:
+            for ln in read_lines(self.staging, self.fmt) if lines is None else lines:
+                self.figures.add(msgspec.json.decode(ln))
+
     async def _commit(self, writer: RowWriter, superseded: bool) -> RowWriter:
         """Make the batch durable, then record it in the sidecar (before any ack)."""
         writer.commit()
@@ -263,6 +288,7 @@ class Sink:
             writer.close()
             lines = keep_latest(read_lines(self.staging, self.fmt), self.written)
             replace_file(self.staging, lines, self.fmt)
+            self._refigure(lines)
             writer = RowWriter(self.staging, self.fmt)
         assert self._side is not None
         if not self._side.identity:
@@ -398,8 +424,11 @@ class Sink:
         """The row (kept-only: a filtered task's id goes to the side file instead)."""
         if skipped is not None and not is_kept(task):
             skipped.write(_skipped_line(task))
+            self.left_out.add(task.id)
         else:
-            writer.write(_row_encoder.encode(to_row(task)) + b"\n")
+            row = to_row(task)
+            writer.write(_row_encoder.encode(row) + b"\n")
+            self.figures.add(row)
         if self.completion is not None:
             self.completion.row(task.id, task.status, children=int(task.state.get("children", 0)),
                                 kept=is_kept(task))

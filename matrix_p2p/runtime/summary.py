@@ -2,7 +2,9 @@
 
 Pure: rendered from a ``RunResult`` and the workflow (whose LLM resources may
 give a price per 1,000 tokens). ``write_json`` puts it next to the output as
-``<out>.summary.json``.
+``<out>.summary.json``. Every count is read from the run, none derived from
+another: ``rows`` is the lines of the output file, fan-out ``children`` are
+counted by id, and the workflow's own figures (``report/figures.py``) come first.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from pathlib import Path
 
 import msgspec
 
+from matrix_p2p.report import figures
+from matrix_p2p.report.figures import FigureValue
+from matrix_p2p.runtime.filter_counts import FilterReport
 from matrix_p2p.runtime.local_run import RunResult
 from matrix_p2p.workflow.spec import WorkflowSpec
 
@@ -26,7 +31,9 @@ class Summary(msgspec.Struct, kw_only=True):
     workflow: str
     out: str
     interrupted: bool
-    rows: int  # distinct tasks in the output file
+    rows: int  # lines in the output file
+    tasks: int  # distinct tasks in the output (rows, and those kept-only left out)
+    left_out: int  # kept-only: tasks whose ids are in <out>.skipped, not in the file
     expected: int
     done: int  # finished this run
     failed: int
@@ -34,8 +41,9 @@ class Summary(msgspec.Struct, kw_only=True):
     output_failed: int
     retried: int  # failed tasks resubmitted as a new attempt by this run
     sandbox_leased: int | None  # leases the in-process sandbox server held at the end
-    children: int  # fan-out children among the rows (rows beyond the expected tasks)
-    filters: str  # "kept N, filtered M (...)", empty for a workflow without filters
+    children: int  # fan-out children among the output's tasks (ids <parent>/<i>)
+    figures: list[FigureValue]  # the workflow's `summary:` section, over the output's rows
+    filters: FilterReport | None  # None for a workflow without filters
     wall_s: float
     tasks_per_s: float
     roles: list[RoleTokens]
@@ -64,11 +72,12 @@ def summarize(result: RunResult, spec: WorkflowSpec) -> Summary:
     completion = sum(r.completion_tokens for r in roles)
     costs = [r.cost for r in roles if r.cost is not None]
     return Summary(
-        workflow=spec.name, out=result.out, interrupted=result.interrupted, rows=result.rows,
+        workflow=spec.name, out=result.out, interrupted=result.interrupted,
+        rows=result.file_rows, tasks=result.rows, left_out=result.left_out,
         expected=result.expected, done=result.done, failed=result.failed,
         output_done=result.dataset_done, output_failed=result.dataset_failed,
         retried=result.retried, sandbox_leased=result.sandbox_leased,
-        children=max(0, result.rows - result.expected), filters=result.filters.line(),
+        children=result.children, figures=result.figures, filters=result.filters.report(),
         wall_s=round(result.elapsed_s, 3), tasks_per_s=round((result.done + result.failed) / wall, 2),
         roles=roles, prompt_tokens=prompt, completion_tokens=completion,
         tokens_per_s=round((prompt + completion) / wall, 1),
@@ -85,11 +94,15 @@ def render(s: Summary) -> str:
     """The table ``run`` prints when it ends."""
     head = "interrupted" if s.interrupted else "finished"
     lines = [
-        f"{s.workflow}: {head} in {s.wall_s:,.1f}s; {s.rows}/{s.expected}"
-        + (f" (+{s.children} children)" if s.children else "") + f" rows in {s.out}",
+        f"{s.workflow}: {head} in {s.wall_s:,.1f}s; {s.rows:,} rows in {s.out}"
+        + (f" ({s.left_out:,} tasks left out by --kept-only: ids in {s.out}.skipped)"
+           if s.left_out else ""),
         f"  tasks this run   {s.done:>10,} done {s.failed:>8,} failed   {s.tasks_per_s:,.1f} tasks/s",
         f"  output: {s.output_done:,} done, {s.output_failed:,} failed"
-        + (f" ({s.retried:,} retried)" if s.retried else ""),
+        + (f" ({s.retried:,} retried)" if s.retried else "")
+        + f"; {s.expected:,} tasks asked for"
+        + (f", {s.children:,} fan-out children" if s.children else ""),
+        *(f"  {line}" for line in figures.render(s.figures)),
         f"  {'role':<16}{'prompt tok':>14}{'completion tok':>16}{'cost':>12}",
     ]
     for r in s.roles:
@@ -98,8 +111,8 @@ def render(s: Summary) -> str:
     lines.append(f"  {'total':<16}{s.prompt_tokens:>14,}{s.completion_tokens:>16,}"
                  f"{_money(s.cost):>12}")
     lines.append(f"  tokens/s         {s.tokens_per_s:,.0f} (generated {s.completion_tokens_per_s:,.0f})")
-    if s.filters:
-        lines.append(f"  filters: {s.filters}")
+    if s.filters is not None:
+        lines.append(f"  filters: {s.filters.line()}")
     if s.sandbox_leased is not None:
         lines.append(f"  sandbox leases held at the end: {s.sandbox_leased}")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import hashlib
 import re
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import msgspec
 import yaml
@@ -135,6 +135,32 @@ class Limits(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     offload_ttl_s: float = 7 * 86400.0  # backstop: objects a crashed hop orphaned expire
 
 
+# The keys of a dataset row (runtime/sink.py ``to_row``): a figure's field path starts
+# with one of them (tests/unit/test_figures.py keeps the two in step).
+ROW_FIELDS = ("id", "workflow", "workflow_version", "code_version", "status", "error", "source",
+              "row_index", "trial", "input", "result", "dialogue", "usage", "timings", "hops",
+              "parent", "children")
+FIGURE_KINDS = ("mean", "rate", "count", "counts", "distinct", "ratio")
+
+
+class Figure(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One number of the end-of-run summary, over the rows a run writes
+    (``report/figures.py``). FIELD is a dotted path into a row (``result.reward``)."""
+
+    label: str
+    mean: str | None = None  # mean of a numeric FIELD
+    rate: str | None = None  # share of rows with FIELD where it is truthy (or == equals)
+    count: str | None = None  # rows where FIELD is truthy (or == equals)
+    counts: str | None = None  # how many rows have each value of FIELD
+    distinct: str | None = None  # how many different values FIELD takes
+    ratio: list[str] | None = None  # [label A, label B]: figure A's value over figure B's
+    equals: str | int | float | bool | None = None  # for rate and count
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in FIGURE_KINDS if getattr(self, k) is not None)
+
+
 class WorkflowSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: str
     roles: dict[str, RoleSpec]
@@ -148,6 +174,7 @@ class WorkflowSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True)
     subject_prefix: str = "mx"
     resources: Resources = Resources()
     limits: Limits = Limits()
+    summary: list[Figure] = []  # the workflow's own figures in `run`'s summary
     path: str = ""  # where it was loaded from, for messages and relative paths
     digest: str = ""  # sha256 of the file's bytes, first 12 hex digits
 
@@ -296,3 +323,43 @@ def _check(spec: WorkflowSpec) -> None:
                 fail(f"{where}.{field}", "must be positive")
         if sbx.max_restarts < 0:
             fail(f"{where}.max_restarts", "must be at least 0")
+    _check_figures(spec.summary, spec.path)
+
+
+_FIELD_RE = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
+
+
+def _check_figures(figures: list[Figure], path: str) -> None:
+    def fail(field: str, msg: str) -> NoReturn:
+        raise ConfigError(f"{path}: {field}: {msg}")
+
+    seen: dict[str, str] = {}  # label -> kind, of the figures before this one
+    for i, fig in enumerate(figures):
+        where = f"summary[{i}]"
+        kinds = [k for k in FIGURE_KINDS if getattr(fig, k) is not None]
+        if len(kinds) != 1:
+            fail(where, f"give exactly one of {', '.join(FIGURE_KINDS)} (got "
+                        f"{', '.join(kinds) or 'none'})")
+        kind = kinds[0]
+        if not fig.label.strip():
+            fail(f"{where}.label", "must not be empty")
+        if fig.label in seen:
+            fail(f"{where}.label", f"{fig.label!r} is the label of an earlier figure")
+        if fig.equals is not None and kind not in ("rate", "count"):
+            fail(f"{where}.equals", f"only for rate and count, not {kind}")
+        if fig.ratio is not None:
+            if len(fig.ratio) != 2:
+                fail(f"{where}.ratio", "give two labels of earlier figures: [A, B] for A / B")
+            for j, label in enumerate(fig.ratio):
+                if seen.get(label) in (None, "counts"):
+                    fail(f"{where}.ratio[{j}]", f"{label!r} is not the label of an earlier "
+                         "figure with one number (mean, rate, count, distinct or ratio)")
+        else:
+            field = str(getattr(fig, kind))
+            if not _FIELD_RE.match(field):
+                fail(f"{where}.{kind}", f"{field!r} is not a dotted path (like result.reward)")
+            root = field.split(".", 1)[0]
+            if root not in ROW_FIELDS:
+                fail(f"{where}.{kind}", f"{field!r} does not start with a row field (one of "
+                     f"{', '.join(ROW_FIELDS)}; an agent's state is under result.)")
+        seen[fig.label] = kind

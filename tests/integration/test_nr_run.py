@@ -51,6 +51,12 @@ def test_run_natural_reasoning_from_another_source_kept_only(tmp_path: Path) -> 
     skipped = [json.loads(line) for line in
                (tmp_path / "questions.jsonl.skipped").read_text().splitlines()]
     assert len(skipped) == len({s["id"] for s in skipped}) == DOCS
+    # summary.json: the rows are the file's lines, and the workflow's own figures read the
+    # documents against their questions
+    summary_json = json.loads((tmp_path / "questions.jsonl.summary.json").read_text())
+    assert summary_json["rows"] == len(rows) and summary_json["filters"]["kept"] == int(kept)
+    assert {f["label"]: f["value"] for f in summary_json["figures"]} == {
+        "kept documents": int(fanned), "questions": len(rows), "questions per kept document": 2.0}
     # the same command again: nothing new to do, nothing written twice
     again = mx(*args, cwd=tmp_path, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
