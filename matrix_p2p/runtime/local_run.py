@@ -25,7 +25,7 @@ from matrix_p2p.metrics import serving
 from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
 from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runtime.attempts import retry_failed
-from matrix_p2p.runtime.files import check_writable, default_out, out_format, staging_path
+from matrix_p2p.runtime.files import OutputLock, default_out, out_format
 from matrix_p2p.runtime.filter_counts import FilterCounts
 from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.serve import serve_roles
@@ -76,6 +76,12 @@ class RunResult(msgspec.Struct):
     sandbox_leased: int | None = None  # leases the in-process sandbox server held at the end
     filters: FilterCounts = msgspec.field(default_factory=FilterCounts)
     usage_by_role: dict[str, Usage] = {}  # LLM tokens this run, for the summary
+
+
+@contextlib.asynccontextmanager
+async def _held(lock: OutputLock) -> AsyncIterator[None]:
+    with lock:
+        yield
 
 
 @contextlib.asynccontextmanager
@@ -162,12 +168,13 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     """
     expected = count_tasks(spec, opts.limit)
     out = Path(opts.out) if opts.out else default_out(spec)
-    check_writable(staging_path(out, out_format(out, spec)))  # one line now, not mid-run
+    # one writer per output: taken (and the file checked) before anything starts
+    lock = OutputLock(out, out_format(out))
     digest = code_hash(spec)
     roles = list(spec.roles)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls, \
+    async with _held(lock), _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls, \
             _sandbox_urls(opts, spec) as sandboxes:
         bus = await busmod.connect(conn)
         try:
@@ -178,7 +185,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                     open_llms(spec, roles, urls, fleet=fleet, recorder=metrics) as llms, \
                     open_sandboxes(spec, sandboxes.urls) as resources:
                 sink = Sink(bus, spec, out, namespace=ns, kept_only=opts.kept_only,
-                            metrics=metrics)
+                            metrics=metrics, lock=lock)
                 stats = WorkerStats()
                 submitted = SubmitResult()
                 stop_workers = asyncio.Event()

@@ -5,12 +5,13 @@ resumes where it stopped. Rows are appended and flushed to disk (fsync), and
 the file's good length recorded in a sidecar, before their messages are
 acked; a crash in between redelivers them, the ids already in the file are
 skipped, and whatever lies past the good length (a torn row) is cut off at
-start-up. A file that was deleted, truncated or written by another run is
-rebuilt from the results stream (``sink_state.py``). Parquet is not
-appendable: rows collect in ``<out>.mx.jsonl`` and become ``<out>`` at close,
-by temp file and rename. The format follows ``out``'s extension
-(``files.out_format``). Offloaded values are resolved before a row is written,
-and their objects deleted once it is durable, before the ack (``offload``);
+start-up. A file that was deleted, truncated, written by another run or holding
+a task twice is rebuilt from the results stream (``sink_state.py``). One writer
+per output: ``run`` holds ``files.OutputLock``. Parquet is not appendable: rows
+collect in ``<out>.mx.jsonl`` and become ``<out>`` at close, by temp file and
+rename. The format follows ``out``'s extension (``files.out_format``).
+Offloaded values are resolved before a row is written, and their objects
+deleted once it is durable, before the ack (``offload``);
 ``kept_only`` leaves out the rows the workflow's filters dropped (their ids go to
 ``<out>.skipped``, so a restart skips them too).
 """
@@ -36,9 +37,9 @@ from matrix_p2p.metrics import NullMetrics, Recorder
 from matrix_p2p.runtime import offload, topology
 from matrix_p2p.runtime.attempts import Latest, split_attempt
 from matrix_p2p.runtime.files import (
+    OutputLock,
     RowWriter,
     announced_children,
-    check_writable,
     load_written_ids,
     out_format,
     read_lines,
@@ -51,6 +52,7 @@ from matrix_p2p.runtime.filter_counts import FilterCounts
 from matrix_p2p.runtime.sink_state import (
     Sidecar,
     keep_latest,
+    load_rows,
     load_sidecar,
     rebuild,
     save_sidecar,
@@ -147,13 +149,15 @@ class Sink:
     def __init__(self, bus: Bus, spec: WorkflowSpec, out: Path, *, fmt: str | None = None,
                  durable: str | None = None, replicas: int | None = None,
                  namespace: str | None = None, kept_only: bool = False,
-                 metrics: Recorder | None = None) -> None:
+                 metrics: Recorder | None = None, lock: OutputLock | None = None) -> None:
         self.bus = bus
         self.spec = spec
         self.out = out
-        self.fmt = fmt or out_format(out, spec)
-        check_writable(out if self.fmt != "parquet" else staging_path(out, self.fmt))
+        self.fmt = fmt or out_format(out)
         self.staging = staging_path(out, self.fmt)
+        # taken by run(); a caller that took it earlier passes it (and releases it)
+        self.lock = lock or OutputLock(out, self.fmt)
+        self._own_lock = lock is None
         self.names = Names.of(spec)
         self.durable = durable or sink_durable(out)
         self.latest = Latest()
@@ -202,11 +206,10 @@ class Sink:
                            stream=self.names.results_stream, namespace=self.namespace)
         if why is None and side is not None:
             truncate_to(self.staging, side.good_length)
-            for ln in read_lines(self.staging, self.fmt):
-                row = msgspec.json.decode(ln)
-                self.latest.offer(row["id"], row["status"])
+            why = load_rows(read_lines(self.staging, self.fmt), self.latest)
             good = side.good_length
-        else:
+        if why is not None:
+            self.latest.by_base.clear()  # what an untrusted file holds does not count
             fresh = side is None and not self.staging.exists()
             (log.info if fresh else log.warning)("sink.rebuild", out=str(self.out), reason=why)
             # offloaded values are read back; those of results written (and their objects
@@ -254,6 +257,17 @@ class Sink:
 
     async def run(self, stop: asyncio.Event, *, expect: int | None = None,
                   ready: asyncio.Event | None = None) -> int:
+        """``_run`` holding the output's lock from before the file is opened until it is
+        closed: a second writer gets a one-line ``ConfigError`` before touching it."""
+        self.lock.acquire()
+        try:
+            return await self._run(stop, expect=expect, ready=ready)
+        finally:
+            if self._own_lock:
+                self.lock.release()
+
+    async def _run(self, stop: asyncio.Event, *, expect: int | None = None,
+                   ready: asyncio.Event | None = None) -> int:
         """Write results until ``stop`` (or until ``expect`` distinct tasks are written).
 
         Error handling: an undecodable result is dead-lettered and terminated;

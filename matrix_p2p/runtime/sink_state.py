@@ -4,8 +4,9 @@ Next to ``<out>`` a small sidecar ``<out>.mx.json`` records which results
 stream the file was written from (its identity: a hash of the stream's first
 stored result), how many tasks it holds and the byte length of its last
 committed write. At start-up the sink trusts the file only if all three
-agree; otherwise (the file was deleted, truncated, or written by another
-run or store) the file is rebuilt from the results stream, atomically.
+agree and each task is in it once; otherwise (the file was deleted, truncated,
+written by another run or store, or appended to by two writers) the file is
+rebuilt from the results stream, atomically.
 """
 
 from __future__ import annotations
@@ -78,6 +79,22 @@ def trust_reason(side: Sidecar | None, staging: Path, *, identity: str, fmt: str
         return "written by another run"
     if staging.stat().st_size < side.good_length:
         return "shorter than its last write"
+    return None
+
+
+def load_rows(lines: list[bytes], latest: Latest) -> str | None:
+    """Offer each row of a file the sidecar vouches for to ``latest``, in one pass. Why
+    the file cannot be trusted after all (then it is rebuilt), or None: a task twice
+    (by base id, any attempts: the sink keeps one row per task, so two rows mean two
+    writers appended to it), or a line that is not a row."""
+    for ln in lines:
+        try:
+            row = msgspec.json.decode(ln)
+            verdict = latest.offer(row["id"], row["status"])
+        except (msgspec.DecodeError, KeyError, TypeError):
+            return "unreadable line"
+        if verdict != "new":
+            return "duplicate ids"
     return None
 
 
