@@ -99,22 +99,26 @@ def test_a_second_run_or_sink_on_one_output_is_refused_before_it_starts(tmp_path
         ps.append(Proc(["run", str(wf), "--store", str(store), "--out", str(out),
                         "--no-progress"], tmp_path / "run1.log"))
         pid = ps[0].pid
-        _wait_for(lambda: _read(tmp_path / "o.jsonl.mx.lock") == str(pid), "the first run's lock")
-        _wait_for(lambda: (store / "broker.json").exists(), "the first run's broker")
-        r = mx("run", str(wf), "--store", str(other), "--out", str(out), "--no-progress",
-               timeout=60)
-        assert r.returncode == 2, r.stderr
-        assert "Traceback" not in r.stderr
-        assert r.stderr.strip().splitlines()[-1] == _busy(out, pid)
-        assert not other.exists()  # refused before its broker started
-        port = json.loads((store / "broker.json").read_text())["port"]
-        s = mx("sink", str(wf), "--out", str(out), "--nats", f"nats://127.0.0.1:{port}",
-               "--timeout", "30", timeout=60)
-        assert s.returncode == 2, s.stderr
-        assert "Traceback" not in s.stderr
-        assert s.stderr.strip().splitlines()[-1] == _busy(out, pid)
-        ps[0].p.kill()  # its slow task would hold a drain for its whole ack wait
-        ps[0].p.wait()
+        try:
+            _wait_for(lambda: _read(tmp_path / "o.jsonl.mx.lock") == str(pid), "the first run's lock")
+            _wait_for(lambda: (store / "broker.json").exists(), "the first run's broker")
+            quick = tmp_path / "quick.jsonl"  # were it let through, it would end at once
+            quick.write_text(json.dumps({"behaviour": "ok"}) + "\n")
+            r = mx("run", str(wf), "--store", str(other), "--out", str(out), "--no-progress",
+                   "--source", str(quick), timeout=60)
+            assert r.returncode == 2, r.stderr
+            assert "Traceback" not in r.stderr
+            assert r.stderr.strip().splitlines()[-1] == _busy(out, pid)
+            assert not other.exists()  # refused before its broker started
+            port = json.loads((store / "broker.json").read_text())["port"]
+            s = mx("sink", str(wf), "--out", str(out), "--nats", f"nats://127.0.0.1:{port}",
+                   "--timeout", "30", timeout=60)
+            assert s.returncode == 2, s.stderr
+            assert "Traceback" not in s.stderr
+            assert s.stderr.strip().splitlines()[-1] == _busy(out, pid)
+        finally:  # its slow task would hold a drain for its whole ack wait
+            ps[0].p.kill()
+            ps[0].p.wait()
 
 
 @pytest.mark.parametrize("damage", ["a line twice", "an earlier attempt", "a line not a row"])
