@@ -35,6 +35,9 @@ EDGE = "tests/integration/test_edge_faults.py"
 RS = "tests/unit/test_runset.py::"
 RSP = "tests/integration/test_runset_property.py::test_every_run_writes_exactly_its_own_tasks"
 SUM = "tests/integration/test_summary_run.py::"
+OUT = "tests/integration/test_output_files.py::"
+FILES = "tests/unit/test_sink_files.py::"
+ROWS = "tests/unit/test_rows.py::"
 
 
 @dataclass
@@ -144,12 +147,40 @@ MUTANTS = [
         ("self.missing += 1\n return", "self.missing += 1; v = 0  # MUTANT"),
     ], ["tests/unit/test_figures.py"]),
     Mutant("figures: the rows already in the file left out on resume", "matrix_p2p/runtime/sink.py", [
-        ('self.latest.offer(row["id"], row["status"])\n self.figures.add(row)',
-         'self.latest.offer(row["id"], row["status"])'),
+        ("self._refigure(rows_read)", "pass"),
     ], [SUM + "test_kept_only_rows_are_the_lines_of_the_file"]),
     Mutant("figures: a superseded attempt's row still counted", "matrix_p2p/runtime/sink.py", [
         ("self._refigure(lines)", "pass"),
     ], [SUM + "test_a_retried_task_counts_once_in_the_figures"]),
+    Mutant("one writer per output: no lock", "matrix_p2p/runtime/files.py", [
+        ("fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass"),
+    ], [OUT + "test_a_second_sink_on_one_output_is_refused_before_it_touches_it",
+        OUT + "test_a_second_run_or_sink_on_one_output_is_refused_before_it_starts"]),
+    Mutant("one writer per output: run locks only in its sink, after starting the broker",
+           "matrix_p2p/runtime/local_run.py", [
+        ("async with _held(lock), _broker(", "async with _broker("),
+        ("metrics=metrics, lock=lock)", "metrics=metrics)"),
+    ], [OUT + "test_a_second_run_or_sink_on_one_output_is_refused_before_it_starts"]),
+    Mutant("atomic files: a fixed temp name", "matrix_p2p/runtime/files.py", [
+        ('tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")',
+         'tmp = path.with_name(path.name + ".tmp")'),
+        ("os.O_WRONLY | os.O_CREAT | os.O_EXCL", "os.O_WRONLY | os.O_CREAT | os.O_TRUNC"),
+    ], [FILES + "test_two_writers_replacing_one_file_never_share_a_temp_file"]),
+    Mutant("atomic files: a failed write leaves its temp", "matrix_p2p/runtime/files.py", [
+        ("tmp.unlink(missing_ok=True)", "pass"),
+    ], [FILES + "test_a_failed_replacement_leaves_the_file_and_no_temp",
+        FILES + "test_a_failed_parquet_write_leaves_no_temp"]),
+    Mutant("the output's check on start: a task twice trusted", "matrix_p2p/runtime/sink_state.py", [
+        ('if verdict != "new":', "if False:"),
+    ], [OUT + "test_a_trusted_output_holding_a_task_twice_is_rebuilt"]),
+    Mutant("formats: any --out name written as JSON lines", "matrix_p2p/runtime/files.py", [
+        ('raise ConfigError(f"--out {out}: {_unsupported(out)}")', 'return "jsonl"'),
+    ], [FILES + "test_an_output_of_another_format_is_one_line",
+        OUT + "test_an_out_of_another_format_is_one_line"]),
+    Mutant("formats: any source file read as JSON lines", "matrix_p2p/runtime/rows.py", [
+        ("if found is not None: return found", 'return found or ".jsonl"'),
+    ], [ROWS + "test_a_source_of_another_format_is_one_line_before_any_row",
+        OUT + "test_a_source_of_another_format_is_one_line_before_anything"]),
 ]
 
 

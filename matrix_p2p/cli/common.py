@@ -202,8 +202,9 @@ def with_bus(args: argparse.Namespace, name: str, what: str,
 
 def add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", metavar="PATH|GLOB|hf:NAME",
-                   help="read this input instead of the workflow's source: JSONL, .jsonl.zst or "
-                        ".parquet files (a glob), or hf:NAME[:SPLIT] (a Hugging Face dataset)")
+                   help="read this input instead of the workflow's source: .jsonl, .jsonl.zst, "
+                        ".parquet, .csv or .tsv files (a glob), or hf:NAME[:SPLIT] (a Hugging "
+                        "Face dataset)")
 
 
 def add_command(sub: Any, name: str, help_: str, desc: str) -> argparse.ArgumentParser:

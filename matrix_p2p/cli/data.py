@@ -42,7 +42,8 @@ def add_parsers(sub: Any) -> None:
         sub, "sink", "write finished tasks to a dataset file (each task once; resumable)",
         "Consume the results stream and write one row per finished task (the latest\n"
         "attempt of each). The format follows --out's extension (.jsonl, .jsonl.zst,\n"
-        ".parquet); a deleted, truncated or foreign output is rebuilt from the stream.")
+        ".parquet); a deleted, truncated or foreign output is rebuilt from the stream.\n"
+        "One writer per output file: a second sink (or run) on it is refused.")
     common.add_workflow(k)
     k.add_argument("--out", required=True, metavar="PATH")
     k.add_argument("--expect", type=int, metavar="N",
@@ -81,7 +82,7 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from matrix_p2p.runset.taskset import plan
-    from matrix_p2p.runtime.rows import with_source
+    from matrix_p2p.runtime.rows import check_source, with_source
     from matrix_p2p.runtime.source import submit
 
     common.positive("--limit", args.limit, allow_zero=True)
@@ -108,11 +109,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(f"resubmitted {len(again)} failed tasks as a new attempt", file=sys.stderr)
         return 130 if stop.is_set() else 0
 
-    return common.with_bus(args, "submit", "stopping submission; re-run to continue", body)
+    return common.with_bus(args, "submit", "stopping submission; re-run to continue", body,
+                           check=lambda spec: check_source(with_source(spec, args.source)))
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
     from matrix_p2p.runset.taskset import plan
+    from matrix_p2p.runtime.files import out_format
     from matrix_p2p.runtime.rows import with_source
     from matrix_p2p.runtime.sink import Sink
     from matrix_p2p.runtime.topology import Names
@@ -173,7 +176,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
             return 130 if stop.is_set() else 1
         return 0
 
-    return common.with_bus(args, "sink", "writing what has arrived", body)
+    return common.with_bus(args, "sink", "writing what has arrived", body,
+                           check=lambda _spec: out_format(Path(args.out)))
 
 
 async def _until_ended(bus: Bus, names: Names, sink: Sink, ready: asyncio.Event,
@@ -190,6 +194,8 @@ async def _until_ended(bus: Bus, names: Names, sink: Sink, ready: asyncio.Event,
             break
         await wait_any(sink.changed, stop, ended)
     ended.set()
+
+
 def sink_message(sink: Sink, out: str) -> str:
     """What ``sink`` says when it stops: the rows in the file (its lines), the tasks in the
     output by status, what this run wrote, then the filters and the workflow's figures."""

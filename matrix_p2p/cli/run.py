@@ -23,7 +23,9 @@ def add_parsers(sub: Any) -> None:
     common.add_workflow(r, "workflow file or bundled name (coral)")
     r.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
     common.add_source(r)
-    r.add_argument("--out", metavar="PATH", help="dataset file (default: the workflow's sink.path)")
+    r.add_argument("--out", metavar="PATH",
+                   help="dataset file, .jsonl, .jsonl.zst or .parquet; one writer at a time "
+                        "(default: the workflow's sink.path)")
     r.add_argument("--kept-only", action="store_true",
                    help="write only rows the workflow's filters kept (done, result.kept true)")
     r.add_argument("--store", metavar="DIR",

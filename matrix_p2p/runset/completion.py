@@ -11,6 +11,8 @@ plus its children, so a million-task run checks "finished" for free.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from matrix_p2p.runset.taskset import TaskSet
@@ -100,3 +102,30 @@ class Completion:
                 c.failed += 1
             c.kept += kept
         return c
+
+
+class _RowHead(msgspec.Struct):
+    """The fields of a row (or a kept-only side-file line) that completion needs."""
+
+    id: str
+    status: str
+    children: int = 0
+    result: dict[str, Any] = {}
+
+
+_head_decoder = msgspec.json.Decoder(_RowHead)
+
+
+def add_lines(completion: Completion, lines: list[bytes], latest: set[str], *,
+              rows: bool) -> None:
+    """The output's lines (``rows``) or the kept-only side file's ids to ``completion``;
+    only those of ``latest`` (the latest attempts) count."""
+    for ln in lines:
+        try:
+            head = _head_decoder.decode(ln)
+        except msgspec.DecodeError:
+            continue  # the sink's trust check or rebuild has dealt with the file already
+        if head.id in latest:
+            kept = rows and head.status == "done" and head.children == 0 \
+                and head.result.get("kept") is True
+            completion.row(head.id, head.status, children=head.children, kept=kept)

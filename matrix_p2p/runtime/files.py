@@ -1,11 +1,16 @@
 """Dataset files: JSON lines, zstd-compressed JSON lines, Parquet. Appends are made
-durable (fsync) by ``commit``; a torn last line from a crash is cut off on reading."""
+durable (fsync) by ``commit``; a torn last line from a crash is cut off on reading.
+Whole-file writes go through a temporary file of a unique name and a rename. An
+output has one writer at a time (``OutputLock``)."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -121,33 +126,50 @@ def write_parquet(jsonl: Path, out: Path) -> None:
         raise ConfigError("sink format parquet needs 'pyarrow' (pip install 'matrix_p2p[sinks]')"
                           ) from None
     if jsonl.exists() and jsonl.stat().st_size:
-        tmp = out.with_name(out.name + ".tmp")
-        pq.write_table(pj.read_json(str(jsonl)), str(tmp))
-        os.replace(tmp, out)
+        table = pj.read_json(str(jsonl))
+        _write_atomically(out, lambda fh: pq.write_table(table, fh))
 
 
 # ---------------------------------------------------------------- format and atomic files
-EXTENSIONS = {".jsonl": "jsonl", ".zst": "jsonl.zst", ".parquet": "parquet"}
-SUFFIX = {"jsonl": ".jsonl", "jsonl.zst": ".jsonl.zst", "parquet": ".parquet"}
+EXTENSIONS = {".jsonl": "jsonl", ".jsonl.zst": "jsonl.zst", ".parquet": "parquet"}
+SUFFIX = {fmt: ext for ext, fmt in EXTENSIONS.items()}
+SUPPORTED = ", ".join(EXTENSIONS)
 
 
-def out_format(out: Path, spec: Any) -> str:
-    """The dataset format of an output the user named (``--out``): its extension
-    (``.jsonl``, ``.jsonl.zst``, ``.parquet``) decides; the workflow's ``sink.format``
-    applies to other names."""
-    return EXTENSIONS.get(out.suffix) or spec.sink.format or "jsonl"
+def format_of(out: Path) -> str | None:
+    """The dataset format an output's name says (``.jsonl``, ``.jsonl.zst``, ``.parquet``)."""
+    return next((fmt for ext, fmt in EXTENSIONS.items() if out.name.endswith(ext)), None)
+
+
+def out_format(out: Path) -> str:
+    """The dataset format of an output the user named (``--out``): its extension decides.
+    Any other name is a one-line ``ConfigError`` (writing JSON lines into ``x.csv``
+    would hand the user a file that is not what its name says)."""
+    fmt = format_of(out)
+    if fmt is None:
+        raise ConfigError(f"--out {out}: {_unsupported(out)}")
+    return fmt
+
+
+def _unsupported(out: Path) -> str:
+    ext = "".join(out.suffixes[-2:]) if out.suffix == ".zst" else out.suffix
+    said = f"unsupported output format {ext!r}" if ext else "no extension names its format"
+    return f"{said} (supported: {SUPPORTED})"
 
 
 def default_out(spec: Any) -> Path:
     """The output when no ``--out`` is given: the workflow's ``sink.path`` (with
     ``sink.format``'s extension if the path is the default one). A ``sink.path`` whose
-    extension contradicts ``sink.format`` is a one-line ``ConfigError``."""
+    extension is not a format, or contradicts ``sink.format``, is a one-line
+    ``ConfigError``."""
     declared: str | None = spec.sink.format
     out = Path(spec.sink.path.format(workflow=spec.name))
     if declared and spec.sink.path == type(spec.sink)().path:
         return out.with_name(out.name.removesuffix(".jsonl") + SUFFIX[declared])
-    by_ext = EXTENSIONS.get(out.suffix)
-    if declared and by_ext and by_ext != declared:
+    by_ext = format_of(out)
+    if by_ext is None:
+        raise ConfigError(f"{spec.path}: sink.path {spec.sink.path!r}: {_unsupported(out)}")
+    if declared and by_ext != declared:
         raise ConfigError(
             f"{spec.path}: sink.path {spec.sink.path!r} says {by_ext} but sink.format says "
             f"{declared}: make them agree (or give --out)")
@@ -184,14 +206,33 @@ def replace_file(path: Path, lines: list[bytes], fmt: str) -> int:
     data = b"".join(lines)
     if fmt == "jsonl.zst" and data:
         data = _import_zstd().ZstdCompressor().compress(data)
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _write_atomically(path, lambda fh: fh.write(data))
     return len(data)
+
+
+def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """``path`` as ``write`` makes it, or unchanged: a temporary file of a unique name in
+    the same directory (two writers never share one), fsynced, then renamed over it.
+    The temporary file is removed if anything fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            # not mkstemp: its 0600 would make the dataset unreadable to the group;
+            # O_EXCL makes the name ours alone, and 0666 honours the umask
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        break
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def truncate_to(path: Path, good_length: int) -> None:
@@ -201,3 +242,66 @@ def truncate_to(path: Path, good_length: int) -> None:
                     bytes=path.stat().st_size - good_length)
         with path.open("r+b") as fh:
             fh.truncate(good_length)
+
+
+
+# ---------------------------------------------------------------- one writer per output
+class OutputLock:
+    """One writer per output file: an exclusive ``flock`` on ``<out>.mx.lock``, held by a
+    sink from before it opens (or rebuilds) the output until it closes it. Two writers
+    appending to one file would double its rows, and a rebuild by one would drop the
+    other's. The lock covers every file of the output (Parquet: the staging file too).
+
+    The OS drops an ``flock`` when its holder dies, however it dies, so a crash never
+    leaves the output locked; the lock file itself stays (removing it would let a
+    writer lock a file the next one no longer sees). It holds the holder's pid, for
+    the error the next writer gets.
+    """
+
+    def __init__(self, out: Path, fmt: str) -> None:
+        self.out = out
+        self.path = out.with_name(out.name + ".mx.lock")
+        self.staging = staging_path(out, fmt)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the output (nothing if held already), then check that it can be written;
+        a one-line ``ConfigError`` if another writer holds it or it cannot be written."""
+        if self._fd is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"--out {self.out}: cannot write: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"--out {self.out}: is being written by another sink (pid "
+                              f"{holder}); stop it first or write to another file") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        try:
+            check_writable(self.staging)  # under the lock: the probe touches the file
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -29,7 +29,7 @@ from matrix_p2p.runset.completion import Counts
 from matrix_p2p.runset.ended import all_ended
 from matrix_p2p.runset.taskset import plan
 from matrix_p2p.runtime.attempts import retry_failed
-from matrix_p2p.runtime.files import check_writable, default_out, out_format, staging_path
+from matrix_p2p.runtime.files import OutputLock, default_out, out_format
 from matrix_p2p.runtime.filter_counts import FilterCounts
 from matrix_p2p.runtime.progress import Progress, Snapshot
 from matrix_p2p.runtime.serve import serve_roles
@@ -86,6 +86,12 @@ class RunResult(msgspec.Struct):
     left_out: int = 0  # kept-only: tasks whose ids went to <out>.skipped instead of rows
     children: int = 0  # fan-out children among the output's distinct tasks (`rows`)
     figures: list[FigureValue] = []  # the workflow's `summary:` over the output's rows
+
+
+@contextlib.asynccontextmanager
+async def _held(lock: OutputLock) -> AsyncIterator[None]:
+    with lock:
+        yield
 
 
 @contextlib.asynccontextmanager
@@ -173,12 +179,13 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     planned = plan(spec, opts.limit)  # the run's task ids; duplicate ids: one line, now
     expected = len(planned)
     out = Path(opts.out) if opts.out else default_out(spec)
-    check_writable(staging_path(out, out_format(out, spec)))  # one line now, not mid-run
+    # one writer per output: taken (and the file checked) before anything starts
+    lock = OutputLock(out, out_format(out))
     digest = code_hash(spec)
     roles = list(spec.roles)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls, \
+    async with _held(lock), _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls, \
             _sandbox_urls(opts, spec) as sandboxes:
         bus = await busmod.connect(conn)
         try:
@@ -190,7 +197,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                     open_sandboxes(spec, sandboxes.urls) as resources:
                 tasks = planned.in_namespace(ns)
                 sink = Sink(bus, spec, out, namespace=ns, kept_only=opts.kept_only,
-                            metrics=metrics, tasks=tasks)
+                            metrics=metrics, tasks=tasks, lock=lock)
                 completion = sink.completion
                 assert completion is not None
                 submitted_kv = await bus.key_value(Names.of(spec).submitted_bucket)

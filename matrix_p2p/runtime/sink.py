@@ -5,12 +5,13 @@ resumes where it stopped. Rows are appended and flushed to disk (fsync), and
 the file's good length recorded in a sidecar, before their messages are
 acked; a crash in between redelivers them, the ids already in the file are
 skipped, and whatever lies past the good length (a torn row) is cut off at
-start-up. A file that was deleted, truncated or written by another run is
-rebuilt from the results stream (``sink_state.py``). Parquet is not
-appendable: rows collect in ``<out>.mx.jsonl`` and become ``<out>`` at close,
-by temp file and rename. The format follows ``out``'s extension
-(``files.out_format``). Offloaded values are resolved before a row is written,
-and their objects deleted once it is durable, before the ack (``offload``);
+start-up. A file that was deleted, truncated, written by another run or holding
+a task twice is rebuilt from the results stream (``sink_state.py``). One writer
+per output: ``run`` holds ``files.OutputLock``. Parquet is not appendable: rows
+collect in ``<out>.mx.jsonl`` and become ``<out>`` at close, by temp file and
+rename. The format follows ``out``'s extension (``files.out_format``).
+Offloaded values are resolved before a row is written, and their objects
+deleted once it is durable, before the ack (``offload``);
 ``kept_only`` leaves out the rows the workflow's filters dropped (their ids go to
 ``<out>.skipped``, so a restart skips them too).
 """
@@ -21,7 +22,6 @@ import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import structlog
@@ -30,18 +30,18 @@ from matrix_p2p import envelope
 from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus, Delivery
-from matrix_p2p.envelope import EnvelopeError, Task, Usage
+from matrix_p2p.envelope import EnvelopeError, Task
 from matrix_p2p.errors import BusError
 from matrix_p2p.metrics import NullMetrics, Recorder
 from matrix_p2p.report.figures import Figures
-from matrix_p2p.runset.completion import Completion
+from matrix_p2p.runset.completion import Completion, add_lines
 from matrix_p2p.runset.taskset import TaskSet
 from matrix_p2p.runtime import offload, topology
 from matrix_p2p.runtime.attempts import Latest, split_attempt
 from matrix_p2p.runtime.files import (
+    OutputLock,
     RowWriter,
     announced_children,
-    check_writable,
     load_written_ids,
     out_format,
     read_lines,
@@ -51,12 +51,16 @@ from matrix_p2p.runtime.files import (
     write_parquet,
 )
 from matrix_p2p.runtime.filter_counts import FilterCounts
+from matrix_p2p.runtime.rowformat import is_kept, row_encoder, skipped_line, to_row
 from matrix_p2p.runtime.sink_state import (
     Sidecar,
     keep_latest,
+    load_rows,
     load_sidecar,
+    preserve_version,
     rebuild,
     save_sidecar,
+    sink_name,
     stream_identity,
     trust_reason,
 )
@@ -66,70 +70,7 @@ from matrix_p2p.workflow.version import namespace_of
 
 log = structlog.get_logger(__name__)
 
-_row_encoder = msgspec.json.Encoder()
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def to_row(task: Task) -> dict[str, Any]:
-    """The dataset row of a finished task. A replay's usage, hops and timings count only
-    the turns it added (its original's are in the original's row)."""
-    replay = task.state.get("replay")
-    from_turn = int(replay.get("from_turn", 0)) if isinstance(replay, dict) else 0
-    from_hop = int(replay.get("from_hop", 0)) if isinstance(replay, dict) else 0
-    own = task.turns[from_turn:]
-    by_role: dict[str, float] = {}
-    for t in own:
-        by_role[t.role] = round(by_role.get(t.role, 0.0) + t.elapsed_s, 6)
-    usage = {r: msgspec.structs.asdict(u)
-             for r, u in msgspec.structs.replace(task, turns=own).usage_by_role().items()}
-    usage["total"] = msgspec.structs.asdict(sum((t.usage for t in own), Usage()))
-    finished = task.finished_at or 0.0
-    return {
-        "id": task.id,
-        "workflow": task.workflow,
-        "workflow_version": task.workflow_version,
-        "code_version": task.code_version,
-        "status": task.status,
-        "error": task.error,
-        "source": task.source,
-        "row_index": task.row_index,
-        "trial": task.trial,
-        "input": task.row,
-        "result": task.state,
-        "dialogue": [
-            {
-                "role": t.role,
-                "content": t.content,
-                "hop": t.hop,
-                "usage": msgspec.structs.asdict(t.usage),
-                "elapsed_s": t.elapsed_s,
-                "endpoint": t.endpoint,
-                "model": t.model,
-                "finish_reason": t.finish_reason,
-                **({"messages": t.messages} if t.messages is not None else {}),
-                **({"meta": t.meta} if t.meta else {}),
-            }
-            for t in task.turns
-        ],
-        "usage": usage,
-        "timings": {
-            "created_at": task.created_at,
-            "finished_at": task.finished_at,
-            "elapsed_s": round(finished - task.created_at, 6) if finished else None,
-            "by_role": by_role,
-        },
-        "hops": task.hop - from_hop,
-        **({"parent": task.parent} if task.parent is not None else {}),
-        **({"children": task.state["children"]} if "children" in task.state else {}),
-    }
-
-
-def sink_name(out: Path) -> str:
-    """The dataset's name: the output's file name without its format extensions."""
-    name = out.name
-    for ext in (".zst", ".jsonl", ".parquet", ".json"):
-        name = name.removesuffix(ext)
-    return name or "out"
 
 
 def sink_durable(out: Path) -> str:
@@ -150,13 +91,16 @@ class Sink:
     def __init__(self, bus: Bus, spec: WorkflowSpec, out: Path, *, fmt: str | None = None,
                  durable: str | None = None, replicas: int | None = None,
                  namespace: str | None = None, kept_only: bool = False,
-                 metrics: Recorder | None = None, tasks: TaskSet | None = None) -> None:
+                 metrics: Recorder | None = None, tasks: TaskSet | None = None,
+                 lock: OutputLock | None = None) -> None:
         self.bus = bus
         self.spec = spec
         self.out = out
-        self.fmt = fmt or out_format(out, spec)
-        check_writable(out if self.fmt != "parquet" else staging_path(out, self.fmt))
+        self.fmt = fmt or out_format(out)
         self.staging = staging_path(out, self.fmt)
+        # taken by run(); a caller that took it earlier passes it (and releases it)
+        self.lock = lock or OutputLock(out, self.fmt)
+        self._own_lock = lock is None
         self.names = Names.of(spec)
         self.durable = durable or sink_durable(out)
         self.latest = Latest()
@@ -232,12 +176,13 @@ class Sink:
             self.preserved = preserve_version(self.out, self.staging, self.fmt)
         if why is None and side is not None:
             truncate_to(self.staging, side.good_length)
-            for ln in read_lines(self.staging, self.fmt):
-                row = msgspec.json.decode(ln)
-                self.latest.offer(row["id"], row["status"])
-                self.figures.add(row)
+            rows_read = read_lines(self.staging, self.fmt)
+            why = load_rows(rows_read, self.latest)
+            if why is None:
+                self._refigure(rows_read)
             good = side.good_length
-        else:
+        if why is not None:
+            self.latest.by_base.clear()  # what an untrusted file holds does not count
             fresh = side is None and not self.staging.exists()
             (log.info if fresh else log.warning)("sink.rebuild", out=str(self.out), reason=why)
             # offloaded values are read back; those of results written (and their objects
@@ -246,7 +191,7 @@ class Sink:
 
             def line(t: Task) -> bytes:
                 if self.skipped_path is None or is_kept(t):
-                    return _row_encoder.encode(to_row(t)) + b"\n"
+                    return row_encoder.encode(to_row(t)) + b"\n"
                 left_out.append(t)
                 return b""
 
@@ -257,7 +202,7 @@ class Sink:
             if self.skipped_path is not None:
                 side_file = RowWriter(self.skipped_path, "jsonl")
                 for t in left_out:
-                    side_file.write(_skipped_line(t))
+                    side_file.write(skipped_line(t))
                 side_file.close()
         if self.skipped_path is not None:
             for tid in load_written_ids(self.skipped_path):
@@ -299,6 +244,17 @@ class Sink:
 
     async def run(self, stop: asyncio.Event, *, expect: int | None = None,
                   ready: asyncio.Event | None = None) -> int:
+        """``_run`` holding the output's lock from before the file is opened until it is
+        closed: a second writer gets a one-line ``ConfigError`` before touching it."""
+        self.lock.acquire()
+        try:
+            return await self._run(stop, expect=expect, ready=ready)
+        finally:
+            if self._own_lock:
+                self.lock.release()
+
+    async def _run(self, stop: asyncio.Event, *, expect: int | None = None,
+                   ready: asyncio.Event | None = None) -> int:
         """Write results until ``stop`` (or until ``expect`` distinct tasks are written).
 
         Error handling: an undecodable result is dead-lettered and terminated;
@@ -406,28 +362,19 @@ class Sink:
     def _complete_from_files(self) -> None:
         """The rows the output (and the kept-only side file) holds, to the completion."""
         assert self.completion is not None
-        files = [(self.staging, self.fmt, True)]
+        add_lines(self.completion, read_lines(self.staging, self.fmt), self.written, rows=True)
         if self.skipped_path is not None:
-            files.append((self.skipped_path, "jsonl", False))
-        for path, fmt, written in files:
-            for ln in read_lines(path, fmt):
-                try:
-                    head = _head_decoder.decode(ln)
-                except msgspec.DecodeError:
-                    continue  # the rebuild or trust check has dealt with the file already
-                if head.id in self.written:
-                    kept = written and head.status == "done" and head.children == 0 \
-                        and head.result.get("kept") is True
-                    self.completion.row(head.id, head.status, children=head.children, kept=kept)
+            add_lines(self.completion, read_lines(self.skipped_path, "jsonl"), self.written,
+                      rows=False)
 
     def _write(self, task: Task, writer: RowWriter, skipped: RowWriter | None) -> None:
         """The row (kept-only: a filtered task's id goes to the side file instead)."""
         if skipped is not None and not is_kept(task):
-            skipped.write(_skipped_line(task))
+            skipped.write(skipped_line(task))
             self.left_out.add(task.id)
         else:
             row = to_row(task)
-            writer.write(_row_encoder.encode(row) + b"\n")
+            writer.write(row_encoder.encode(row) + b"\n")
             self.figures.add(row)
         if self.completion is not None:
             self.completion.row(task.id, task.status, children=int(task.state.get("children", 0)),
@@ -438,55 +385,3 @@ class Sink:
             self.done += 1
         else:
             self.failed += 1
-
-
-class _RowHead(msgspec.Struct):
-    """The fields of a row (or a kept-only side-file line) that completion needs."""
-
-    id: str
-    status: str
-    children: int = 0
-    result: dict[str, Any] = {}
-
-
-_head_decoder = msgspec.json.Decoder(_RowHead)
-
-
-def preserve_version(out: Path, staging: Path, fmt: str) -> Path | None:
-    """Move an output written for another code version aside (``--new-version`` starts
-    fresh rows; the earlier version's stay on disk): ``<name>.code-<hash><ext>``, the hash
-    read from its first row. Returns the new path (None: nothing to keep)."""
-    source = out if fmt == "parquet" and out.exists() else staging
-    lines = read_lines(staging, fmt) if staging.exists() else []
-    if not lines and not (fmt == "parquet" and out.exists()):
-        return None
-    label = "earlier"
-    if lines:
-        try:
-            label = "code-" + str(msgspec.json.decode(lines[0]).get("code_version") or "unknown")
-        except (msgspec.DecodeError, AttributeError):
-            pass
-    ext = out.name[len(sink_name(out)):]
-    target = out.with_name(f"{sink_name(out)}.{label}{ext}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = out.with_name(f"{sink_name(out)}.{label}-{n}{ext}")
-    source.replace(target)
-    if source != staging and staging.exists():
-        staging.unlink()
-    log.warning("sink.earlier_version_kept", out=str(out), moved_to=str(target))
-    return target
-
-
-def _skipped_line(task: Task) -> bytes:
-    return _row_encoder.encode({
-        "id": task.id, "status": task.status,
-        **({"children": task.state["children"]} if "children" in task.state else {}),
-    }) + b"\n"
-
-
-def is_kept(task: Task) -> bool:
-    """The ``--kept-only`` test: done, and the workflow's filters kept it."""
-    return (task.status == "done" and task.state.get("kept") is True
-            and "children" not in task.state)  # a fanned-out parent: its children are the rows

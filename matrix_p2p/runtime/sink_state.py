@@ -4,8 +4,9 @@ Next to ``<out>`` a small sidecar ``<out>.mx.json`` records which results
 stream the file was written from (its identity: a hash of the stream's first
 stored result), how many tasks it holds and the byte length of its last
 committed write. At start-up the sink trusts the file only if all three
-agree; otherwise (the file was deleted, truncated, or written by another
-run or store) the file is rebuilt from the results stream, atomically.
+agree and each task is in it once; otherwise (the file was deleted, truncated,
+written by another run or store, or appended to by two writers) the file is
+rebuilt from the results stream, atomically.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from matrix_p2p import envelope
 from matrix_p2p.bus import Bus
 from matrix_p2p.envelope import EnvelopeError, Task
 from matrix_p2p.runtime.attempts import Latest, split_attempt
-from matrix_p2p.runtime.files import replace_file
+from matrix_p2p.runtime.files import read_lines, replace_file
 from matrix_p2p.runtime.topology import Names
 
 log = structlog.get_logger(__name__)
@@ -85,6 +86,22 @@ def trust_reason(side: Sidecar | None, staging: Path, *, identity: str, fmt: str
     return None
 
 
+def load_rows(lines: list[bytes], latest: Latest) -> str | None:
+    """Offer each row of a file the sidecar vouches for to ``latest``, in one pass. Why
+    the file cannot be trusted after all (then it is rebuilt), or None: a task twice
+    (by base id, any attempts: the sink keeps one row per task, so two rows mean two
+    writers appended to it), or a line that is not a row."""
+    for ln in lines:
+        try:
+            row = msgspec.json.decode(ln)
+            verdict = latest.offer(row["id"], row["status"])
+        except (msgspec.DecodeError, KeyError, TypeError):
+            return "unreadable line"
+        if verdict != "new":
+            return "duplicate ids"
+    return None
+
+
 async def rebuild(bus: Bus, names: Names, staging: Path, fmt: str,
                   to_line: Callable[[Task], bytes], latest: Latest, *,
                   accept: Callable[[str], bool] = lambda _: True,
@@ -116,3 +133,38 @@ def keep_latest(lines: list[bytes], keep: set[str]) -> list[bytes]:
         if tid in keep:
             out.append(ln if ln.endswith(b"\n") else ln + b"\n")
     return out
+
+
+def sink_name(out: Path) -> str:
+    """The dataset's name: the output's file name without its format extensions."""
+    name = out.name
+    for ext in (".zst", ".jsonl", ".parquet", ".json"):
+        name = name.removesuffix(ext)
+    return name or "out"
+
+
+def preserve_version(out: Path, staging: Path, fmt: str) -> Path | None:
+    """Move an output written for another code version aside (``--new-version`` starts
+    fresh rows; the earlier version's stay on disk): ``<name>.code-<hash><ext>``, the hash
+    read from its first row. Returns the new path (None: nothing to keep)."""
+    source = out if fmt == "parquet" and out.exists() else staging
+    lines = read_lines(staging, fmt) if staging.exists() else []
+    if not lines and not (fmt == "parquet" and out.exists()):
+        return None
+    label = "earlier"
+    if lines:
+        try:
+            label = "code-" + str(msgspec.json.decode(lines[0]).get("code_version") or "unknown")
+        except (msgspec.DecodeError, AttributeError):
+            pass
+    ext = out.name[len(sink_name(out)):]
+    target = out.with_name(f"{sink_name(out)}.{label}{ext}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = out.with_name(f"{sink_name(out)}.{label}-{n}{ext}")
+    source.replace(target)
+    if source != staging and staging.exists():
+        staging.unlink()
+    log.warning("sink.earlier_version_kept", out=str(out), moved_to=str(target))
+    return target

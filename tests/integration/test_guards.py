@@ -216,14 +216,22 @@ def test_guard_config_error_exit_2(tmp_path: Path) -> None:
 
 
 def test_guard_config_error_in_task_group_exit_2(tmp_path: Path, nats_server: EmbeddedNats) -> None:
-    """`submit` meets the missing source inside its TaskGroup, `run` the agent that
-    cannot be imported inside its own (the error arrives wrapped in a group)."""
+    """`submit` meets a CSV header without the id column inside its TaskGroup, `run`
+    the agent that cannot be imported inside its own (the error arrives wrapped in a
+    group). A missing source is found before `submit` connects."""
     wf = tmp_path / "cfgerr.yaml"
     wf.write_text(NO_SOURCE)
     r = mx("submit", str(wf), "--nats", nats_server.url, cwd=tmp_path)
     assert (r.returncode, r.stderr.strip()) == (
         2, f"matrix_p2p: error: {wf}: source.path: no file matches 'nothing-*.jsonl'")
-    wf.write_text(NO_SOURCE.replace("nothing-*.jsonl", "cfgerr.yaml")
+    (tmp_path / "rows.csv").write_text("question\nq\n")
+    wf.write_text(NO_SOURCE.replace("{path: nothing-*.jsonl}", "{path: rows.csv, id_field: id}"))
+    r = mx("submit", str(wf), "--nats", nats_server.url, cwd=tmp_path)
+    assert (r.returncode, r.stderr.strip()) == (
+        2, f"matrix_p2p: error: {tmp_path / 'rows.csv'}:1: no 'id' column in the header row "
+           "(source.id_field); its columns: question")
+    (tmp_path / "rows.jsonl").write_text('{"n": 1}\n')
+    wf.write_text(NO_SOURCE.replace("nothing-*.jsonl", "rows.jsonl")
                   .replace("matrix_p2p_agents.dummy:Talker", "no_such_module_here:Talker"))
     r = mx("run", str(wf), "--no-progress", cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]

@@ -71,12 +71,10 @@ def test_format_follows_out_and_a_contradiction_is_one_line(tmp_path: Path) -> N
     from matrix_p2p.runtime.files import default_out, out_format
 
     spec = make_spec(tmp_path, DUMMY_YAML + "sink: {format: parquet}\n", [{"n": 1}])
-    assert out_format(Path("x.jsonl"), spec) == "jsonl"  # --out names the format
-    assert out_format(Path("x.data"), spec) == "parquet"  # else the workflow does
-    assert default_out(spec) == Path(f"out/{spec.name}.parquet")
-    plain = make_spec(tmp_path, DUMMY_YAML, [{"n": 1}])
-    assert out_format(Path("x.jsonl.zst"), plain) == "jsonl.zst"
-    assert out_format(Path("x.parquet"), plain) == "parquet"
+    assert out_format(Path("x.jsonl")) == "jsonl"  # --out names the format
+    assert default_out(spec) == Path(f"out/{spec.name}.parquet")  # else the workflow does
+    assert out_format(Path("x.jsonl.zst")) == "jsonl.zst"
+    assert out_format(Path("x.parquet")) == "parquet"
     bad = make_spec(tmp_path, DUMMY_YAML + "sink: {path: out/x.jsonl, format: parquet}\n")
     with pytest.raises(ConfigError) as err:
         default_out(bad)

@@ -10,7 +10,7 @@ import pytest
 from matrix_p2p import envelope
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.report.figures import Figures, FigureValue, render
-from matrix_p2p.runtime.sink import to_row
+from matrix_p2p.runtime.rowformat import to_row
 from matrix_p2p.workflow import loader, spec
 
 BASE = """

@@ -87,3 +87,91 @@ def test_rows_are_read_lazily(tmp_path: Path) -> None:
     it = iter_rows(spec)
     assert next(it).key == "0"
     assert msgspec.structs.asdict(next(it))["key"] == "1"
+
+
+CSV = (
+    'id,question,n\r\n'
+    'q1,"What is 2+2?",4\r\n'
+    '\r\n'
+    'q2,"a cell over\r\ntwo lines, with a comma",5\r\n'
+    'q3,too,many,cells\r\n'
+    'q4,"",6\r\n'
+)
+
+
+def test_csv_rows_are_dicts_of_strings_numbered_by_their_line(tmp_path: Path) -> None:
+    """Why: a .csv source was read as JSON lines: every line failed as "not valid JSON"."""
+    spec = _spec(tmp_path)
+    (tmp_path / "data" / "in.csv").write_bytes(b"\xef\xbb\xbf" + CSV.encode())  # a BOM, as Excel
+    rows = list(iter_rows(spec))
+    path = tmp_path / "data" / "in.csv"
+    assert [(r.key, r.index, r.row_index, r.source) for r in rows] == [
+        ("q1", 2, 0, "data/in.csv"), ("q2", 4, 1, "data/in.csv"), ("in-6", 6, 2, "data/in.csv"),
+        ("q4", 7, 3, "data/in.csv")]
+    assert rows[0].data == {"id": "q1", "question": "What is 2+2?", "n": "4"}
+    assert rows[1].data == {"id": "q2", "question": "a cell over\r\ntwo lines, with a comma",
+                            "n": "5"}
+    assert rows[2].data is None and rows[2].error == (
+        f"{path}:6: 4 cells, the header row has 3 columns")
+    assert rows[3].data == {"id": "q4", "question": "", "n": "6"} and rows[3].error is None
+    assert all(r.error is None for r in rows if r.key != "in-6")
+
+
+def test_tsv_rows_and_keys_without_an_id_field(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, WF.replace(", id_field: id", ""))
+    (tmp_path / "data" / "in.tsv").write_text("text\tlabel\na, b\tx\nc\ty\n")
+    rows = list(iter_rows(spec))
+    assert [(r.key, r.index, r.row_index, r.data) for r in rows] == [
+        ("in-2", 2, 0, {"text": "a, b", "label": "x"}), ("in-3", 3, 1, {"text": "c", "label": "y"})]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("question,n\nq,1\n", "{path}:1: no 'id' column in the header row (source.id_field); its "
+                          "columns: question, n"),
+    ("id,n,n\nq,1,2\n", "{path}:1: the header row names 'n' twice"),
+    ("id,,n\nq,1,2\n", "{path}:1: the header row has an unnamed column"),
+    ("\nq,1\n", "{path}:1: not a header row (CSV and TSV sources start with one naming the "
+                "columns)"),
+])
+def test_a_csv_header_that_cannot_name_the_rows_is_one_line(tmp_path: Path, text: str,
+                                                            message: str) -> None:
+    spec = _spec(tmp_path)
+    path = tmp_path / "data" / "in.csv"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        list(iter_rows(spec))
+    assert str(err.value) == message.format(path=path)
+
+
+def test_an_empty_csv_has_no_rows(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    (tmp_path / "data" / "in.csv").write_text("")
+    (tmp_path / "data" / "only_header.csv").write_text("id,n\n")
+    assert list(iter_rows(spec)) == []
+
+
+SUPPORTED = "supported: .jsonl, .jsonl.zst, .parquet, .csv, .tsv"
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("z.txt", "unsupported source format '.txt' (" + SUPPORTED + ")"),
+    ("z", "no extension names its format (" + SUPPORTED + ")"),
+    ("z.json", "unsupported source format '.json' (" + SUPPORTED + "); a JSON array of "
+               "objects: write one object per line as .jsonl (jq -c '.[]' in.json > in.jsonl)"),
+    ("z.csv.zst", "unsupported source format '.zst' (" + SUPPORTED + ")"),
+])
+def test_a_source_of_another_format_is_one_line_before_any_row(tmp_path: Path, name: str,
+                                                              message: str) -> None:
+    """Why: any other extension was read as JSON lines, each line a failed task."""
+    from matrix_p2p.runtime.rows import check_source
+
+    spec = _spec(tmp_path)
+    (tmp_path / "data" / "a.jsonl").write_bytes(_lines([{"id": "a1"}]))  # sorted first
+    (tmp_path / "data" / name).write_text('{"id": "z1"}\n')
+    expected = f"source {tmp_path / 'data' / name}: {message}"
+    with pytest.raises(ConfigError) as err:
+        next(iter_rows(spec))  # not after a.jsonl's rows were submitted
+    assert str(err.value) == expected
+    with pytest.raises(ConfigError) as err2:
+        check_source(with_source(spec, str(tmp_path / "data" / name)))
+    assert str(err2.value) == expected
