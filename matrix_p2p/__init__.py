@@ -4,7 +4,7 @@ The public API for agent authors and embedders; see README.md for the CLI.
 """
 
 from matrix_p2p.agent import Agent, Context
-from matrix_p2p.api import run, run_async, serve
+from matrix_p2p.api import RunAborted, run, run_async, serve
 from matrix_p2p.envelope import Task, Turn, Usage
 from matrix_p2p.errors import BusError, ConfigError, FailTask, MatrixError, RetryLater
 from matrix_p2p.runtime.local_run import RunResult
@@ -13,7 +13,7 @@ from matrix_p2p.workflow.spec import WorkflowSpec
 
 __all__ = [
     "Agent", "BusError", "ConfigError", "Context", "Done", "FailTask", "Failed", "Forward",
-    "MatrixError", "Retry", "RetryLater", "RunResult", "Task", "Turn", "Usage", "WorkflowSpec",
+    "MatrixError", "Retry", "RetryLater", "RunAborted", "RunResult", "Task", "Turn", "Usage", "WorkflowSpec",
     "run", "run_async", "serve",
 ]
 __version__ = "0.1.0"

@@ -17,8 +17,10 @@ from pathlib import Path
 
 from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
-from matrix_p2p.errors import ConfigError
+from matrix_p2p.errors import ConfigError, MatrixError
 from matrix_p2p.resources.llm import open_fleet_state, open_llms
+from matrix_p2p.resources.preflight import preflight as check_servers
+from matrix_p2p.runset.broken import stopped_message
 from matrix_p2p.runtime.local_run import RunOptions, RunResult, run_workflow
 from matrix_p2p.runtime.serve import serve_roles
 from matrix_p2p.runtime.worker import WorkerStats
@@ -27,6 +29,18 @@ from matrix_p2p.workflow.spec import WorkflowSpec
 from matrix_p2p.workflow.version import Mode
 
 Workflow = str | Path | WorkflowSpec
+
+
+class RunAborted(MatrixError):
+    """The run stopped early: its first tasks mostly failed the same way
+    (``limits.abort_on_failures``). ``str(exc)`` is the one line ``run`` prints;
+    ``result`` is what was written (``result.aborted`` the reason); the unfinished
+    tasks stay in the store, and running again (``retry_failed=True`` for the failed
+    ones) resumes."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(stopped_message(result.aborted or ""))
+        self.result = result
 
 
 def as_spec(workflow: Workflow) -> WorkflowSpec:
@@ -45,10 +59,13 @@ async def run_async(
     store: str | Path | None = None, llm_urls: Sequence[str] = (),
     nats: str | busmod.ConnectOptions | None = None, concurrency: int | None = None,
     retry_failed: bool = False, version: Mode = "check", progress: bool = False,
-    stop: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None, preflight: bool = True,
 ) -> RunResult:
     """``run``, awaited from code that already runs an event loop. Setting ``stop``
-    drains the run as Ctrl-C does; calling it again resumes from ``store``."""
+    drains the run as Ctrl-C does; calling it again resumes from ``store``.
+    ``preflight=False`` skips the check that the LLM endpoints answer and serve the
+    workflow's models (else ``ConfigError`` before any work). Raises ``RunAborted``
+    when the run stopped as clearly broken (``limits.abort_on_failures``)."""
     spec = as_spec(workflow)
     if limit is not None and limit < 0:
         raise ConfigError(f"limit: must be at least 0, got {limit}")
@@ -58,9 +75,12 @@ async def run_async(
         limit=limit, out=str(out) if out is not None else None,
         nats=_conn(nats, f"mx-api-{spec.name}"), store=str(store) if store else None,
         llm_urls=list(llm_urls), concurrency=concurrency, progress=progress,
-        retry_failed=retry_failed, version_mode=version,
+        retry_failed=retry_failed, version_mode=version, preflight=preflight,
     )
-    return await run_workflow(spec, opts, stop or asyncio.Event())
+    result = await run_workflow(spec, opts, stop or asyncio.Event())
+    if result.aborted is not None:
+        raise RunAborted(result)
+    return result
 
 
 def run(workflow: Workflow, **options: object) -> RunResult:
@@ -69,10 +89,13 @@ def run(workflow: Workflow, **options: object) -> RunResult:
     scripts and notebooks. Takes the keyword arguments of ``run_async``: ``limit``,
     ``out``, ``store`` (keep it to resume), ``llm_urls`` (else the simulator),
     ``nats`` (else an embedded broker), ``concurrency``, ``retry_failed``,
-    ``version`` ("check", "reuse" or "new").
+    ``version`` ("check", "reuse" or "new"), ``preflight``.
 
-    Error handling: configuration problems raise ``ConfigError`` before any work;
-    failed tasks end as failed rows (``result.dataset_failed``), they do not raise.
+    Error handling: configuration problems (an LLM endpoint that does not answer, a
+    model it does not serve) raise ``ConfigError`` before any work; failed tasks end as
+    failed rows (``result.dataset_failed``), they do not raise; a run stopped because
+    its first tasks mostly failed the same way raises ``RunAborted`` (its ``result``
+    holds what was written; the unfinished tasks stay in ``store``).
     """
     try:
         asyncio.get_running_loop()
@@ -95,11 +118,13 @@ class Served:
 async def serve(
     workflow: Workflow, *, nats: str | busmod.ConnectOptions, roles: Sequence[str] | None = None,
     llm_urls: Sequence[str] = (), concurrency: int | None = None, fleet_state: bool = True,
-    drain_timeout: float = 30.0,
+    drain_timeout: float = 30.0, preflight: bool = True,
 ) -> AsyncIterator[Served]:
     """Run workers for ``roles`` (default: all) of ``workflow`` inside the caller's event
     loop, against the broker at ``nats``, until the block exits; then drain in-flight
     hops (at most ``drain_timeout``) and close. Ready (consumers bound) on entry.
+    First, unless ``preflight=False``, the roles' LLM endpoints are asked whether they
+    answer and serve the models the workflow names (else ``ConfigError``).
 
     Error handling: as ``worker``: agent errors become retries or failed tasks; bus
     errors are retried with backoff; a configuration problem raises on entry.
@@ -110,6 +135,8 @@ async def serve(
     if unknown or not names:
         raise ConfigError(f"roles: unknown role(s) {', '.join(unknown) or '(none)'} in workflow "
                           f"{spec.name!r} (roles: {', '.join(spec.roles)})")
+    if preflight:
+        await check_servers(spec, names, llm_urls=list(llm_urls), sandboxes=False)
     conn = _conn(nats, f"mx-serve-{spec.name}")
     assert conn is not None
     bus = await busmod.connect(conn)

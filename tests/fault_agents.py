@@ -30,3 +30,22 @@ class Gate(Agent):
                 ev.set()
             await ev.wait()
         ctx.say("turn")
+
+
+# workflow name -> set when its agent is "fixed" (see ``Broken``)
+FIXED: dict[str, asyncio.Event] = {}
+
+
+class Broken(Agent):
+    """An agent with a bug, then fixed. Until ``FIXED[workflow]`` is set, rows with
+    ``behaviour: bug`` raise (an agent bug: the task fails at once) and the others wait
+    for the fix, so they are still unfinished when a broken run stops; once set, every
+    task ends done."""
+
+    async def handle(self, task: Task, ctx: Context) -> None:
+        fixed = FIXED.setdefault(task.workflow, asyncio.Event())
+        if not fixed.is_set():
+            if task.row.get("behaviour") == "bug":
+                raise AttributeError("'Row' object has no attribute 'question_17'")
+            await fixed.wait()
+        ctx.say("turn")

@@ -38,6 +38,9 @@ SUM = "tests/integration/test_summary_run.py::"
 OUT = "tests/integration/test_output_files.py::"
 FILES = "tests/unit/test_sink_files.py::"
 ROWS = "tests/unit/test_rows.py::"
+PRE = "tests/integration/test_preflight.py::"
+BRK = "tests/integration/test_broken_run.py::"
+CLOSED_LLM = PRE + "test_run_with_a_closed_llm_url_exits_2_at_once_with_one_line"
 
 
 @dataclass
@@ -101,6 +104,46 @@ MUTANTS = [
     Mutant("config error inside a task group: not unwrapped", "matrix_p2p/cli/__init__.py", [
         ("found = first_matrix_error(group)", "found = None"),
     ], [G + "test_guard_config_error_in_task_group_exit_2"]),
+    Mutant("preflight: run does not check its servers", "matrix_p2p/runtime/local_run.py", [
+        ("if opts.preflight:", "if False:"),
+    ], [CLOSED_LLM, PRE + "test_a_model_no_endpoint_serves_is_a_config_error"]),
+    Mutant("preflight: no endpoint answering accepted", "matrix_p2p/resources/preflight.py", [
+        ("if not up:", "if False:"),
+    ], ["tests/unit/test_preflight.py", CLOSED_LLM]),
+    Mutant("preflight: a model nobody serves accepted", "matrix_p2p/resources/preflight.py", [
+        ("if not serving:", "if False:"),
+    ], ["tests/unit/test_preflight.py", PRE + "test_a_model_no_endpoint_serves_is_a_config_error"]),
+    Mutant("preflight: no sandbox server answering accepted", "matrix_p2p/resources/preflight.py", [
+        ("if sneed.required:", "if False:"),
+    ], ["tests/unit/test_preflight.py", PRE + "test_run_with_no_sandbox_server_answering_exits_2"]),
+    Mutant("preflight: the worker does not check", "matrix_p2p/cli/worker.py", [
+        ("if not args.no_preflight:", "if False:"),
+    ], [PRE + "test_worker_with_a_closed_llm_url_exits_2"]),
+    Mutant("preflight: serve does not check", "matrix_p2p/api.py", [
+        ("if preflight:", "if False:"),
+    ], [PRE + "test_serve_checks_first"]),
+    Mutant("broken run: the rule never trips", "matrix_p2p/runset/broken.py", [
+        ("if n >= self.threshold:", "if False:"),
+    ], ["tests/unit/test_broken_run.py", BRK + "test_run_stops_with_exit_1_and_the_reason"]),
+    Mutant("broken run: late failures count too", "matrix_p2p/runset/broken.py", [
+        ("if self.tripped is not None or self.seen >= self.first:",
+         "if self.tripped is not None:"),
+    ], ["tests/unit/test_broken_run.py"]),
+    Mutant("broken run: reasons compared with their numbers", "matrix_p2p/runset/broken.py", [
+        ("reason = normalise(text)", "reason = text"),
+    ], ["tests/unit/test_broken_run.py"]),
+    Mutant("broken run: run does not stop", "matrix_p2p/runtime/local_run.py", [
+        ("and broken.tripped is None:", ":"),
+    ], [BRK + "test_a_broken_run_stops_and_the_next_run_finishes_it"]),
+    Mutant("broken run: the sink does not report written tasks", "matrix_p2p/runtime/sink.py", [
+        ("self.on_written(task)", "pass"),
+    ], [BRK + "test_a_broken_run_stops_and_the_next_run_finishes_it"]),
+    Mutant("broken run: exit status not 1", "matrix_p2p/cli/run.py", [
+        ("if result.aborted is not None:", "if False:"),
+    ], [BRK + "test_run_stops_with_exit_1_and_the_reason"]),
+    Mutant("broken run: the API returns as if finished", "matrix_p2p/api.py", [
+        ("raise RunAborted(result)", "pass"),
+    ], [BRK + "test_the_api_raises_run_aborted"]),
     Mutant("a cancelled fetch is cancelled (nats-py swallows it)", "matrix_p2p/bus/jetstream.py", [
         ("honour_cancel(cancels)", "pass"),
     ], ["tests/integration/test_fetch_cancel.py", HOP]),
@@ -159,7 +202,7 @@ MUTANTS = [
     Mutant("one writer per output: run locks only in its sink, after starting the broker",
            "matrix_p2p/runtime/local_run.py", [
         ("async with _held(lock), _broker(", "async with _broker("),
-        ("metrics=metrics, lock=lock)", "metrics=metrics)"),
+        ("tasks=tasks, lock=lock)", "tasks=tasks)"),
     ], [OUT + "test_a_second_run_or_sink_on_one_output_is_refused_before_it_starts"]),
     Mutant("atomic files: a fixed temp name", "matrix_p2p/runtime/files.py", [
         ('tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")',

@@ -96,6 +96,13 @@ def add_llm_urls(p: argparse.ArgumentParser, default: str) -> None:
                    help=f"OpenAI-compatible endpoint, repeatable or comma-separated (default: {default})")
 
 
+def add_preflight(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-preflight", action="store_true",
+                   help="do not check at start that the LLM endpoints and sandbox servers "
+                        "answer and serve the workflow's models (by default a dead endpoint "
+                        "or a wrong model name is one error line and exit status 2)")
+
+
 def add_version_mode(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--new-version", action="store_const", const="new", dest="version_mode",

@@ -16,9 +16,12 @@ def add_parsers(sub: Any) -> None:
         "Run WORKFLOW on this machine: a real nats-server on a free 127.0.0.1 port with a\n"
         "store directory, a vLLM-compatible simulator unless --llm-url is given, workers\n"
         "for every role, the source and the sink. Ctrl-C drains; re-running resumes.\n\n"
+        "At start it checks that every LLM endpoint and sandbox server answers and serves\n"
+        "the models the workflow names (--no-preflight skips it); it stops early when the\n"
+        "first tasks mostly fail the same way (limits.abort_on_failures).\n\n"
         "exit status: 0 when every task in the output is done; 1 when any failed (see\n"
-        "--retry-failed, --accept-failures); 2 for a usage or configuration error;\n"
-        "130 when interrupted.\n\n"
+        "--retry-failed, --accept-failures) or the run stopped as broken; 2 for a usage or\n"
+        "configuration error (an endpoint down, a model not served); 130 when interrupted.\n\n"
         "example: python -m matrix_p2p run coral --limit 200 --out out/coral.jsonl")
     common.add_workflow(r, "workflow file or bundled name (coral)")
     r.add_argument("--limit", type=int, metavar="N", help="only the first N input rows")
@@ -36,6 +39,7 @@ def add_parsers(sub: Any) -> None:
                         " an OS crash can lose acknowledged writes)")
     common.add_llm_urls(r, "start the simulator")
     common.add_sandbox_urls(r, "start a sandbox server when the workflow declares sandboxes")
+    common.add_preflight(r)
     r.add_argument("--sim-replicas", type=int, default=1, metavar="K",
                    help="simulator replicas when no --llm-url (default 1)")
     r.add_argument("--concurrency", type=int, metavar="N",
@@ -55,6 +59,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from matrix_p2p.runset.broken import stopped_message
     from matrix_p2p.runtime import summary
     from matrix_p2p.runtime.local_run import RunOptions, run_workflow
     from matrix_p2p.runtime.rows import with_source
@@ -75,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         fleet_state=not args.no_fleet_state, retry_failed=args.retry_failed,
         version_mode=args.version_mode, kept_only=args.kept_only,
         metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+        preflight=not args.no_preflight,
     )
 
     async def main() -> int:
@@ -87,6 +93,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         kept = ([f"  the earlier code version's rows: {result.preserved}"]
                 if result.preserved else [])
         print("\n".join([head, f"  summary: {path}", *kept, *table]), file=sys.stderr)
+        if result.aborted is not None:  # a broken run: never 0, even with --accept-failures
+            print(f"matrix_p2p: error: {stopped_message(result.aborted)}", file=sys.stderr)
+            return 1
         if result.interrupted:
             return 130
         if result.dataset_failed and not args.accept_failures:

@@ -19,7 +19,9 @@ def add_parsers(sub: Any) -> None:
     w = common.add_command(
         sub, "worker", "serve one or more roles (one fleet member; run under systemd)",
         "Serve roles of a workflow: one durable pull consumer per role, shared by every\n"
-        "worker of that role in the fleet. SIGTERM/Ctrl-C drains in-flight hops.\n\n"
+        "worker of that role in the fleet. SIGTERM/Ctrl-C drains in-flight hops.\n"
+        "At start it checks that its LLM endpoints and sandbox servers answer and serve\n"
+        "the models its roles name: exit status 2 when none does (--no-preflight skips it).\n\n"
         "example: python -m matrix_p2p worker coral --role judge --nats nats://host:4222")
     w.add_argument("workflow", metavar="WORKFLOW", nargs="?",
                    help="workflow file or bundled name")
@@ -28,6 +30,7 @@ def add_parsers(sub: Any) -> None:
     w.add_argument("--role", required=True, metavar="ROLE[,ROLE...]|all")
     common.add_llm_urls(w, "the workflow's")
     common.add_sandbox_urls(w, "the workflow's resources.sandbox urls")
+    common.add_preflight(w)
     w.add_argument("--concurrency", type=int, metavar="N",
                    help="concurrent tasks per role in this process")
     w.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
@@ -42,6 +45,7 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
+    from matrix_p2p.resources.preflight import preflight
     from matrix_p2p.resources.sandbox import open_sandboxes
     from matrix_p2p.runtime.serve import serve_roles
     from matrix_p2p.runtime.worker import WorkerStats
@@ -62,6 +66,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         roles = common.roles_list(args.role, spec)
+        if not args.no_preflight:
+            await preflight(spec, roles, llm_urls=common.llm_urls(args),
+                            sandbox_urls=common.sandbox_urls(args))
         stats = WorkerStats()
         # systemd's watchdog: the fetch loops beat; a full worker beats as hops end (each
         # bounded by its hop_timeout_s)

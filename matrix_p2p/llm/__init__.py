@@ -7,7 +7,8 @@ fair wait for one), ``endpoints`` (the endpoint set and its file), ``pool``
 limit), ``breaker`` (ejection), ``outcomes`` (an answer's result and signals),
 ``wire`` (the OpenAI JSON format), ``fleet`` and ``fleet_sync`` (state shared
 between workers), ``types`` (the results agents get back), ``tools`` (tool
-calls on the wire and in the conversation).
+calls on the wire and in the conversation), ``probe`` (at start: which
+endpoints answer, and which models they serve).
 """
 
 from matrix_p2p.backoff import Backoff

@@ -1,4 +1,5 @@
-"""The LLM fleet client: the only module that speaks HTTP to the model servers.
+"""The LLM fleet client: the module that speaks HTTP to the model servers (``probe``
+asks them once, at start, which models they serve).
 
 Data path of one call: ``_call`` asks ``admission`` for an endpoint (least
 outstanding requests, or the task's sticky one; waiting its turn when all are
@@ -39,6 +40,16 @@ from matrix_p2p.llm.pool import Endpoint, EndpointStats, StickyMap, normalise_ur
 from matrix_p2p.llm.types import ErrorKind, LLMError, LLMResponse, LLMResult
 
 log = structlog.get_logger(__name__)
+
+
+def session_headers(config: LLMConfig) -> dict[str, str]:
+    """The headers of every request to the endpoints: JSON, and the API key from the
+    environment variable ``config.api_key_env`` names (when it is set)."""
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get(config.api_key_env) if config.api_key_env else None
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
 
 
 class LLMClient:
@@ -102,10 +113,7 @@ class LLMClient:
     async def start(self) -> None:
         """Open the HTTP session, load endpoints, start the background tasks."""
         cfg = self.config
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        headers = session_headers(cfg)
         # aiohttp's default connector caps a session at 100 connections; our
         # limiter is the real cap, so the connector only needs to stay out of the way.
         connector = aiohttp.TCPConnector(

@@ -127,15 +127,22 @@ def decode_completion(
     )
 
 
-def decode_first_model(raw: bytes) -> str:
-    """The id of the first model in a ``/v1/models`` answer. Raises ``BadResponse``."""
+def decode_models(raw: bytes) -> list[str]:
+    """The ids of the models in a ``/v1/models`` answer, in the server's order (maybe
+    none). Raises ``BadResponse``."""
     try:
         models = _models_decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise BadResponse(f"GET {MODELS_PATH}: {e}") from e
-    if not models.data:
+    return [m.id for m in models.data]
+
+
+def decode_first_model(raw: bytes) -> str:
+    """The id of the first model in a ``/v1/models`` answer. Raises ``BadResponse``."""
+    models = decode_models(raw)
+    if not models:
         raise BadResponse(f"GET {MODELS_PATH}: no models")
-    return models.data[0].id
+    return models[0]
 
 
 # -- headers and side formats --------------------------------------------------

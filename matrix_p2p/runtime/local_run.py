@@ -24,7 +24,9 @@ from matrix_p2p.envelope import Usage
 from matrix_p2p.metrics import serving
 from matrix_p2p.report.figures import FigureValue
 from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
+from matrix_p2p.resources.preflight import preflight
 from matrix_p2p.resources.sandbox import open_sandboxes
+from matrix_p2p.runset.broken import BrokenRun
 from matrix_p2p.runset.completion import Counts
 from matrix_p2p.runset.ended import all_ended
 from matrix_p2p.runset.taskset import plan
@@ -61,6 +63,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
     kept_only: bool = False  # the sink writes only rows the workflow's filters kept
     metrics_port: int | None = None  # one /metrics for the whole run (0: a free port)
     metrics_host: str = "127.0.0.1"
+    preflight: bool = True  # probe the LLM endpoints and sandbox servers first (preflight.py)
 
 
 class RunResult(msgspec.Struct):
@@ -86,6 +89,10 @@ class RunResult(msgspec.Struct):
     left_out: int = 0  # kept-only: tasks whose ids went to <out>.skipped instead of rows
     children: int = 0  # fan-out children among the output's distinct tasks (`rows`)
     figures: list[FigureValue] = []  # the workflow's `summary:` over the output's rows
+
+    # why the run stopped early (limits.abort_on_failures, runset/broken.py); its
+    # unfinished tasks stay in the store. None: it was not stopped
+    aborted: str | None = None
 
 
 @contextlib.asynccontextmanager
@@ -118,14 +125,24 @@ async def _broker(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[busmod.
         await asyncio.to_thread(broker.stop)
 
 
-@contextlib.asynccontextmanager
-async def _llm_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[list[str]]:
+def _needs_sim(opts: RunOptions, spec: WorkflowSpec) -> bool:
     # the simulator stands in for any LLM resource a role uses that names no endpoints
     resources = [spec.llm_for(role) for role in spec.roles]
-    needs_sim = not opts.llm_urls and any(
+    return not opts.llm_urls and any(
         r is not None and not r.endpoints and not r.endpoints_file for r in resources
     )
-    if not needs_sim:
+
+
+def _needs_sandbox_server(opts: RunOptions, spec: WorkflowSpec) -> bool:
+    # like the simulator: a sandbox server in this process when the workflow declares
+    # sandbox resources and neither --sandbox-url nor the file names a server
+    declared = spec.resources.sandbox.values()
+    return not opts.sandbox_urls and bool(declared) and not all(r.urls for r in declared)
+
+
+@contextlib.asynccontextmanager
+async def _llm_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[list[str]]:
+    if not _needs_sim(opts, spec):
         yield list(opts.llm_urls)
         return
     from matrix_p2p.sim.config import SimConfig
@@ -147,10 +164,8 @@ class _SandboxServers(msgspec.Struct):
 
 @contextlib.asynccontextmanager
 async def _sandbox_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[_SandboxServers]:
-    # like the simulator: a sandbox server in this process when the workflow declares
-    # sandbox resources and neither --sandbox-url nor the file names a server
     declared = spec.resources.sandbox.values()
-    if opts.sandbox_urls or not declared or all(r.urls for r in declared):
+    if not _needs_sandbox_server(opts, spec):
         yield _SandboxServers(list(opts.sandbox_urls))
         return
     from matrix_p2p.sandbox import Limits, SandboxConfig, SandboxServer
@@ -183,6 +198,10 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
     lock = OutputLock(out, out_format(out))
     digest = code_hash(spec)
     roles = list(spec.roles)
+    if opts.preflight:  # not what this run starts itself: up by construction
+        await preflight(spec, roles, llm_urls=opts.llm_urls, sandbox_urls=opts.sandbox_urls,
+                        llm=not _needs_sim(opts, spec),
+                        sandboxes=not _needs_sandbox_server(opts, spec))
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with _held(lock), _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls, \
@@ -214,22 +233,26 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                                     submitted=submitted.submitted)
 
                 progress = Progress(snapshot)
+                broken = BrokenRun.from_limit(spec.limits.abort_on_failures)
+                sink.on_written = lambda task: broken.observe(task.status, task.error)
                 sink_ready = asyncio.Event()
                 retried: list[str] = []
                 retry_ready = asyncio.Event()
 
                 async def supervise() -> None:
-                    # the run ends when the sink has every task of the run's set, or on
-                    # Ctrl-C
+                    # the run ends when the sink has every task of the run's set, on
+                    # Ctrl-C, or when it is clearly broken (its unfinished tasks stay)
                     await sink_ready.wait()
                     await wait_any(retry_ready, stop)
                     for tid in retried:
                         completion.expect_attempt(tid)
-                    while not stop.is_set():
+                    while not stop.is_set() and broken.tripped is None:
                         sink.changed.clear()
                         if await all_ended(sink, submitted_kv):
                             break
                         await wait_any(sink.changed, stop)
+                    if broken.tripped is not None and not sink.finished():
+                        log.error("run.broken", reason=broken.tripped)
                     stop_workers.set()
 
                 async def workers_then_sink() -> None:
@@ -271,4 +294,5 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         preserved=str(sink.preserved) if sink.preserved else None,
         file_rows=sink.file_rows, left_out=sink.count - sink.file_rows,
         children=sink.children, figures=sink.figures.results(),
+        aborted=broken.tripped if broken.tripped is not None and not sink.finished() else None,
     )

@@ -130,6 +130,9 @@ class Sink:
                              if kept_only or spec.sink.kept_only else None)
         self.metrics = metrics or NullMetrics()
         self.beat: Callable[[], None] = lambda: None  # systemd watchdog: the fetch loop turns
+        # each task this sink writes (not those already in the file): `run` watches for a
+        # broken run (runset/broken.py)
+        self.on_written: Callable[[Task], object] = lambda task: None
 
     @property
     def count(self) -> int:
@@ -380,6 +383,7 @@ class Sink:
             self.completion.row(task.id, task.status, children=int(task.state.get("children", 0)),
                                 kept=is_kept(task))
         self.counts.add(task)
+        self.on_written(task)
         self.announced += int(task.state.get("children", 0))
         if task.status == "done":
             self.done += 1

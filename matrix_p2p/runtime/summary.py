@@ -52,6 +52,7 @@ class Summary(msgspec.Struct, kw_only=True):
     tokens_per_s: float  # prompt + completion
     completion_tokens_per_s: float
     cost: float | None  # None when no role's resource has a price
+    aborted: str | None = None  # why the run stopped as broken (limits.abort_on_failures)
 
 
 def _cost(spec: WorkflowSpec, role: str, prompt: int, completion: int) -> float | None:
@@ -82,7 +83,7 @@ def summarize(result: RunResult, spec: WorkflowSpec) -> Summary:
         roles=roles, prompt_tokens=prompt, completion_tokens=completion,
         tokens_per_s=round((prompt + completion) / wall, 1),
         completion_tokens_per_s=round(completion / wall, 1),
-        cost=round(sum(costs), 6) if costs else None,
+        cost=round(sum(costs), 6) if costs else None, aborted=result.aborted,
     )
 
 
@@ -92,7 +93,7 @@ def _money(v: float | None) -> str:
 
 def render(s: Summary) -> str:
     """The table ``run`` prints when it ends."""
-    head = "interrupted" if s.interrupted else "finished"
+    head = "stopped" if s.aborted else "interrupted" if s.interrupted else "finished"
     lines = [
         f"{s.workflow}: {head} in {s.wall_s:,.1f}s; {s.rows:,} rows in {s.out}"
         + (f" ({s.left_out:,} tasks left out by --kept-only: ids in {s.out}.skipped)"

@@ -51,7 +51,24 @@ class _LeaseBody(msgspec.Struct):
     ttl_s: float = 0.0
 
 
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    """What a server's ``GET /healthz`` said. ``error`` (naming the URL) is None when it
+    answered; ``braked``: its pool stopped handing out sandboxes for a while."""
+
+    url: str
+    error: str | None = None
+    free: int | None = None
+    braked: bool = False
+
+
+class _HealthBody(msgspec.Struct):
+    ok: bool = False
+    free: int | None = None
+    braked: bool = False
+
+
 _lease_decoder = msgspec.json.Decoder(_LeaseBody)
+_health_decoder = msgspec.json.Decoder(_HealthBody)
 _exec_decoder = msgspec.json.Decoder(Execution)
 _encoder = msgspec.json.Encoder()
 
@@ -209,6 +226,22 @@ class SandboxClient:
         doc: dict[str, Any] = msgspec.json.decode(data)
         return doc
 
+    async def health(self) -> Health:
+        """``GET /healthz`` within ``request_timeout_s``. Never raises for a server that is
+        down or is not a sandbox server: that is ``Health.error``."""
+        try:
+            status, _, data = await self._call("GET", "/healthz", None, self.request_timeout_s)
+        except SandboxUnavailable as exc:
+            return Health(url=self.url, error=str(exc))
+        if status not in (200, 503):  # 503: braked, still a sandbox server
+            return Health(url=self.url, error=f"sandbox server {self.url}: GET /healthz: "
+                                              f"{' '.join(_message(data, status).split())}")
+        try:
+            body = _health_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return Health(url=self.url, error=f"sandbox server {self.url}: GET /healthz: {exc}")
+        return Health(url=self.url, free=body.free, braked=body.braked)
+
     # -- plumbing -------------------------------------------------------------------
     def _lease(self, data: bytes) -> Lease:
         body = _lease_decoder.decode(data)
@@ -256,3 +289,16 @@ class SandboxClient:
 
 def _id(lease: Lease | str) -> str:
     return lease if isinstance(lease, str) else lease.id
+
+
+async def probe_health(urls: Sequence[str], *, timeout_s: float = 5.0) -> list[Health]:
+    """``health()`` of every server at once (each within ``timeout_s``), in the order
+    given: ``run`` and ``worker`` ask before they start (``resources/preflight.py``)."""
+
+    async def one(url: str) -> Health:
+        async with SandboxClient(url, request_timeout_s=timeout_s) as client:
+            return await client.health()
+
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(one(u)) for u in dict.fromkeys(u.rstrip("/") for u in urls)]
+    return [t.result() for t in tasks]

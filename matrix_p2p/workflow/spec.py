@@ -123,6 +123,15 @@ class SinkSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     kept_only: bool = False  # write only done rows with result.kept true (document filters)
 
 
+class AbortOnFailures(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A clearly broken run stops (``runset/broken.py``): when at least ``share`` of the
+    first ``first`` tasks that finish in a run failed with the same reason (numbers and
+    ids aside), ``run`` stops, leaves the unfinished tasks in the store and exits 1."""
+
+    first: int = 20  # 0: never stop
+    share: float = 0.8
+
+
 class Limits(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_deliveries: int = 5  # per hop, then the task fails with the reason
     max_hops: int = 200  # a runaway router fails the task instead of looping forever
@@ -133,6 +142,8 @@ class Limits(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # the envelope carrying a reference (runtime/offload.py); null: never offload
     offload_bytes: int | None = 256 * 1024
     offload_ttl_s: float = 7 * 86400.0  # backstop: objects a crashed hop orphaned expire
+    # stop a run whose first tasks fail the same way; 0 or null: never stop
+    abort_on_failures: AbortOnFailures | int | None = AbortOnFailures()
 
 
 # The keys of a dataset row (runtime/sink.py ``to_row``): a figure's field path starts
@@ -308,6 +319,14 @@ def _check(spec: WorkflowSpec) -> None:
         fail("limits.max_inflight", "must be at least 1")
     if lim.offload_bytes is not None and lim.offload_bytes < 1024:
         fail("limits.offload_bytes", "must be at least 1024 (or null: never offload)")
+    abort = lim.abort_on_failures
+    if isinstance(abort, int) and abort != 0:
+        fail("limits.abort_on_failures", "give {first: N, share: S}, or 0 or null to never stop")
+    if isinstance(abort, AbortOnFailures):
+        if abort.first < 0:
+            fail("limits.abort_on_failures.first", "must be at least 0 (0: never stop)")
+        if not 0 < abort.share <= 1:
+            fail("limits.abort_on_failures.share", f"must be in (0, 1], got {abort.share}")
     for rname, res in spec.resources.llm.items():
         if res.max_tokens < 1:
             fail(f"resources.llm.{rname}.max_tokens", "must be at least 1")
