@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -30,12 +31,27 @@ class _Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tru
     pass
 
 
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# request fields the runtime or a named setting owns: `extra_body` may not set them
+RESERVED_BODY_KEYS = ("messages", "prompt", "model", "stream", "max_tokens", "temperature",
+                      "top_p", "stop", "seed")
+
+
 class LLMResource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     endpoints: list[str] = []
     endpoints_file: str | None = None
-    model: str | None = None
+    # model settings (each overridable per role by `roles.<r>.llm_settings`; an agent's
+    # own `ctx.chat(...)` arguments win over both)
+    model: str | None = None  # None: the first model of each endpoint's /v1/models
+    # the name of an environment variable holding the API key (sent as a bearer token);
+    # None: OPENAI_API_KEY when it is set
+    api_key_env: str | None = None
     max_tokens: int = 256
     temperature: float = 0.7
+    top_p: float | None = None  # None: the server's default (left out of the request)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    extra_body: dict[str, Any] = {}  # merged into every request body (vLLM's extras)
     timeout_s: float = 120.0
     max_retries: int = 4
     initial_limit: int = 32
@@ -44,6 +60,30 @@ class LLMResource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # price per 1,000 tokens, in the currency of your choice: `run`'s summary shows the cost
     price_per_1k_prompt: float | None = None
     price_per_1k_completion: float | None = None
+
+
+class LLMSettings(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``roles.<r>.llm_settings``: the role's own model settings over its LLM resource's
+    (null: the resource's; ``extra_body`` is merged over the resource's)."""
+
+    model: str | None = None
+    api_key_env: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    extra_body: dict[str, Any] = {}
+
+    def over(self, res: LLMResource) -> LLMResource:
+        """``res`` with these settings on top."""
+        changes: dict[str, Any] = {
+            f: v for f in self.__struct_fields__ if f != "extra_body"
+            and (v := getattr(self, f)) is not None
+        }
+        if self.extra_body:
+            changes["extra_body"] = {**res.extra_body, **self.extra_body}
+        return msgspec.structs.replace(res, **changes) if changes else res
 
 
 class SandboxResource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -77,6 +117,7 @@ class RoleSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     hop_timeout_s: float = 600.0
     options: dict[str, Any] = {}
     resources: list[str] = []  # names under resources.sandbox this role leases
+    llm_settings: LLMSettings | None = None  # over the `llm` resource's model settings
     name: str = ""  # filled from the mapping key
 
 
@@ -162,10 +203,13 @@ class WorkflowSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True)
         return entry
 
     def llm_for(self, role: str) -> LLMResource | None:
-        name = self.roles[role].llm
-        if name is None:
+        """The model settings ``role`` calls with: its LLM resource under its own
+        ``llm_settings``; None for a role without an LLM."""
+        spec = self.roles[role]
+        if spec.llm is None:
             return None
-        return self.resources.llm.get(name, LLMResource())
+        res = self.resources.llm.get(spec.llm, LLMResource())
+        return spec.llm_settings.over(res) if spec.llm_settings is not None else res
 
 
 @cache
@@ -282,8 +326,12 @@ def _check(spec: WorkflowSpec) -> None:
     if lim.offload_bytes is not None and lim.offload_bytes < 1024:
         fail("limits.offload_bytes", "must be at least 1024 (or null: never offload)")
     for rname, res in spec.resources.llm.items():
-        if res.max_tokens < 1:
-            fail(f"resources.llm.{rname}.max_tokens", "must be at least 1")
+        _check_model_settings(res, f"resources.llm.{rname}", fail)
+    for name, role in spec.roles.items():
+        if role.llm_settings is not None:
+            if role.llm is None:
+                fail(f"roles.{name}.llm_settings", "the role has no LLM (llm: null)")
+            _check_model_settings(role.llm_settings, f"roles.{name}.llm_settings", fail)
     for rname, sbx in spec.resources.sandbox.items():
         where = f"resources.sandbox.{rname}"
         if not NAME_RE.match(rname):
@@ -296,3 +344,29 @@ def _check(spec: WorkflowSpec) -> None:
                 fail(f"{where}.{field}", "must be positive")
         if sbx.max_restarts < 0:
             fail(f"{where}.max_restarts", "must be at least 0")
+
+
+def _check_model_settings(s: LLMResource | LLMSettings, where: str,
+                          fail: Callable[[str, str], None]) -> None:
+    if s.max_tokens is not None and s.max_tokens < 1:
+        fail(f"{where}.max_tokens", "must be at least 1")
+    if s.temperature is not None and not s.temperature >= 0:  # NaN too
+        fail(f"{where}.temperature", f"must be at least 0, got {s.temperature}")
+    if s.top_p is not None and not 0 < s.top_p <= 1:
+        fail(f"{where}.top_p", f"must be in (0, 1], got {s.top_p}")
+    if s.model is not None and not s.model.strip():
+        fail(f"{where}.model", "must not be empty (leave it out: the server's first model)")
+    # never echo the value: a key pasted here by mistake must not reach a log
+    if s.api_key_env is not None and not ENV_NAME_RE.match(s.api_key_env):
+        fail(f"{where}.api_key_env", "must be the name of an environment variable (letters, "
+             "digits, '_'), not the key itself")
+    stops = [s.stop] if isinstance(s.stop, str) else s.stop or []
+    for i, stop in enumerate(stops):
+        if not stop:
+            fail(f"{where}.stop" + (f"[{i}]" if isinstance(s.stop, list) else ""),
+                 "must not be an empty string")
+    for key in s.extra_body:
+        if key in RESERVED_BODY_KEYS:
+            how = (f"set `{key}` itself, not in extra_body" if hasattr(s, key)
+                   else "the runtime sets it")
+            fail(f"{where}.extra_body.{key}", how)
