@@ -76,6 +76,7 @@ class RunResult(msgspec.Struct):
     sandbox_leased: int | None = None  # leases the in-process sandbox server held at the end
     filters: FilterCounts = msgspec.field(default_factory=FilterCounts)
     usage_by_role: dict[str, Usage] = {}  # LLM tokens this run, for the summary
+    summary: str | None = None  # the summary file (<out>.summary.json), once written
 
 
 @contextlib.asynccontextmanager
