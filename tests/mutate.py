@@ -98,6 +98,24 @@ MUTANTS = [
     Mutant("a cancelled fetch is cancelled (nats-py swallows it)", "matrix_p2p/bus/jetstream.py", [
         ("honour_cancel(cancels)", "pass"),
     ], ["tests/integration/test_fetch_cancel.py", HOP]),
+    Mutant("results: another submission's rows handed out", "matrix_p2p/embed/results.py", [
+        ("if self.attempt is not None and (base not in self.attempt or n < self.attempt[base]):",
+         "if False:"),
+    ], ["tests/unit/test_embed_wanted.py",
+        "tests/integration/test_api.py::test_submit_and_collect_around_serve"]),
+    Mutant("api: one URL string iterated per character", "matrix_p2p/embed/args.py", [
+        ("value = [value]  # one URL, not one per character", "pass"),
+    ], ["tests/unit/test_embed_args.py"]),
+    Mutant("api key: an unset api_key_env goes unnoticed", "matrix_p2p/resources/llm.py", [
+        ("if res.api_key_env is not None and not os.environ.get(res.api_key_env):", "if False:"),
+    ], ["tests/integration/test_model_settings_wire.py"]),
+    Mutant("model settings: top_p, stop, seed, model not sent", "matrix_p2p/agent.py", [
+        ("if value is not None:\n params.setdefault(name, value)", "pass"),
+    ], ["tests/integration/test_model_settings_wire.py"]),
+    Mutant("library logging: structlog left printing", "matrix_p2p/logs.py", [
+        ("if structlog.is_configured():", "if True:  # MUTANT"),
+    ], ["tests/integration/test_api.py::test_run_prints_nothing_unless_the_application_"
+        "configures_logging"]),
 ]
 
 
