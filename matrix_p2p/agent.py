@@ -21,6 +21,9 @@ from matrix_p2p.resources.base import Resources
 from matrix_p2p.workflow.refs import import_ref
 from matrix_p2p.workflow.spec import LLMResource, RoleSpec, WorkflowSpec
 
+# model settings sent only when the workflow gives them (else the server's default)
+_OPTIONAL_SETTINGS = ("model", "top_p", "stop", "seed")
+
 
 class ChatClient(Protocol):
     async def chat(
@@ -102,14 +105,23 @@ class Context:
     async def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> LLMResult:
         """Call the role's LLM. Returns ``LLMResponse`` or ``LLMError``, never raises.
 
-        Sticky per task by default (prefix-cache reuse across the task's turns);
-        the workflow's resource gives ``max_tokens`` and ``temperature`` defaults.
+        Sticky per task by default (prefix-cache reuse across the task's turns).
+        The workflow's model settings for the role (its LLM resource under the role's
+        ``llm_settings``: ``model``, ``max_tokens``, ``temperature``, ``top_p``,
+        ``stop``, ``seed``, ``extra_body``) are the defaults; ``params`` win over them.
         """
         if self._llm is None:
             return LLMError(kind="no_endpoints", message=f"role {self.role.name!r} has no LLM")
         res = self.resource
         params.setdefault("max_tokens", res.max_tokens if res else None)
         params.setdefault("temperature", res.temperature if res else None)
+        if res is not None:
+            for name in _OPTIONAL_SETTINGS:
+                value = getattr(res, name)
+                if value is not None:
+                    params.setdefault(name, value)
+            for key, value in res.extra_body.items():
+                params.setdefault(key, value)
         sticky = res is None or res.sticky
         params.setdefault("sticky_key", self.task.id if sticky else None)
         if sticky and "sticky_hint" not in params:
@@ -180,7 +192,8 @@ class Agent:
     def __init__(self, role: RoleSpec, spec: WorkflowSpec) -> None:
         self.role = role
         self.spec = spec
-        self.log = structlog.get_logger(f"agent.{role.name}")
+        # under the package's logger: quiet in an application that configures no logging
+        self.log = structlog.get_logger(f"matrix_p2p.agent.{role.name}")
 
     async def setup(self) -> None:
         """Called once per worker before the first task."""

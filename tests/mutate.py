@@ -120,7 +120,7 @@ MUTANTS = [
         ("if not args.no_preflight:", "if False:"),
     ], [PRE + "test_worker_with_a_closed_llm_url_exits_2"]),
     Mutant("preflight: serve does not check", "matrix_p2p/api.py", [
-        ("if preflight:", "if False:"),
+        ('if args.flag("preflight", preflight):', "if False:"),
     ], [PRE + "test_serve_checks_first"]),
     Mutant("broken run: the rule never trips", "matrix_p2p/runset/broken.py", [
         ("if n >= self.threshold:", "if False:"),
@@ -224,6 +224,24 @@ MUTANTS = [
         ("if found is not None: return found", 'return found or ".jsonl"'),
     ], [ROWS + "test_a_source_of_another_format_is_one_line_before_any_row",
         OUT + "test_a_source_of_another_format_is_one_line_before_anything"]),
+    Mutant("results: another submission's rows handed out", "matrix_p2p/embed/results.py", [
+        ("if self.attempt is not None and (base not in self.attempt or n < self.attempt[base]):",
+         "if False:"),
+    ], ["tests/unit/test_embed_wanted.py",
+        "tests/integration/test_api.py::test_submit_and_collect_around_serve"]),
+    Mutant("api: one URL string iterated per character", "matrix_p2p/embed/args.py", [
+        ("value = [value]  # one URL, not one per character", "pass"),
+    ], ["tests/unit/test_embed_args.py"]),
+    Mutant("api key: an unset api_key_env goes unnoticed", "matrix_p2p/resources/llm.py", [
+        ("if res.api_key_env is not None and not os.environ.get(res.api_key_env):", "if False:"),
+    ], ["tests/integration/test_model_settings_wire.py"]),
+    Mutant("model settings: top_p, stop, seed, model not sent", "matrix_p2p/agent.py", [
+        ("if value is not None:\n params.setdefault(name, value)", "pass"),
+    ], ["tests/integration/test_model_settings_wire.py"]),
+    Mutant("library logging: structlog left printing", "matrix_p2p/logs.py", [
+        ("if structlog.is_configured():", "if True:  # MUTANT"),
+    ], ["tests/integration/test_api.py::test_run_prints_nothing_unless_the_application_"
+        "configures_logging"]),
 ]
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import msgspec
 
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"  # sent when set; a workflow's api_key_env must be set
+
 
 class LLMConfig(msgspec.Struct, kw_only=True):
     """Settings of one ``LLMClient``. Every field has a default; new fields get defaults."""
 
     endpoints: list[str] = msgspec.field(default_factory=list)
     model: str | None = None  # None: the first model of each endpoint's /v1/models
-    api_key_env: str = "OPENAI_API_KEY"  # the env var's name; the key itself is never logged
+    api_key_env: str = DEFAULT_KEY_ENV  # the env var's name; the key itself is never logged
     timeout_s: float = 120.0  # one HTTP attempt
     max_retries: int = 4
     backoff_base_s: float = 0.5

@@ -4,14 +4,18 @@ and the fleet-wide endpoint state those clients share with every other worker.""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+
+import msgspec
 
 from matrix_p2p.agent import ChatClient
 from matrix_p2p.bus import Bus
 from matrix_p2p.envelope import Usage
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.llm import FleetState, LLMClient, LLMConfig
+from matrix_p2p.llm.config import DEFAULT_KEY_ENV
 from matrix_p2p.llm.outcomes import AttemptRecorder
 from matrix_p2p.workflow.spec import LLMResource, WorkflowSpec
 
@@ -36,14 +40,26 @@ class LLMSet:
         return out
 
 
-def llm_config(res: LLMResource, urls: Sequence[str], where: str) -> LLMConfig:
+def llm_config(res: LLMResource, urls: Sequence[str], where: str,
+               key_where: str | None = None) -> LLMConfig:
+    """The client settings of ``res``. ``where`` names the resource in messages;
+    ``key_where`` the field that set ``api_key_env`` (default ``<where>.api_key_env``).
+
+    Error handling: no endpoints, or an ``api_key_env`` naming a variable that is not
+    set, is a one-line ``ConfigError`` (the variable's name, never its value)."""
     endpoints = list(urls) or list(res.endpoints)
     if not endpoints and not res.endpoints_file:
         raise ConfigError(f"{where}: no LLM endpoints (give --llm-url, or endpoints in the file)")
+    if res.api_key_env is not None and not os.environ.get(res.api_key_env):
+        field = key_where or f"{where}.api_key_env"
+        of = f" (the key for {where.partition(': ')[2] or where})" if key_where else ""
+        raise ConfigError(f"{field}: environment variable {res.api_key_env} is not set "
+                          f"(or empty){of}")
     return LLMConfig(
         endpoints=endpoints,
         endpoints_file=res.endpoints_file,
         model=res.model,
+        api_key_env=res.api_key_env or DEFAULT_KEY_ENV,
         timeout_s=res.timeout_s,
         max_retries=res.max_retries,
         initial_limit=res.initial_limit,
@@ -77,12 +93,22 @@ async def open_llms(
             if name is None:
                 by_role[role] = None
                 continue
-            if name not in clients:
+            # one client per resource; a role that sends its own API key gets its own
+            # (the key is a header of the client's session); model settings are per call
+            settings = spec.roles[role].llm_settings
+            own_key = settings.api_key_env if settings is not None else None
+            key = name if own_key is None else f"{name}[{own_key}]"
+            if key not in clients:
                 res = spec.resources.llm.get(name, LLMResource())
-                cfg = llm_config(res, urls, f"{spec.path}: resources.llm.{name}")
+                if own_key is not None:
+                    res = msgspec.structs.replace(res, api_key_env=own_key)
+                where = f"{spec.path}: resources.llm.{name}"
+                key_where = (f"{spec.path}: roles.{role}.llm_settings.api_key_env"
+                             if own_key is not None else None)
+                cfg = llm_config(res, urls, where, key_where)
                 client = LLMClient(cfg, fleet=fleet, recorder=recorder)
-                clients[name] = await stack.enter_async_context(client)
-            by_role[role] = clients[name]
+                clients[key] = await stack.enter_async_context(client)
+            by_role[role] = clients[key]
         yield LLMSet(clients, by_role)
 
 

@@ -89,10 +89,10 @@ class RunResult(msgspec.Struct):
     left_out: int = 0  # kept-only: tasks whose ids went to <out>.skipped instead of rows
     children: int = 0  # fan-out children among the output's distinct tasks (`rows`)
     figures: list[FigureValue] = []  # the workflow's `summary:` over the output's rows
-
     # why the run stopped early (limits.abort_on_failures, runset/broken.py); its
     # unfinished tasks stay in the store. None: it was not stopped
     aborted: str | None = None
+    summary: str | None = None  # the summary file (<out>.summary.json), once written
 
 
 @contextlib.asynccontextmanager

@@ -13,7 +13,7 @@ import hashlib
 import re
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import yaml
@@ -30,12 +30,27 @@ class _Spec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tru
     pass
 
 
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# request fields the runtime or a named setting owns: `extra_body` may not set them
+RESERVED_BODY_KEYS = ("messages", "prompt", "model", "stream", "max_tokens", "temperature",
+                      "top_p", "stop", "seed")
+
+
 class LLMResource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     endpoints: list[str] = []
     endpoints_file: str | None = None
-    model: str | None = None
+    # model settings (each overridable per role by `roles.<r>.llm_settings`; an agent's
+    # own `ctx.chat(...)` arguments win over both)
+    model: str | None = None  # None: the first model of each endpoint's /v1/models
+    # the name of an environment variable holding the API key (sent as a bearer token);
+    # None: OPENAI_API_KEY when it is set
+    api_key_env: str | None = None
     max_tokens: int = 256
     temperature: float = 0.7
+    top_p: float | None = None  # None: the server's default (left out of the request)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    extra_body: dict[str, Any] = {}  # merged into every request body (vLLM's extras)
     timeout_s: float = 120.0
     max_retries: int = 4
     initial_limit: int = 32
@@ -44,6 +59,30 @@ class LLMResource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # price per 1,000 tokens, in the currency of your choice: `run`'s summary shows the cost
     price_per_1k_prompt: float | None = None
     price_per_1k_completion: float | None = None
+
+
+class LLMSettings(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``roles.<r>.llm_settings``: the role's own model settings over its LLM resource's
+    (null: the resource's; ``extra_body`` is merged over the resource's)."""
+
+    model: str | None = None
+    api_key_env: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    extra_body: dict[str, Any] = {}
+
+    def over(self, res: LLMResource) -> LLMResource:
+        """``res`` with these settings on top."""
+        changes: dict[str, Any] = {
+            f: v for f in self.__struct_fields__ if f != "extra_body"
+            and (v := getattr(self, f)) is not None
+        }
+        if self.extra_body:
+            changes["extra_body"] = {**res.extra_body, **self.extra_body}
+        return msgspec.structs.replace(res, **changes) if changes else res
 
 
 class SandboxResource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -77,6 +116,7 @@ class RoleSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     hop_timeout_s: float = 600.0
     options: dict[str, Any] = {}
     resources: list[str] = []  # names under resources.sandbox this role leases
+    llm_settings: LLMSettings | None = None  # over the `llm` resource's model settings
     name: str = ""  # filled from the mapping key
 
 
@@ -200,10 +240,13 @@ class WorkflowSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True)
         return entry
 
     def llm_for(self, role: str) -> LLMResource | None:
-        name = self.roles[role].llm
-        if name is None:
+        """The model settings ``role`` calls with: its LLM resource under its own
+        ``llm_settings``; None for a role without an LLM."""
+        spec = self.roles[role]
+        if spec.llm is None:
             return None
-        return self.resources.llm.get(name, LLMResource())
+        res = self.resources.llm.get(spec.llm, LLMResource())
+        return spec.llm_settings.over(res) if spec.llm_settings is not None else res
 
 
 @cache
@@ -243,7 +286,9 @@ def parse(text: str, *, path: str = "<workflow>") -> WorkflowSpec:
         _convert_entries(resources.get("llm"), LLMResource, "resources.llm", path)
         _convert_entries(resources.get("sandbox"), SandboxResource, "resources.sandbox", path)
     spec = _convert(raw, WorkflowSpec, "", path)
-    _check(spec)
+    from matrix_p2p.workflow.checks import check  # the rules between fields; imports this module
+
+    check(spec)
     return spec
 
 
@@ -264,121 +309,3 @@ def _convert_entries(mapping: Any, typ: type[Any], prefix: str, path: str) -> No
     if isinstance(mapping, dict):
         for key, value in mapping.items():
             _convert(value, typ, f"{prefix}.{key}", path)
-
-
-def _check(spec: WorkflowSpec) -> None:
-    def fail(field: str, msg: str) -> None:
-        raise ConfigError(f"{spec.path}: {field}: {msg}")
-
-    if not NAME_RE.match(spec.name):
-        fail("name", f"{spec.name!r} must be 1-64 letters, digits, '_' or '-'")
-    if not NAME_RE.match(spec.subject_prefix):
-        fail("subject_prefix", f"{spec.subject_prefix!r} must be letters, digits, '_' or '-'")
-    if not spec.roles:
-        fail("roles", "at least one role is required")
-    for name, role in spec.roles.items():
-        if not NAME_RE.match(name):
-            fail(f"roles.{name}", "role names must be 1-64 letters, digits, '_' or '-'")
-        if not REF_RE.match(role.agent):
-            fail(f"roles.{name}.agent", f"{role.agent!r} is not of the form 'module:Class'")
-        if role.concurrency < 1:
-            fail(f"roles.{name}.concurrency", "must be at least 1")
-        if role.max_ack_pending < 1:
-            fail(f"roles.{name}.max_ack_pending", "must be at least 1")
-        if role.hop_timeout_s <= 0:
-            fail(f"roles.{name}.hop_timeout_s", "must be positive")
-        if role.llm is not None and role.llm not in spec.resources.llm and role.llm != "default":
-            known = ", ".join(sorted(spec.resources.llm)) or "none defined"
-            fail(f"roles.{name}.llm", f"unknown LLM resource {role.llm!r} (known: {known})")
-        for i, res_name in enumerate(role.resources):
-            if res_name not in spec.resources.sandbox:
-                known = ", ".join(sorted(spec.resources.sandbox)) or "none defined"
-                fail(f"roles.{name}.resources[{i}]",
-                     f"unknown resource {res_name!r} (known under resources.sandbox: {known})")
-    routing = spec.routing
-    if isinstance(routing, CycleRouting):
-        if not routing.roles:
-            fail("routing.roles", "at least one role is required")
-        for i, role_name in enumerate(routing.roles):
-            if role_name not in spec.roles:
-                fail(f"routing.roles[{i}]", f"unknown role {role_name!r}")
-        if routing.max_turns < 1:
-            fail("routing.max_turns", "must be at least 1")
-    elif not REF_RE.match(routing.router):
-        fail("routing.router", f"{routing.router!r} is not of the form 'module:Class'")
-    if spec.source.path is not None and spec.source.hf is not None:
-        fail("source", "give either `path` or `hf`, not both")
-    if spec.trials < 1:
-        fail("trials", "must be at least 1")
-    lim = spec.limits
-    if lim.max_deliveries < 1:
-        fail("limits.max_deliveries", "must be at least 1")
-    if lim.ack_wait_s < 1:
-        fail("limits.ack_wait_s", "must be at least 1 second")
-    if lim.max_inflight < 1:
-        fail("limits.max_inflight", "must be at least 1")
-    if lim.offload_bytes is not None and lim.offload_bytes < 1024:
-        fail("limits.offload_bytes", "must be at least 1024 (or null: never offload)")
-    abort = lim.abort_on_failures
-    if isinstance(abort, int) and abort != 0:
-        fail("limits.abort_on_failures", "give {first: N, share: S}, or 0 or null to never stop")
-    if isinstance(abort, AbortOnFailures):
-        if abort.first < 0:
-            fail("limits.abort_on_failures.first", "must be at least 0 (0: never stop)")
-        if not 0 < abort.share <= 1:
-            fail("limits.abort_on_failures.share", f"must be in (0, 1], got {abort.share}")
-    for rname, res in spec.resources.llm.items():
-        if res.max_tokens < 1:
-            fail(f"resources.llm.{rname}.max_tokens", "must be at least 1")
-    for rname, sbx in spec.resources.sandbox.items():
-        where = f"resources.sandbox.{rname}"
-        if not NAME_RE.match(rname):
-            fail(where, "resource names must be 1-64 letters, digits, '_' or '-'")
-        for field in ("pool", "memory_mb", "cpu_s"):
-            if getattr(sbx, field) < 1:
-                fail(f"{where}.{field}", "must be at least 1")
-        for field in ("ttl_s", "timeout_s", "acquire_timeout_s"):
-            if getattr(sbx, field) <= 0:
-                fail(f"{where}.{field}", "must be positive")
-        if sbx.max_restarts < 0:
-            fail(f"{where}.max_restarts", "must be at least 0")
-    _check_figures(spec.summary, spec.path)
-
-
-_FIELD_RE = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
-
-
-def _check_figures(figures: list[Figure], path: str) -> None:
-    def fail(field: str, msg: str) -> NoReturn:
-        raise ConfigError(f"{path}: {field}: {msg}")
-
-    seen: dict[str, str] = {}  # label -> kind, of the figures before this one
-    for i, fig in enumerate(figures):
-        where = f"summary[{i}]"
-        kinds = [k for k in FIGURE_KINDS if getattr(fig, k) is not None]
-        if len(kinds) != 1:
-            fail(where, f"give exactly one of {', '.join(FIGURE_KINDS)} (got "
-                        f"{', '.join(kinds) or 'none'})")
-        kind = kinds[0]
-        if not fig.label.strip():
-            fail(f"{where}.label", "must not be empty")
-        if fig.label in seen:
-            fail(f"{where}.label", f"{fig.label!r} is the label of an earlier figure")
-        if fig.equals is not None and kind not in ("rate", "count"):
-            fail(f"{where}.equals", f"only for rate and count, not {kind}")
-        if fig.ratio is not None:
-            if len(fig.ratio) != 2:
-                fail(f"{where}.ratio", "give two labels of earlier figures: [A, B] for A / B")
-            for j, label in enumerate(fig.ratio):
-                if seen.get(label) in (None, "counts"):
-                    fail(f"{where}.ratio[{j}]", f"{label!r} is not the label of an earlier "
-                         "figure with one number (mean, rate, count, distinct or ratio)")
-        else:
-            field = str(getattr(fig, kind))
-            if not _FIELD_RE.match(field):
-                fail(f"{where}.{kind}", f"{field!r} is not a dotted path (like result.reward)")
-            root = field.split(".", 1)[0]
-            if root not in ROW_FIELDS:
-                fail(f"{where}.{kind}", f"{field!r} does not start with a row field (one of "
-                     f"{', '.join(ROW_FIELDS)}; an agent's state is under result.)")
-        seen[fig.label] = kind
