@@ -263,6 +263,9 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                     stop_sink.set()  # after the drain: what finished during it is written too
 
                 async def source() -> None:
+                    # the sink serves first: a result it finds at start-up is written by its
+                    # rebuild, which counts none of what this run finished
+                    await wait_any(sink_ready, stop)
                     if opts.retry_failed:
                         retried.extend(await retry_failed(bus, spec, namespace=ns,
                                                           owns=tasks.owns, code_version=digest))

@@ -105,7 +105,9 @@ limits: {ack_wait_s: 5}
 """)
     result = await matrix_p2p.run_async(spec, source=ROWS[:2], out=tmp_path / "o.jsonl",
                                         store=tmp_path / "st", nats=nats_server.url,
-                                        llm_urls=fake.url)  # one URL, as a string
+                                        llm_urls=fake.url,  # one URL, as a string
+                                        # the fake answers any model name but lists another
+                                        preflight=False)
     assert (result.dataset_done, result.dataset_failed) == (2, 0)
     assert len(fake.bodies) == 2
     for body in fake.bodies:
