@@ -14,7 +14,7 @@ Sleeps and the jitter's random source are injected: the delays are compared exac
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -25,13 +25,7 @@ from matrix_p2p.llm.breaker import CircuitBreaker
 from matrix_p2p.llm.limiter import AIMDLimiter
 from matrix_p2p.llm.outcomes import Outcomes
 from matrix_p2p.llm.pool import Endpoint
-from tests.integration.test_llm_client import (  # noqa: F401 - servers: a fixture
-    MSGS,
-    FakeOpenAI,
-    cfg,
-    servers,
-    status,
-)
+from tests.integration.test_llm_client import MSGS, FakeOpenAI, cfg, status
 
 
 def endpoint() -> Endpoint:
@@ -76,10 +70,20 @@ async def test_guard_llm_breaker_ignores_our_own_bugs(monkeypatch: pytest.Monkey
         assert next(iter(client.snapshot())).healthy
 
 
-@pytest.mark.parametrize("replicas", [1, 2])
-async def test_guard_llm_backoff_between_retries(
-        servers: Callable[[], Awaitable[FakeOpenAI]], replicas: int) -> None:
-    fleet = [await servers() for _ in range(replicas)]
+@pytest.fixture(params=[1, 2])
+async def fleet(request: pytest.FixtureRequest) -> AsyncIterator[list[FakeOpenAI]]:
+    started = []
+    for _ in range(request.param):
+        s = FakeOpenAI()
+        await s.start()
+        started.append(s)
+    yield started
+    for s in started:
+        await s.stop()
+
+
+async def test_guard_llm_backoff_between_retries(fleet: list[FakeOpenAI]) -> None:
+    replicas = len(fleet)
     for s in fleet:
         s.script.extend([status(500)] * (2 // replicas))  # two failures in all, then answers
     slept: list[float] = []

@@ -46,8 +46,13 @@ async def test_guard_expired_lease_reclaimed_by_the_service() -> None:
     async with SandboxService(cfg, clock=clock) as svc:
         doomed = await svc.acquire("doomed")
         clock.now += 31  # its worker died: nobody renews it
-        async with asyncio.timeout(5):  # the maintenance loop turns every 0.05 s
-            nxt = await svc.acquire("next", wait_s=60)
+        try:
+            # the maintenance loop turns every 0.05 s: the slot is free again long before 5 s
+            async with asyncio.timeout(5):
+                nxt = await svc.acquire("next", wait_s=60)
+        except TimeoutError:
+            raise AssertionError(f"the expired lease was not reclaimed, nor its slot rebuilt, "
+                                 f"by the service itself: {svc.status()}") from None
         assert nxt.slot == doomed.slot and nxt.id != doomed.id
         status = svc.status()
         assert status["reclaimed"] == 1 and status["leased"] == 1
