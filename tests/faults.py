@@ -16,7 +16,7 @@ point          when
 ``obj.put``    before an object store put; ``obj.delete`` before a delete
 =============  ===========================================================
 
-An object's task is the part of its name before the first ``/`` (offloaded
+An object's task is the part of its name before the last ``/`` (offloaded
 objects are named ``<task id>/<digest>``), so a fault can name the task whose
 objects it breaks. ``record_fsyncs`` adds every ``os.fsync`` to the trace as an
 ``fsync`` step on the file's name, so that a test can assert the order of
@@ -325,14 +325,15 @@ class FaultyKV:
 
 
 class FaultyObjects:
-    """An object bucket whose puts and deletes go through the faults (task: the name's head)."""
+    """An object bucket whose puts and deletes go through the faults (task: the name
+    without its digest)."""
 
     def __init__(self, bus: FaultyBus, inner: ObjectStore) -> None:
         self._bus = bus
         self._inner = inner
 
     async def put(self, name: str, data: bytes) -> None:
-        self._bus.check("obj.put", name, None, task=name.split("/", 1)[0])
+        self._bus.check("obj.put", name, None, task=name.rsplit("/", 1)[0])
         await self._inner.put(name, data)
 
     async def get(self, name: str) -> bytes | None:
@@ -341,7 +342,7 @@ class FaultyObjects:
         return await self._inner.get(name)
 
     async def delete(self, name: str) -> bool:
-        self._bus.check("obj.delete", name, None, task=name.split("/", 1)[0])
+        self._bus.check("obj.delete", name, None, task=name.rsplit("/", 1)[0])
         return await self._inner.delete(name)
 
 

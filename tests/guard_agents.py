@@ -56,6 +56,14 @@ class BoxThenScratch(Agent):
         task.state["agreed"] = True
 
 
+class Grow(Agent):
+    """Leaves a new big value in ``state`` at every hop (the hop's offload puts it)."""
+
+    async def handle(self, task: Task, ctx: Context) -> None:
+        task.state[f"notes{task.hop}"] = str(task.hop) * 5000
+        ctx.say("grown")
+
+
 class Split(Agent):
     """Fans out ``options.children`` children (the same ones on every delivery)."""
 

@@ -159,6 +159,10 @@ MUTANTS = [
     Mutant("offload: a result acked although its delete failed", "matrix_p2p/runtime/sink.py", [
         ("continue  # unacked: redelivered, a duplicate then, deleted again", "pass  # MUTANT"),
     ], [GO + "test_guard_failed_delete_leaves_the_result_unacked"]),
+    Mutant("offload: a hop published although its put failed", "matrix_p2p/runtime/worker.py", [
+        ('return AgentRetry(reason=f"cannot offload values: {exc}"), []',
+         "return outcome, children  # MUTANT"),
+    ], [GO + "test_guard_failed_put_retries_the_hop"]),
     Mutant("offload: default threshold at the broker's max_payload", "matrix_p2p/workflow/spec.py", [
         ("offload_bytes: int | None = 256 * 1024", "offload_bytes: int | None = 1024 * 1024"),
     ], [GO + "test_guard_default_threshold_fits_the_broker"]),

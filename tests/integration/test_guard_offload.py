@@ -3,6 +3,8 @@
 - ``objects_deleted_only_after_the_row_is_durable``: the sink deletes a task's objects
   after its row is fsynced and before its result is acked (a crash before the fsync
   redelivers the result, and its values must still be there to write the row);
+- ``failed_put_retries_the_hop``: a hop whose put fails publishes nothing (no envelope
+  names an object that is not there): it runs again, and the task ends once, whole;
 - ``failed_delete_leaves_the_result_unacked``: when a delete fails the result is not
   acked: it comes back, is a duplicate then, and its objects are deleted that time;
 - ``default_threshold_fits_the_broker``: with the default ``limits.offload_bytes``, a
@@ -27,14 +29,15 @@ from matrix_p2p.bus.memory import DEFAULT_MAX_PAYLOAD
 from matrix_p2p.envelope import Task
 from matrix_p2p.runtime.offload import Offloader
 from matrix_p2p.runtime.sink import Sink
+from matrix_p2p.runtime.source import submit
 from matrix_p2p.runtime.topology import Names, ensure_workflow
 from matrix_p2p.workflow.spec import WorkflowSpec
 from tests.conftest import make_spec
-from tests.fault_rig import Clock, Rig
+from tests.fault_rig import Clock, Rig, stored, worker
 from tests.faults import Fault, record_fsyncs
 from tests.integration.helpers import read_rows, run_until
 from tests.integration.test_edge_faults import result, running_sink
-from tests.invariants import assert_file_once
+from tests.invariants import assert_file_once, wait_finished
 
 OFFLOADING = """
 roles: {a: {agent: "matrix_p2p_agents.dummy:Talker", llm: null}}
@@ -89,6 +92,31 @@ async def test_guard_objects_deleted_only_after_the_row_is_durable(
     rows = assert_file_once(out, ["t1", "t2"], step="offloaded results")
     assert all(r["input"]["text"] == "x" * 5000 for r in rows)  # type: ignore[index]
     assert objects == {}
+
+
+GROWING = """
+source: {path: rows.jsonl}
+roles:
+  a: {agent: "tests.guard_agents:Grow", llm: null}
+  b: {agent: "tests.guard_agents:Grow", llm: null}
+routing: {type: cycle, roles: [a, b], max_turns: 2}
+limits: {offload_bytes: 1024, ack_wait_s: 5, retry_backoff_s: 0.01}
+"""
+
+
+async def test_guard_failed_put_retries_the_hop(mem: Rig, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, GROWING, [{"n": 1}])
+    await submit(mem.bus, spec)
+    names = Names.of(spec)
+    [tid] = [t.id for t in await stored(mem.bus, names.tasks_stream)]
+    faulty = mem.faulty(Fault(point="obj.put", do="fail", task=tid))  # role a's first put
+    async with worker(faulty, spec):
+        [done] = await wait_finished(mem.bus, names, [tid], step="a failed put", hops=2,
+                                     status="done", trace=mem.trace)
+    steps = faulty.order("obj.put", "published", "nak")
+    assert steps[:4] == [f"obj.put {tid}", f"nak {tid}", f"obj.put {tid}", f"published {tid}"], steps
+    await Offloader(mem.bus, spec).load(done)
+    assert (done.state["notes0"], done.state["notes1"]) == ("0" * 5000, "1" * 5000)
 
 
 async def test_guard_failed_delete_leaves_the_result_unacked(mem: Rig, tmp_path: Path) -> None:
