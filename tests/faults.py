@@ -13,7 +13,14 @@ point          when
 ``nak``        before a nak; ``term`` before a term
 ``fetch``      before a fetch
 ``kv.create``  before a key-value create; ``kv.created`` after it
+``obj.put``    before an object store put; ``obj.delete`` before a delete
 =============  ===========================================================
+
+An object's task is the part of its name before the last ``/`` (offloaded
+objects are named ``<task id>/<digest>``), so a fault can name the task whose
+objects it breaks. ``record_fsyncs`` adds every ``os.fsync`` to the trace as an
+``fsync`` step on the file's name, so that a test can assert the order of
+publishes, fsyncs, deletes and acks (``order``).
 
 A fault matches a point, optionally a subject (a NATS pattern), a task id and
 a hop (both read from the envelope in the message: for ``publish`` the next
@@ -43,12 +50,23 @@ from typing import Any, Literal
 import msgspec
 
 from matrix_p2p import envelope
-from matrix_p2p.bus import Bus, ConsumerDef, ConsumerStats, Delivery, KeyValue, Puller, StoredMsg, StreamDef
+from matrix_p2p.bus import (
+    Bus,
+    ConsumerDef,
+    ConsumerStats,
+    Delivery,
+    KeyValue,
+    ObjectStore,
+    Puller,
+    StoredMsg,
+    StreamDef,
+)
 from matrix_p2p.bus import errors as bus_errors
 from matrix_p2p.bus.memory import subject_matches
 from matrix_p2p.envelope import EnvelopeError
 
-Point = Literal["publish", "published", "ack", "nak", "term", "fetch", "kv.create", "kv.created"]
+Point = Literal["publish", "published", "ack", "nak", "term", "fetch", "kv.create", "kv.created",
+                "obj.put", "obj.delete"]
 
 
 class Crash(BaseException):
@@ -115,8 +133,11 @@ class FaultyBus:
         self.fired = asyncio.Event()  # set when any fault fired
         self._stepped = asyncio.Event()
 
-    def check(self, point: str, subject: str, data: bytes | None, delivery: int | None = None) -> None:
-        task, hop = peek(data) if data is not None else (None, None)
+    def check(self, point: str, subject: str, data: bytes | None, delivery: int | None = None,
+              *, task: str | None = None) -> None:
+        hop: int | None = None
+        if data is not None:
+            task, hop = peek(data)
         if self.dead:
             raise bus_errors.closed(f"{point} {subject} (after the crash)")
         injected: Fault | None = None
@@ -155,6 +176,12 @@ class FaultyBus:
     def history(self, task: str) -> list[Step]:
         return [s for s in self.trace if s.task == task]
 
+    def order(self, *points: str) -> list[str]:
+        """The trace as ``"<point> <task or subject>"`` lines, only the ``points`` given:
+        what an ordering test compares (``fsync`` steps name the file)."""
+        return [f"{s.point} {s.task if s.task is not None else s.subject}"
+                for s in self.trace if s.point in points]
+
     # ------------------------------------------------------------ data path
     @property
     def max_payload(self) -> int:
@@ -172,6 +199,11 @@ class FaultyBus:
 
     async def key_value(self, bucket: str, *, replicas: int | None = None) -> KeyValue:
         return FaultyKV(self, await self.inner.key_value(bucket, replicas=replicas))
+
+    async def object_store(self, bucket: str, *, replicas: int | None = None,
+                           ttl_s: float | None = None) -> ObjectStore:
+        return FaultyObjects(self, await self.inner.object_store(bucket, replicas=replicas,
+                                                                  ttl_s=ttl_s))
 
     # ------------------------------------------------------------ pass-through
     async def ensure_stream(self, d: StreamDef) -> None:
@@ -290,6 +322,46 @@ class FaultyKV:
         if self._bus.dead:
             raise bus_errors.closed(f"key-value get {key} (after the crash)")
         return await self._inner.exists(key)
+
+
+class FaultyObjects:
+    """An object bucket whose puts and deletes go through the faults (task: the name
+    without its digest)."""
+
+    def __init__(self, bus: FaultyBus, inner: ObjectStore) -> None:
+        self._bus = bus
+        self._inner = inner
+
+    async def put(self, name: str, data: bytes) -> None:
+        self._bus.check("obj.put", name, None, task=name.rsplit("/", 1)[0])
+        await self._inner.put(name, data)
+
+    async def get(self, name: str) -> bytes | None:
+        if self._bus.dead:
+            raise bus_errors.closed(f"object get {name} (after the crash)")
+        return await self._inner.get(name)
+
+    async def delete(self, name: str) -> bool:
+        self._bus.check("obj.delete", name, None, task=name.rsplit("/", 1)[0])
+        return await self._inner.delete(name)
+
+
+def record_fsyncs(monkeypatch: Any, bus: FaultyBus) -> None:
+    """Every ``os.fsync`` from now on (a sink's commit, a sidecar) is a step in ``bus``'s
+    trace: point ``fsync``, subject the file's name."""
+    import os
+
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        real(fd)
+        try:
+            name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            name = f"fd {fd}"
+        bus.record(Step("fsync", name, None, None))
+
+    monkeypatch.setattr(os, "fsync", fsync)
 
 
 def has_crash(exc: BaseException) -> bool:

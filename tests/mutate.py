@@ -9,10 +9,13 @@ drop the msg-id, skip the sink's dedup, ...). The tree (tracked and untracked,
 not ignored files) is copied once to a temporary directory; each mutant is
 applied to the copy, the tests named for it run there with ``-x`` and a short
 per-test timeout, and the file is restored. The table says, per guard, which
-test failed first and how long the run took, or MISSED. A mutant whose text is
-no longer in the file (the code moved on) is reported as STALE: update it.
-First the same tests run on the unmutated copy (the baseline must pass).
-Not part of CI: this is how the tests are kept honest.
+test failed first and how long that test ran (and the whole pytest run, start-up
+included), or MISSED. A guard caught only by a timeout (pytest-timeout's, or the
+run's own) is reported as TIMEOUT and counts as missed: a guard's test fails
+fast on its own. A mutant whose text is no longer in the file (the code moved
+on) is reported as STALE: update it. First the same tests run on the unmutated
+copy (the baseline must pass). Not part of CI: this is how the tests are kept
+honest.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +45,14 @@ ROWS = "tests/unit/test_rows.py::"
 PRE = "tests/integration/test_preflight.py::"
 BRK = "tests/integration/test_broken_run.py::"
 CLOSED_LLM = PRE + "test_run_with_a_closed_llm_url_exits_2_at_once_with_one_line"
+# the guard tests of tracker issue 18 (one file per area)
+GL = "tests/unit/test_guard_leases.py::"
+GS = "tests/integration/test_guard_sandbox.py::"
+GO = "tests/integration/test_guard_offload.py::"
+GF = "tests/integration/test_guard_fanout.py::"
+GA = "tests/integration/test_guard_attempts.py::"
+GLLM = "tests/integration/test_guard_llm.py::"
+GM = "tests/integration/test_guard_metrics.py::"
 
 
 @dataclass
@@ -242,6 +254,164 @@ MUTANTS = [
         ("if structlog.is_configured():", "if True:  # MUTANT"),
     ], ["tests/integration/test_api.py::test_run_prints_nothing_unless_the_application_"
         "configures_logging"]),
+    # ---- issue 18: sandbox leases (resources, sandbox pool, service and client)
+    Mutant("leases: a retried hop releases the leases it arrived with", "matrix_p2p/runtime/worker.py", [
+        ("fresh = [lease for lease in task.leases if lease.ref not in held]",
+         "fresh = list(task.leases)  # MUTANT"),
+    ], [GL + "test_guard_retried_hop_releases_only_its_own_leases"]),
+    Mutant("leases: a retried hop keeps its own leases (to their TTL)", "matrix_p2p/runtime/worker.py", [
+        ("fresh = [lease for lease in task.leases if lease.ref not in held]", "fresh = []  # MUTANT"),
+    ], [GL + "test_guard_retried_hop_releases_only_its_own_leases"]),
+    Mutant("leases: sandbox renew margin zero (renewed only once expired)",
+           "matrix_p2p/resources/sandbox.py", [
+        ("self.renew_margin_s = res.ttl_s / 2", "self.renew_margin_s = 0.0  # MUTANT"),
+    ], [GL + "test_guard_sandbox_lease_renewed_before_expiry"]),
+    Mutant("leases: renewed only after the expiry", "matrix_p2p/resources/base.py", [
+        ("found.expires_at - self.clock() < kind.renew_margin_s", "found.expires_at < self.clock()"),
+    ], ["tests/unit/test_sandbox_resource.py::"
+        "test_a_lease_near_its_expiry_is_renewed_when_used_and_kept_otherwise",
+        GL + "test_guard_sandbox_lease_renewed_before_expiry"]),
+    Mutant("reclaim: the service's maintenance never reaps", "matrix_p2p/sandbox/service.py", [
+        ("self.reap()", "pass  # MUTANT"),
+    ], [GS + "test_guard_expired_lease_reclaimed_by_the_service"]),
+    Mutant("reclaim: a lease with an execution in flight is reaped", "matrix_p2p/sandbox/pool.py", [
+        ("if ls.expires_at <= now and ls.busy == 0]", "if ls.expires_at <= now]"),
+    ], ["tests/unit/test_sandbox_pool.py::test_execution_in_flight_is_never_reaped_and_renews_on_end"]),
+    Mutant("reclaim: an ended lease's slot is never rebuilt", "matrix_p2p/sandbox/service.py", [
+        ("self._tg.create_task(self._rebuild(lease.slot, check=False))", "pass  # MUTANT"),
+    ], [GS + "test_guard_expired_lease_reclaimed_by_the_service"]),
+    Mutant("sandbox client: Retry-After ignored (a backoff instead)", "matrix_p2p/sandbox/client.py", [
+        ("delay = max(0.0, hinted - (self.clock() - sent)) if hinted is not None",
+         "delay = self.backoff.delay(attempt) if hinted is not None"),
+    ], [GS + "test_guard_sandbox_client_honours_retry_after"]),
+    Mutant("sandbox client: Retry-After counted from the answer", "matrix_p2p/sandbox/client.py", [
+        ("delay = max(0.0, hinted - (self.clock() - sent)) if hinted is not None",
+         "delay = hinted if hinted is not None"),
+    ], [GS + "test_guard_sandbox_client_honours_retry_after"]),
+    Mutant("sandbox breaker: a full pool (503) counts as a failure", "matrix_p2p/sandbox/client.py", [
+        ("if status >= 500 and status != 503:", "if status >= 500:"),
+    ], [GS + "test_guard_sandbox_breaker_counts_only_server_failures"]),
+    Mutant("sandbox breaker: an answer neither ends a streak nor closes", "matrix_p2p/sandbox/client.py", [
+        ('elif self.breaker.on_answered(self.clock()) == "recovered":', "elif False:"),
+    ], [GS + "test_guard_sandbox_breaker_counts_only_server_failures"]),
+    # ---- offload
+    Mutant("offload: objects deleted before the row is durable", "matrix_p2p/runtime/sink.py", [
+        ("writer = await self._commit(writer, superseded)  # durable before the acks",
+         "[await self.offload.delete_all(t) for _, t in keep if t is not None]; "
+         "writer = await self._commit(writer, superseded)  # MUTANT"),
+    ], [GO + "test_guard_objects_deleted_only_after_the_row_is_durable"]),
+    Mutant("offload: a result acked although its delete failed", "matrix_p2p/runtime/sink.py", [
+        ("continue  # unacked: redelivered, a duplicate then, deleted again", "pass  # MUTANT"),
+    ], [GO + "test_guard_failed_delete_leaves_the_result_unacked"]),
+    Mutant("offload: a hop published although its put failed", "matrix_p2p/runtime/worker.py", [
+        ('return AgentRetry(reason=f"cannot offload values: {exc}"), []',
+         "return outcome, children  # MUTANT"),
+    ], [GO + "test_guard_failed_put_retries_the_hop"]),
+    Mutant("offload: default threshold at the broker's max_payload", "matrix_p2p/workflow/spec.py", [
+        ("offload_bytes: int | None = 256 * 1024", "offload_bytes: int | None = 1024 * 1024"),
+    ], [GO + "test_guard_default_threshold_fits_the_broker"]),
+    # ---- fan-out
+    Mutant("fan-out: the parent ends before its children are published", "matrix_p2p/runtime/worker.py", [
+        ("for child in children:  # before the parent's end: a crash redoes them all\n"
+         " await self.bus.publish(child.subject, child.data, msg_id=child.msg_id)\n"
+         " await self.bus.publish(p.subject, p.data, msg_id=p.msg_id)",
+         "await self.bus.publish(p.subject, p.data, msg_id=p.msg_id)  # MUTANT\n"
+         "            for child in children:\n"
+         "                await self.bus.publish(child.subject, child.data, msg_id=child.msg_id)"),
+    ], [GF + "test_guard_fan_out_children_published_before_the_parent_ends"]),
+    Mutant("fan-out: run finished once the parents are written", "matrix_p2p/runset/completion.py", [
+        ("for i in range(children):", "for i in range(0):  # MUTANT"),
+    ], [GF + "test_guard_fan_out_run_waits_for_every_child"]),
+    # ---- code versions and attempts
+    Mutant("code version: the router's code left out", "matrix_p2p/workflow/version.py", [
+        ("refs.add(spec.routing.router)", "pass  # MUTANT"),
+    ], [GA + "test_guard_code_version_covers_agents_and_router"]),
+    Mutant("code version: the modules' sources left out", "matrix_p2p/workflow/version.py", [
+        ("h.update(Path(source).read_bytes())", "pass  # MUTANT"),
+    ], [GA + "test_guard_code_version_covers_agents_and_router"]),
+    Mutant("retry-failed: the last attempt in stream order", "matrix_p2p/runtime/attempts.py", [
+        ('if order.offer(task.id, task.status) in ("new", "supersedes"):',
+         'if order.offer(task.id, task.status) != "duplicate":'),
+    ], [GA + "test_guard_retry_failed_resubmits_the_latest_failed_attempts"]),
+    Mutant("attempts: an older attempt supersedes a newer one", "matrix_p2p/runtime/attempts.py", [
+        ("if have[0] > n:", "if False:"),
+    ], [GA + "test_guard_retry_failed_resubmits_the_latest_failed_attempts",
+        GA + "test_guard_output_keeps_the_latest_attempt"]),
+    Mutant("retry-failed: done tasks resubmitted", "matrix_p2p/runtime/attempts.py", [
+        ('if task.status != "failed" or (task.error or "").startswith("bad input row"):',
+         'if (task.error or "").startswith("bad input row"):'),
+    ], [GA + "test_guard_retry_failed_resubmits_the_latest_failed_attempts"]),
+    Mutant("retry-failed: bad input rows resubmitted", "matrix_p2p/runtime/attempts.py", [
+        ('if task.status != "failed" or (task.error or "").startswith("bad input row"):',
+         'if task.status != "failed":'),
+    ], [GA + "test_guard_retry_failed_resubmits_the_latest_failed_attempts"]),
+    Mutant("retry-failed: another code version's tasks resubmitted", "matrix_p2p/runtime/attempts.py", [
+        ("if namespace is not None and namespace_of(task.id) != namespace:", "if False:"),
+    ], [GA + "test_guard_retry_failed_resubmits_the_latest_failed_attempts"]),
+    Mutant("retry-failed: an attempt resubmitted twice", "matrix_p2p/runtime/attempts.py", [
+        ("if await kv.exists(kv_key(nxt.id)):", "if False:"),
+    ], [GA + "test_guard_retry_failed_resubmits_the_latest_failed_attempts"]),
+    Mutant("output rebuild: the last attempt in stream order", "matrix_p2p/runtime/sink_state.py", [
+        ('if accept(task.id) and latest.offer(task.id, task.status) in ("new", "supersedes"):',
+         'if accept(task.id) and latest.offer(task.id, task.status) != "duplicate":'),
+    ], [GA + "test_guard_output_keeps_the_latest_attempt"]),
+    # ---- exit status
+    Mutant("exit status: from this run's failures only", "matrix_p2p/cli/run.py", [
+        ("if result.dataset_failed and not args.accept_failures:",
+         "if result.failed and not args.accept_failures:"),
+    ], [GA + "test_guard_exit_status_from_the_output"]),
+    Mutant("exit status: the output's failures counted from this run", "matrix_p2p/runtime/local_run.py", [
+        ("dataset_failed=sink.latest.counts()[1]", "dataset_failed=sink.failed"),
+    ], [GA + "test_guard_run_reports_failures_already_in_the_output"]),
+    # ---- the LLM client: breaker and backoff
+    Mutant("LLM breaker: a 5xx not counted", "matrix_p2p/llm/outcomes.py", [
+        ('f"HTTP {status}: {snippet}", status=status, health=True)',
+         'f"HTTP {status}: {snippet}", status=status, health=False)'),
+    ], [GLLM + "test_guard_llm_breaker_counts_only_health_failures"]),
+    Mutant("LLM breaker: a 429 counts as a failure", "matrix_p2p/llm/outcomes.py", [
+        ('return self.answered(ep, "rate_limited", f"HTTP 429: {snippet}", status, retry_after)',
+         'return self.failed(ep, "rate_limited", f"HTTP 429: {snippet}", status=status, health=True)'),
+    ], [GLLM + "test_guard_llm_breaker_counts_only_health_failures"]),
+    Mutant("LLM breaker: a 4xx counts as a failure", "matrix_p2p/llm/outcomes.py", [
+        ('return self.answered(ep, "bad_request", f"HTTP {status}: {snippet}", status)',
+         'return self.failed(ep, "bad_request", f"HTTP {status}: {snippet}", status=status, health=True)'),
+    ], [GLLM + "test_guard_llm_breaker_counts_only_health_failures"]),
+    Mutant("LLM breaker: an answer does not end a failure streak", "matrix_p2p/llm/breaker.py", [
+        ("return self.on_success(now)", "return None  # MUTANT"),
+    ], [GLLM + "test_guard_llm_breaker_counts_only_health_failures"]),
+    Mutant("LLM breaker: our own bugs eject the endpoint", "matrix_p2p/llm/client.py", [
+        ('f"{type(e).__name__}: {e}", health=False)', 'f"{type(e).__name__}: {e}", health=True)'),
+    ], [GLLM + "test_guard_llm_breaker_ignores_our_own_bugs"]),
+    Mutant("LLM backoff: none once every endpoint failed", "matrix_p2p/llm/client.py", [
+        (") and result.retry_after_s is None:\n await self._sleep(self._backoff.delay(retry))",
+         ") and result.retry_after_s is None:\n                pass  # MUTANT"),
+    ], [GLLM + "test_guard_llm_backoff_between_retries"]),
+    Mutant("LLM backoff: the same delay on every retry", "matrix_p2p/llm/client.py", [
+        (") and result.retry_after_s is None:\n await self._sleep(self._backoff.delay(retry))",
+         ") and result.retry_after_s is None:\n"
+         "                await self._sleep(self._backoff.delay(0))  # MUTANT"),
+    ], [GLLM + "test_guard_llm_backoff_between_retries"]),
+    Mutant("LLM backoff: waits although an endpoint is untried", "matrix_p2p/llm/client.py", [
+        ("stay or not self._endpoints.has_untried(tried, self.clock())", "True  # MUTANT"),
+    ], [GLLM + "test_guard_llm_backoff_between_retries"]),
+    Mutant("backoff: full jitter (a retry may come back at once)", "matrix_p2p/backoff.py", [
+        ("return c / 2 + self._rng() * c / 2", "return self._rng() * c"),
+    ], ["tests/unit/test_llm_breaker_backoff.py::test_backoff_bounds_and_cap"]),
+    # ---- metrics and permissions
+    Mutant("metrics: kept-only rows-written counts dropped tasks", "matrix_p2p/runtime/sink.py", [
+        ("self.metrics.sink_rows_written(sum(written for _, written in fresh))",
+         "self.metrics.sink_rows_written(len(fresh))"),
+    ], [GM + "test_guard_metrics_count_the_rows_of_the_file"]),
+    Mutant("metrics: a duplicate result counted as finished and written", "matrix_p2p/runtime/sink.py", [
+        ("fresh.append((task.status, skipped is None or is_kept(task)))\n keep.append((d, task))",
+         "pass  # MUTANT\n"
+         "                    fresh.append((task.status, skipped is None or is_kept(task)))\n"
+         "                    keep.append((d, task))"),
+    ], [GM + "test_guard_metrics_count_the_rows_of_the_file"]),
+    Mutant("permissions: the source cannot read the results back", "matrix_p2p/permissions.py", [
+        ('f"{API}.STREAM.INFO.{names.tasks_stream}", *_read_stream(names.results_stream)]',
+         'f"{API}.STREAM.INFO.{names.tasks_stream}"]'),
+    ], [GM + "test_guard_source_may_read_the_results", GM + "test_guard_source_user_can_retry_failed"]),
 ]
 
 
@@ -274,17 +444,35 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / f.decode())
 
 
-def run_tests(tree: Path, tests: list[str], timeout_s: int) -> tuple[int, float, str]:
+@dataclass
+class Outcome:
+    rc: int  # pytest's exit status; -1: killed by the run's own timeout
+    secs: float  # the whole pytest run
+    output: str
+    failed: str = "?"  # the first failing test
+    failed_s: float | None = None  # how long that test ran
+    timed_out: bool = False  # it failed by pytest-timeout, not by an assertion
+
+
+def run_tests(tree: Path, tests: list[str], timeout_s: int) -> Outcome:
     env = dict(os.environ, PYTHONPATH=str(tree), MX_LOG_LEVEL="warning")
+    report = tree / ".mutate-report.xml"
+    report.unlink(missing_ok=True)
     t0 = time.monotonic()
     try:
         p = subprocess.run([sys.executable, "-m", "pytest", *tests, "-x", "-q", "-m", "",
-                            "-p", "no:cacheprovider", "--timeout", str(timeout_s)],
+                            "-p", "no:cacheprovider", "--timeout", str(timeout_s),
+                            f"--junitxml={report}"],
                            cwd=tree, env=env, capture_output=True, text=True, timeout=timeout_s * 4)
-        return p.returncode, time.monotonic() - t0, p.stdout + p.stderr
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return -1, time.monotonic() - t0, out
+        return Outcome(-1, time.monotonic() - t0, out, timed_out=True)
+    outcome = Outcome(p.returncode, time.monotonic() - t0, p.stdout + p.stderr)
+    outcome.failed = first_failure(outcome.output)
+    failing = failed_case(report)
+    if failing is not None:
+        outcome.failed_s, outcome.timed_out = failing
+    return outcome
 
 
 def first_failure(output: str) -> str:
@@ -292,6 +480,34 @@ def first_failure(output: str) -> str:
         if line.startswith(("FAILED ", "ERROR ")):
             return line.split(" ", 1)[1].split(" - ")[0].split("tests/integration/")[-1]
     return "?"
+
+
+def failed_case(report: Path) -> tuple[float, bool] | None:
+    """(seconds, whether by a timeout) of the first failing test in a JUnit report."""
+    try:
+        root = ET.parse(report).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    for case in root.iter("testcase"):
+        bad = case.find("failure")
+        if bad is None:
+            bad = case.find("error")
+        if bad is not None:
+            message = (bad.get("message") or "") + (bad.text or "")[:2000]
+            return float(case.get("time") or 0.0), "Timeout (>" in message
+    return None
+
+
+def verdict_of(o: Outcome) -> tuple[str, bool]:
+    """The table's cell for one mutant, and whether it counts as missed."""
+    if o.rc == 0:
+        return f"MISSED ({o.secs:.1f}s)", True
+    if o.rc == -1:
+        return f"TIMEOUT: caught only by the run's overall timeout ({o.secs:.0f}s)", True
+    took = f"{o.failed_s:.1f}s" if o.failed_s is not None else "?"
+    if o.timed_out:
+        return f"TIMEOUT: {o.failed} failed only by its timeout ({took}; run {o.secs:.0f}s)", True
+    return f"caught by {o.failed} in {took} (run {o.secs:.1f}s)", False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,17 +524,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows: list[tuple[str, str]] = []
     missed = 0
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mx-mutate-") as tmp:
         tree = Path(tmp)
         copy_tree(tree)
         if not args.no_baseline:
             tests = sorted({t for m in chosen for t in m.tests})
-            rc, secs, out = run_tests(tree, tests, args.timeout)
-            if rc != 0:
-                print(out[-4000:])
-                print(f"baseline: the tests fail on the unmutated tree (rc {rc}); fix that first")
+            base = run_tests(tree, tests, args.timeout)
+            if base.rc != 0:
+                print(base.output[-4000:])
+                print(f"baseline: the tests fail on the unmutated tree (rc {base.rc}); fix that first")
                 return 1
-            print(f"baseline: {len(tests)} test targets pass unmutated in {secs:.0f}s", flush=True)
+            print(f"baseline: {len(tests)} test targets pass unmutated in {base.secs:.0f}s",
+                  flush=True)
         for m in chosen:
             target = tree / m.path
             original = target.read_text()
@@ -329,22 +547,18 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             target.write_text(mutated)
             try:
-                rc, secs, out = run_tests(tree, m.tests, args.timeout)
+                verdict, bad = verdict_of(run_tests(tree, m.tests, args.timeout))
             finally:
                 target.write_text(original)
-            if rc == 0:
-                verdict = f"MISSED ({secs:.1f}s)"
-                missed += 1
-            elif rc == -1:
-                verdict = f"caught only by the overall timeout ({secs:.0f}s)"
-            else:
-                verdict = f"caught by {first_failure(out)} ({secs:.1f}s)"
+            missed += bad
             rows.append((m.name, verdict))
             print(f"{m.name:55} {verdict}", flush=True)
     width = max(len(n) for n, _ in rows)
     print("\n" + "guard".ljust(width) + "  result")
     for name, verdict in rows:
         print(name.ljust(width) + "  " + verdict)
+    print(f"\n{len(rows) - missed} of {len(rows)} caught; {missed} missed, stale or by a timeout "
+          f"({time.monotonic() - started:.0f}s in all)")
     return 1 if missed else 0
 
 

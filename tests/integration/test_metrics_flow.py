@@ -30,12 +30,19 @@ async def test_one_registry_counts_every_hop_and_result(any_bus: Bus, tmp_path: 
     sink = Sink(any_bus, spec, tmp_path / "out.jsonl", metrics=m)
     names = await ensure_workflow(any_bus, spec)
     async with asyncio.timeout(60), asyncio.TaskGroup() as tg:
+        # The sink's consumer must be the one that reads every result: a result that is
+        # already in the stream when the sink opens is written by its rebuild, which does
+        # not count it (sink.done, the finished and rows-written metrics). So the sink is
+        # serving before the first task is submitted.
+        sink_ready = asyncio.Event()
+        written = tg.create_task(sink.run(asyncio.Event(), expect=n, ready=sink_ready))
+        await sink_ready.wait()
         workers = tg.create_task(serve_roles(any_bus, spec, list(spec.roles), llm_for={}, stop=stop,
                                              stats=stats, metrics=m))
         # before any student task: it is fetched before them, so the drain on stop covers it
         await any_bus.publish(names.task("student"), b"\x00garbage")
         await submit(any_bus, spec, metrics=m)
-        await sink.run(asyncio.Event(), expect=n)
+        assert await written == n
         stop.set()
         await workers
     s = samples(m)
