@@ -136,6 +136,9 @@ MUTANTS = [
     Mutant("failed task drops its last hop's tokens", "matrix_p2p/runtime/worker.py", [
         ("ctx.finish()  # the task ends with these turns", "pass  # MUTANT"),
     ], [CTX + "test_a_failed_task_keeps_the_tokens_its_last_hop_cost"]),
+    Mutant("status tokens/s counts a child's parent turns", "matrix_p2p/runtime/rates.py", [
+        ("from_turn, _ = own_turns(task)", "from_turn = 0"),
+    ], ["tests/integration/test_rates.py"]),
     Mutant("a hop's turns overlap in time", "matrix_p2p/agent.py", [
         ("self._started = now\n return turn", "return turn"),
     ], [CTX + "test_a_hops_turns_do_not_overlap_in_time"]),
