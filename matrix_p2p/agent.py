@@ -53,11 +53,11 @@ class Context:
     __slots__ = (
         "_endpoint",
         "_finish_reason",
+        "_hop_start",
         "_llm",
         "_llm_calls",
         "_messages",
         "_model",
-        "_recorded",
         "_started",
         "_usage",
         "children",
@@ -100,7 +100,7 @@ class Context:
         self._model: str | None = None
         self._finish_reason: str | None = None
         self._messages: list[dict[str, Any]] | None = None
-        self._recorded = False
+        self._hop_start = len(task.turns)  # turns past this one were said in this hop
 
     async def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> LLMResult:
         """Call the role's LLM. Returns ``LLMResponse`` or ``LLMError``, never raises.
@@ -142,7 +142,9 @@ class Context:
         return result
 
     def say(self, content: str, **meta: Any) -> Turn:
-        """Append this role's turn (with the hop's usage and timing) to the task."""
+        """Append this role's turn to the task and return it. The turn carries the usage
+        of the LLM calls since the hop began or since the previous ``say``, and the time
+        since then (``elapsed_s``), so the turns of one hop do not overlap."""
         now = time.time()
         turn = Turn(
             role=self.role.name,
@@ -162,23 +164,48 @@ class Context:
         self._usage = Usage()
         self._llm_calls = 0
         self._messages = None
-        self._recorded = True
+        self._started = now
         return turn
 
     def spawn(self, state: Mapping[str, Any] | None = None,
-              row: Mapping[str, Any] | None = None) -> int:
+              row: Mapping[str, Any] | None = None, *, turns: Sequence[Turn] = ()) -> int:
         """Fan out: one more child task, returns its index. Once the hop succeeds, each
         child (id ``<task>/<index>``, ``parent`` set) continues the workflow as this task
         would have, with ``state`` on top of this task's state and ``row`` (default:
-        this task's row); this task ends as done with ``state.children``. A redelivered
-        hop spawns the same ids again, and none is created twice."""
+        this task's row); this task ends as done with ``state.children`` (and without
+        ``kept``: its children are the rows). A redelivered hop spawns the same ids
+        again, and none is created twice.
+
+        ``turns``: turns said in this hop (what ``say`` returned) that belong to this
+        child alone, such as the calls that wrote its question. They leave this task's
+        history: the child's dialogue is this task's turns, then these, then what the
+        child says later, and its row counts only its own. Every turn not given to a
+        child (the history, and shared work of this hop, such as a call that split the
+        document) stays in this task's row and is counted there once.
+
+        Giving a turn that this hop did not say, or one already given to another
+        child, is a bug in the agent (``TypeError``: the task fails at once).
+        """
+        said = self.task.turns[self._hop_start:]
+        taken = {id(t) for c in self.children for t in c.get("turns", ())}
+        for t in turns:
+            if not any(t is s for s in said):
+                raise TypeError("ctx.spawn(turns=...): a turn that this hop did not say "
+                                "(pass what ctx.say returned)")
+            if id(t) in taken:
+                raise TypeError("ctx.spawn(turns=...): a turn given to a child twice "
+                                "(its tokens would count in two rows)")
+            taken.add(id(t))
         self.children.append({"state": dict(state or {}),
-                              **({"row": dict(row)} if row is not None else {})})
+                              **({"row": dict(row)} if row is not None else {}),
+                              **({"turns": list(turns)} if turns else {})})
         return len(self.children) - 1
 
     def finish(self) -> None:
-        """Called by the worker: usage not yet recorded in a turn gets a turn of its own."""
-        if self._llm_calls and not self._recorded:
+        """Called by the worker when ``handle`` ends (returned, or failed the task): LLM
+        calls made since the last ``say`` get a turn of their own, so that their tokens
+        are in the task's row."""
+        if self._llm_calls:
             self.say("")
 
 

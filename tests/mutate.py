@@ -53,6 +53,11 @@ GF = "tests/integration/test_guard_fanout.py::"
 GA = "tests/integration/test_guard_attempts.py::"
 GLLM = "tests/integration/test_guard_llm.py::"
 GM = "tests/integration/test_guard_metrics.py::"
+FAN = "tests/unit/test_hop_fanout.py::"
+CTX = "tests/unit/test_agent_context.py::"
+NR = "tests/unit/test_nr_agents.py::"
+TOKENS = ("tests/integration/test_token_accounting.py::"
+          "test_the_rows_usage_sums_to_the_servers_token_counters")
 
 
 @dataclass
@@ -412,6 +417,45 @@ MUTANTS = [
         ('f"{API}.STREAM.INFO.{names.tasks_stream}", *_read_stream(names.results_stream)]',
          'f"{API}.STREAM.INFO.{names.tasks_stream}"]'),
     ], [GM + "test_guard_source_may_read_the_results", GM + "test_guard_source_user_can_retry_failed"]),
+    # each token in one row (fan-out and token accounting)
+    Mutant("fan-out: child copies parent usage", "matrix_p2p/runtime/hop.py", [
+        ('state[SPAWN_KEY] = {"index": i, "from_turn": len(shared), "from_hop": 0}',
+         'state[SPAWN_KEY] = {"index": i, "from_turn": 0, "from_hop": 0}'),
+    ], [FAN + "test_each_token_is_counted_in_one_row_and_a_child_holds_no_sibling_turn",
+        TOKENS + "[natural_reasoning]"]),
+    Mutant("fan-out: child keeps sibling turns", "matrix_p2p/runtime/hop.py", [
+        ("turns=shared + own,", "turns=list(task.turns),"),
+    ], [FAN + "test_each_token_is_counted_in_one_row_and_a_child_holds_no_sibling_turn",
+        TOKENS + "[natural_reasoning]"]),
+    Mutant("fan-out: parent keeps its children's turns", "matrix_p2p/runtime/hop.py", [
+        ("turns=children[0].turns[:start],", "turns=task.turns,"),
+    ], [FAN + "test_each_token_is_counted_in_one_row_and_a_child_holds_no_sibling_turn",
+        TOKENS + "[natural_reasoning]"]),
+    Mutant("fan-out: row ignores the child's turn range", "matrix_p2p/runtime/hop.py", [
+        ('for key in ("replay", SPAWN_KEY):', 'for key in ("replay",):'),
+    ], [FAN + "test_each_token_is_counted_in_one_row_and_a_child_holds_no_sibling_turn",
+        TOKENS + "[natural_reasoning]"]),
+    Mutant("fan-out: parent stays a kept row", "matrix_p2p/runtime/hop.py", [
+        ("if k not in NOT_A_ROW}", "if True}"),
+    ], [FAN + "test_children_are_published_first_then_the_parent_ends_with_their_count",
+        NR + "test_a_fanned_out_document_is_not_a_row_and_each_question_holds_its_own_turns"]),
+    Mutant("spawn: a turn given to two children", "matrix_p2p/agent.py", [
+        ("if id(t) in taken:", "if False:"),
+    ], [CTX + "test_spawn_refuses_turns_that_would_count_twice"]),
+    Mutant("usage after the last say dropped", "matrix_p2p/agent.py", [
+        ("if self._llm_calls:\n self.say(\"\")",
+         "if self._llm_calls and len(self.task.turns) == self._hop_start:\n"
+         "            self.say(\"\")"),
+    ], [CTX + "test_calls_after_the_last_say_get_a_turn_of_their_own"]),
+    Mutant("failed task drops its last hop's tokens", "matrix_p2p/runtime/worker.py", [
+        ("ctx.finish()  # the task ends with these turns", "pass  # MUTANT"),
+    ], [CTX + "test_a_failed_task_keeps_the_tokens_its_last_hop_cost"]),
+    Mutant("status tokens/s counts a child's parent turns", "matrix_p2p/runtime/rates.py", [
+        ("from_turn, _ = own_turns(task)", "from_turn = 0"),
+    ], ["tests/integration/test_rates.py"]),
+    Mutant("a hop's turns overlap in time", "matrix_p2p/agent.py", [
+        ("self._started = now\n return turn", "return turn"),
+    ], [CTX + "test_a_hops_turns_do_not_overlap_in_time"]),
 ]
 
 

@@ -22,7 +22,7 @@ from matrix_p2p_agents.nr import parse
 from matrix_p2p_agents.nr.common import document, drop, keep
 
 from matrix_p2p.agent import Agent, Context
-from matrix_p2p.envelope import Task
+from matrix_p2p.envelope import Task, Turn
 from matrix_p2p.errors import ConfigError, FailTask
 from matrix_p2p.workflow.spec import RoleSpec, WorkflowSpec
 
@@ -50,9 +50,11 @@ class _LLMRole(Agent):
         return ConfigError(f"{self.spec.path}: roles.{self.role.name}: {msg}")
 
     async def ask(self, task: Task, ctx: Context, parser: Callable[[str], _T],
-                  draw: int = 0) -> _T:
+                  draw: int = 0, said: list[Turn] | None = None) -> _T:
         """Chat until ``parser`` accepts a reply (see the module's error handling);
-        ``draw`` > 0 asks again with other seeds (another question of the same document)."""
+        ``draw`` > 0 asks again with other seeds (another question of the same document);
+        ``said`` collects the turns (one per call), for ``ctx.spawn(turns=...)``."""
+        turns: list[Turn] = [] if said is None else said
         user = user_message(document(task, self.field), self.role.prompt, self.max_doc_chars)
         messages = [{"role": "system", "content": self.role.system},
                     {"role": "user", "content": user}]
@@ -64,9 +66,9 @@ class _LLMRole(Agent):
                 parsed = parser(reply.text)
             except parse.ParseError as exc:
                 error = str(exc)
-                ctx.say(reply.text, parse_error=error, attempt=attempt + 1)
+                turns.append(ctx.say(reply.text, parse_error=error, attempt=attempt + 1))
                 continue
-            ctx.say(reply.text, attempt=attempt + 1)
+            turns.append(ctx.say(reply.text, attempt=attempt + 1))
             return parsed
         raise FailTask(f"{self.role.name}: no usable reply in {self.attempts} attempts: {error}")
 
@@ -119,9 +121,11 @@ class QuestionWriter(_LLMRole):
 
     With ``options.questions`` N > 1 it fans out: N questions, each a child task
     (``<id>/<i>``, its row the document's, ``parent`` the document's task) with
-    ``question``, ``reference_answer`` and ``question_index``; the document's own
-    task ends as done with ``children: N``. Seeds follow the index, so a redelivered
-    hop asks the same N questions again.
+    ``question``, ``reference_answer``, ``question_index`` and ``kept: true``, whose
+    dialogue is the document's filter turns and then the writer turns of its own
+    question only (its row counts only those). The document's own task ends as done
+    with ``children: N`` and no ``kept``: it is not a row to train on, its children
+    are. Seeds follow the index, so a redelivered hop asks the same N questions again.
     """
 
     def __init__(self, role: RoleSpec, spec: WorkflowSpec) -> None:
@@ -137,8 +141,11 @@ class QuestionWriter(_LLMRole):
             task.state["reference_answer"] = answer
             keep(task)
             return
+        # each question's writer turns go to its child alone; the document's task keeps
+        # none and, once it fans out, no filter status either (hop.fan_out)
         for i in range(self.questions):
-            question, answer = await self.ask(task, ctx, parse.parse_question, draw=i)
+            own: list[Turn] = []
+            question, answer = await self.ask(task, ctx, parse.parse_question, draw=i, said=own)
             ctx.spawn(state={"question": question, "reference_answer": answer,
-                             "question_index": i, "kept": True, "filter_reason": None})
-        keep(task)
+                             "question_index": i, "kept": True, "filter_reason": None},
+                      turns=own)

@@ -129,19 +129,50 @@ def child_id(parent: str, index: int) -> str:
     return f"{parent}/{index}"
 
 
+SPAWN_KEY = "spawn"  # a child's state: {"index", "from_turn", "from_hop"} (own_turns)
+NOT_A_ROW = ("kept", "filter_reason")  # a fanned-out parent's filter status: its children's
+
+
 def spawn(task: Task, children: list[dict[str, Any]]) -> list[Task]:
-    """The child envelopes of ``task`` as its agent left it: each a copy of the parent
-    (row, turns, state) with the child's own ``state`` keys on top, ``row`` if given
-    instead of the parent's, its own id, ``parent`` set, at hop 0 and without the
-    parent's leases and objects (offloaded values are put again under the child's id)."""
+    """The child envelopes of ``task`` as its agent left it (``children``: what
+    ``ctx.spawn`` recorded). Each is a copy of the parent (row, state) with the child's
+    own ``state`` keys on top, ``row`` if given instead of the parent's, its own id,
+    ``parent`` set, at hop 0 and without the parent's leases and objects (offloaded
+    values are put again under the child's id).
+
+    Turns: the parent's turns that no child took (its history and the shared work of
+    this hop), then the turns given to this child (``ctx.spawn(turns=...)``) and none of
+    its siblings'. ``state["spawn"]["from_turn"]`` says where its own begin: its row
+    counts only those (``own_turns``), the parent's row the rest, so each token is
+    counted once. A child is not a replay: a ``replay`` mark inherited from the parent
+    is dropped (the parent's id still says where it came from)."""
+    taken = {id(t) for c in children for t in c.get("turns", ())}
+    shared = [t for t in task.turns if id(t) not in taken]
     out = []
     for i, c in enumerate(children):
+        mine = {id(t) for t in c.get("turns", ())}
+        own = [t for t in task.turns if id(t) in mine]
         row = c.get("row")
+        state = {k: v for k, v in task.state.items() if k != "replay"}
+        state.update(c.get("state", {}))
+        state[SPAWN_KEY] = {"index": i, "from_turn": len(shared), "from_hop": 0}
         out.append(msgspec.structs.replace(
             task, id=child_id(task.id, i), parent=task.id, hop=0,
-            row=dict(task.row if row is None else row), state={**task.state, **c.get("state", {})},
-            turns=list(task.turns), leases=[], objects=[]))
+            row=dict(task.row if row is None else row), state=state,
+            turns=shared + own, leases=[], objects=[]))
     return out
+
+
+def own_turns(task: Task) -> tuple[int, int]:
+    """Where the turns and hops that ``task``'s own row counts begin: ``(from_turn,
+    from_hop)``. A replay's (``state["replay"]``, runtime/replay.py) begin where its
+    original ended, a fan-out child's (``state["spawn"]``) after its parent's turns;
+    a replay of a child is a replay. Every other task counts all its turns."""
+    for key in ("replay", SPAWN_KEY):
+        mark = task.state.get(key)
+        if isinstance(mark, dict):
+            return int(mark.get("from_turn", 0)), int(mark.get("from_hop", 0))
+    return 0, 0
 
 
 class Hop:
@@ -209,7 +240,12 @@ class Hop:
             if isinstance(decision, Retry):  # nothing to hand back: the child is new
                 decision = Failed(reason=f"router asked to retry a new child: {decision.reason}")
             pubs.append(self.finish(child, decision, now=now, first=True))
-        parent = msgspec.structs.replace(task, state={**task.state, "children": len(children)})
+        # the parent's row: the turns no child took (the children's first turns), and
+        # not a kept row itself (its children are)
+        start = int(children[0].state[SPAWN_KEY]["from_turn"])
+        state = {k: v for k, v in task.state.items() if k not in NOT_A_ROW}
+        parent = msgspec.structs.replace(task, turns=children[0].turns[:start],
+                                         state={**state, "children": len(children)})
         return FanOut(children=pubs, parent=self.finish(parent, Done(reason="fanned out"),
                                                         now=now))
 

@@ -23,6 +23,7 @@ from matrix_p2p import envelope
 from matrix_p2p.aio import pause
 from matrix_p2p.bus import Bus
 from matrix_p2p.envelope import EnvelopeError, Usage
+from matrix_p2p.runtime.hop import own_turns
 from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow.spec import WorkflowSpec
 
@@ -75,8 +76,9 @@ async def _recent_usage(bus: Bus, stream: str, last: int, n: int) -> tuple[dict[
         except EnvelopeError:
             continue
         seen += 1
-        for role, u in task.usage_by_role().items():
-            total[role] = total.get(role, Usage()) + u
+        from_turn, _ = own_turns(task)  # as its row counts them: each token once
+        for t in task.turns[from_turn:]:
+            total[t.role] = total.get(t.role, Usage()) + t.usage
     return total, seen
 
 

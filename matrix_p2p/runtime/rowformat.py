@@ -8,16 +8,16 @@ from typing import Any
 import msgspec
 
 from matrix_p2p.envelope import Task, Usage
+from matrix_p2p.runtime.hop import own_turns
 
 row_encoder = msgspec.json.Encoder()
 
 
 def to_row(task: Task) -> dict[str, Any]:
-    """The dataset row of a finished task. A replay's usage, hops and timings count only
-    the turns it added (its original's are in the original's row)."""
-    replay = task.state.get("replay")
-    from_turn = int(replay.get("from_turn", 0)) if isinstance(replay, dict) else 0
-    from_hop = int(replay.get("from_hop", 0)) if isinstance(replay, dict) else 0
+    """The dataset row of a finished task. Each token is counted in one row: a replay's
+    and a fan-out child's usage, hops and timings count only their own turns (those
+    before are in the original's or the parent's row; ``hop.own_turns``)."""
+    from_turn, from_hop = own_turns(task)
     own = task.turns[from_turn:]
     by_role: dict[str, float] = {}
     for t in own:

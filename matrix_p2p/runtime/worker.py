@@ -285,6 +285,7 @@ class RoleWorker:
         except RetryLater as r:
             return AgentRetry(reason=r.reason, after_s=r.after_s)
         except FailTask as f:
+            ctx.finish()  # the task ends with these turns: its row holds every token it cost
             return AgentFailed(reason=f.reason)
         except TimeoutError:
             return AgentRetry(reason=f"role {self.role.name!r} timed out after {self.role.hop_timeout_s}s")
@@ -293,6 +294,7 @@ class RoleWorker:
             if isinstance(outcome, AgentBug):
                 # one line and one traceback: the task fails now, retrying repeats the bug
                 self.log.exception("agent.bug", task=task.id, reason=outcome.reason)
+                ctx.finish()
             else:
                 self.log.warning("agent.crashed", task=task.id, reason=outcome.reason)
             return outcome

@@ -21,6 +21,9 @@ def finished(spec_name: str, i: int) -> bytes:
     t.status = "done"
     t.turns = [Turn(role="teacher", usage=Usage(prompt_tokens=100, completion_tokens=10)),
                Turn(role="judge", usage=Usage(prompt_tokens=50, completion_tokens=2))]
+    if i % 2:  # a fan-out child: its parent's turns come first, and count in the parent's row
+        t.turns.insert(0, Turn(role="teacher", usage=Usage(prompt_tokens=9000)))
+        t.state["spawn"] = {"index": 0, "from_turn": 1, "from_hop": 0}
     return envelope.encode(t)
 
 

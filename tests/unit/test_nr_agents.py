@@ -18,12 +18,13 @@ from matrix_p2p_agents.nr.llm import LLMFilter, QuestionWriter, Scorer
 from matrix_p2p_agents.nr.router import Pipeline, pipeline
 
 from matrix_p2p.agent import Agent, Context, make_agent
-from matrix_p2p.envelope import Task, new_task
+from matrix_p2p.envelope import Task, Turn, Usage, new_task
 from matrix_p2p.errors import ConfigError, FailTask, RetryLater
 from matrix_p2p.llm.types import LLMError, LLMResponse, LLMResult
 from matrix_p2p.runtime import routing
-from matrix_p2p.runtime.hop import advance, spawn
+from matrix_p2p.runtime.hop import FanOut, Handled, Hop, advance, spawn
 from matrix_p2p.runtime.routing import Done, Failed, Forward
+from matrix_p2p.runtime.sink import is_kept, to_row
 from matrix_p2p.sim.answer import plan_answer
 from matrix_p2p.sim.config import SimConfig
 from matrix_p2p.sim.protocol import parse_request
@@ -61,7 +62,8 @@ class Scripted:
     async def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> LLMResult:
         self.seeds.append(params.get("seed"))
         r = self.replies.pop(0)
-        return r if isinstance(r, LLMError) else LLMResponse(text=r)
+        return r if isinstance(r, LLMError) else LLMResponse(
+            text=r, prompt_tokens=100, completion_tokens=len(r.split()))
 
 
 def make_agents(wf: spec.WorkflowSpec = WF) -> dict[str, Agent]:
@@ -220,7 +222,40 @@ async def test_question_writer_fans_out_one_child_per_question() -> None:
         "What is 6 times 7, exactly?", "What is 5 plus 5, exactly?"]
     assert [c["state"]["question_index"] for c in ctx.children] == [0, 1]
     assert all(c["state"]["kept"] is True and "row" not in c for c in ctx.children)
-    assert task.state == {"kept": True, "filter_reason": None}
+    assert task.state == {}
+
+
+async def test_a_fanned_out_document_is_not_a_row_and_each_question_holds_its_own_turns(
+        ) -> None:
+    """Through the hop machine and the sink's rows: the document's row keeps its filter
+    turns (and counts them), each question's row holds them then its own writer turns
+    only (and counts only those); the document is not kept, its questions are."""
+    agent = make_agents()["question_writer"]
+    llm = Scripted("Question: What is 6 times 7, exactly?\nReference answer: 42", "junk",
+                   "Question: What is 5 plus 5, exactly?\nReference answer: 10")
+    task = doc_task("doc", "question_writer")
+    task.state.update(kept=True, filter_reason=None)  # as the scorer left it
+    task.turns.append(Turn(role="scorer", content="scores", usage=Usage(prompt_tokens=7,
+                                                                         completion_tokens=3)))
+    task.hop = 5
+    ctx = ctx_for(task, "question_writer", llm)
+    await agent.handle(task, ctx)
+    ctx.finish()
+    hop = Hop(WF, WF.roles["question_writer"], 1 << 20)
+    action = hop.after_agent(task, Handled(), 1, now=1.0, children=spawn(task, ctx.children))
+    assert isinstance(action, FanOut)
+    parent, kids = action.parent.task, [c.task for c in action.children]
+    rows = [to_row(t) for t in (parent, *kids)]
+    assert [[d["content"][:8] for d in r["dialogue"]] for r in rows] == [
+        ["scores"], ["scores", "Question"], ["scores", "junk", "Question"]]
+    assert [r["usage"]["total"] for r in rows] == [
+        {"prompt_tokens": 7, "completion_tokens": 3},
+        {"prompt_tokens": 100, "completion_tokens": 10},
+        {"prompt_tokens": 200, "completion_tokens": 1 + 10}]
+    assert [r["hops"] for r in rows] == [6, 0, 0]  # the writer's hop is the document's
+    assert "scorer" not in rows[1]["usage"] and "question_writer" not in rows[0]["usage"]
+    assert [is_kept(t) for t in (parent, *kids)] == [False, True, True]
+    assert "kept" not in rows[0]["result"] and rows[0]["children"] == 2
 
 
 async def test_llm_errors_become_routing_decisions() -> None:
