@@ -32,6 +32,7 @@ from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus, Delivery
 from matrix_p2p.envelope import EnvelopeError, Task, Usage
 from matrix_p2p.errors import BusError
+from matrix_p2p.liveness import heal
 from matrix_p2p.metrics import NullMetrics, Recorder
 from matrix_p2p.runtime import offload, topology
 from matrix_p2p.runtime.attempts import Latest, split_attempt
@@ -175,6 +176,8 @@ class Sink:
                              if kept_only or spec.sink.kept_only else None)
         self.metrics = metrics or NullMetrics()
         self.beat: Callable[[], None] = lambda: None  # systemd watchdog: the fetch loop turns
+        # results its consumer will not deliver are read back (``liveness``); 30 s: its ack_wait
+        self.liveness = heal.LivenessOptions.for_ack_wait(30.0)
 
     @property
     def count(self) -> int:
@@ -263,7 +266,9 @@ class Sink:
         await topology.ensure_workflow(self.bus, self.spec, roles=(), replicas=self.replicas,
                                        results_consumers=[self.durable])
         await self._open()
-        puller = await self.bus.puller(self.names.results_stream, self.durable)
+        puller = heal.for_sink(self.bus, self.names, self.durable, self.liveness,
+                               metrics=self.metrics).wrap(
+            await self.bus.puller(self.names.results_stream, self.durable))
         writer = RowWriter(self.staging, self.fmt)
         skipped = RowWriter(self.skipped_path, "jsonl") if self.skipped_path else None
         self.changed.set()
