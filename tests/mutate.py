@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 G = "tests/integration/test_guards.py::"
 HOP = "tests/integration/test_hop_faults.py"
 EDGE = "tests/integration/test_edge_faults.py"
+LIVE = "tests/integration/test_liveness.py::"
 
 
 @dataclass
@@ -98,6 +99,19 @@ MUTANTS = [
     Mutant("a cancelled fetch is cancelled (nats-py swallows it)", "matrix_p2p/bus/jetstream.py", [
         ("honour_cancel(cancels)", "pass"),
     ], ["tests/integration/test_fetch_cancel.py", HOP]),
+    Mutant("liveness: a message its consumer will not deliver is never re-run",
+           "matrix_p2p/liveness/heal.py", [
+        ("self.ready.append(HealedDelivery(self, m, attempt))", "pass  # MUTANT"),
+    ], [LIVE + "test_a_task_the_broker_will_not_deliver_finishes_exactly_once"]),
+    Mutant("liveness: a re-run's ack leaves the held copy", "matrix_p2p/liveness/heal.py", [
+        ("await h.bus.delete_msg(h.stream, self.seq)", "pass  # MUTANT"),
+    ], [LIVE + "test_a_task_the_broker_will_not_deliver_finishes_exactly_once"]),
+    Mutant("liveness: messages in flight taken for stuck ones", "matrix_p2p/liveness/watch.py", [
+        ("return seq <= r.floor or r.ack_pending == 0", "return True  # MUTANT"),
+    ], ["tests/unit/test_liveness_watch.py"]),
+    Mutant("liveness: old messages re-run past the dedup window", "matrix_p2p/liveness/watch.py", [
+        ("r.now - self.since(h) > self.safe_age_s", "False"),
+    ], ["tests/unit/test_liveness_heal.py::test_an_old_stranded_task_is_dead_lettered_not_rerun"]),
 ]
 
 
