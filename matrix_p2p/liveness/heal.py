@@ -288,8 +288,11 @@ def for_role(bus: Bus, names: topology.Names, role: str, ack_wait_s: float, *,
                   options=LivenessOptions.for_ack_wait(ack_wait_s))
 
 
-def for_sink(bus: Bus, names: topology.Names, durable: str, options: LivenessOptions, *,
-             metrics: Recorder | None = None) -> Healer:
-    """The liveness check of a sink's consumer on the results stream (limits retention)."""
+def for_sink(bus: Bus, names: topology.Names, durable: str, options: LivenessOptions | None = None,
+             *, metrics: Recorder | None = None) -> Healer:
+    """The liveness check of a sink's consumer on the results stream (limits retention);
+    by default paced by that consumer's ``ack_wait``."""
+    if options is None:
+        options = LivenessOptions.for_ack_wait(names.results_consumer(durable).ack_wait_s)
     return Healer(bus, names, stream=names.results_stream, durable=durable, subject=">",
                   retention="limits", role="sink", options=options, metrics=metrics)

@@ -176,8 +176,8 @@ class Sink:
                              if kept_only or spec.sink.kept_only else None)
         self.metrics = metrics or NullMetrics()
         self.beat: Callable[[], None] = lambda: None  # systemd watchdog: the fetch loop turns
-        # results its consumer will not deliver are read back (``liveness``); 30 s: its ack_wait
-        self.liveness = heal.LivenessOptions.for_ack_wait(30.0)
+        # results its consumer will not deliver are read back (``liveness``; None: the defaults)
+        self.liveness: heal.LivenessOptions | None = None
 
     @property
     def count(self) -> int:
