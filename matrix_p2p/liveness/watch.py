@@ -39,6 +39,12 @@ What then (``Verdict``):
   could finish the task twice. ``dlq requeue`` puts it back if the task did not end.
 A message being re-run is not looked at until ``settled``; a sink's re-run one
 never again in this process (its consumer still will not deliver it).
+
+Not told apart by a reading: a message the consumer dropped while others are
+unacked and its floor is below it (shown once nothing is unacked, or once the floor
+passes it), and one it keeps as unacked but never redelivers (nothing says so but
+time, and a long hop kept alive by heartbeats looks the same without per-message
+state or a coordinator).
 """
 
 from __future__ import annotations
