@@ -277,6 +277,7 @@ class FaultyDelivery:
         self.data = inner.data
         self.subject = inner.subject
         self.num_delivered = inner.num_delivered
+        self.seq = inner.seq
 
     @property
     def headers(self) -> dict[str, str]:

@@ -58,6 +58,7 @@ CTX = "tests/unit/test_agent_context.py::"
 NR = "tests/unit/test_nr_agents.py::"
 TOKENS = ("tests/integration/test_token_accounting.py::"
           "test_the_rows_usage_sums_to_the_servers_token_counters")
+LIVE = "tests/integration/test_liveness.py::"
 
 
 @dataclass
@@ -456,6 +457,19 @@ MUTANTS = [
     Mutant("a hop's turns overlap in time", "matrix_p2p/agent.py", [
         ("self._started = now\n return turn", "return turn"),
     ], [CTX + "test_a_hops_turns_do_not_overlap_in_time"]),
+    Mutant("liveness: a message its consumer will not deliver is never re-run",
+           "matrix_p2p/liveness/heal.py", [
+        ("self.ready.append(HealedDelivery(self, m, attempt))", "pass  # MUTANT"),
+    ], [LIVE + "test_a_task_the_broker_will_not_deliver_finishes_exactly_once"]),
+    Mutant("liveness: a re-run's ack leaves the held copy", "matrix_p2p/liveness/heal.py", [
+        ("await h.bus.delete_msg(h.stream, self.seq)", "pass  # MUTANT"),
+    ], [LIVE + "test_a_task_the_broker_will_not_deliver_finishes_exactly_once"]),
+    Mutant("liveness: messages in flight taken for stuck ones", "matrix_p2p/liveness/watch.py", [
+        ("return seq <= r.floor or r.ack_pending == 0", "return True  # MUTANT"),
+    ], ["tests/unit/test_liveness_watch.py"]),
+    Mutant("liveness: old messages re-run past the dedup window", "matrix_p2p/liveness/watch.py", [
+        ("r.now - self.since(h) > self.safe_age_s", "False"),
+    ], ["tests/unit/test_liveness_heal.py::test_an_old_stranded_task_is_dead_lettered_not_rerun"]),
 ]
 
 

@@ -40,16 +40,18 @@ _RETENTION = {"work_queue": api.RetentionPolicy.WORK_QUEUE, "limits": api.Retent
 class JetStreamDelivery:
     """One message from a pull consumer (hashable by identity: the worker keys on it)."""
 
-    __slots__ = ("_msg", "data", "num_delivered", "subject")
+    __slots__ = ("_msg", "data", "num_delivered", "seq", "subject")
 
     def __init__(self, msg: Msg) -> None:
         self._msg = msg
         self.data: bytes = msg.data
         self.subject: str = msg.subject
         try:
-            self.num_delivered: int = msg.metadata.num_delivered or 1
+            meta = msg.metadata
+            self.num_delivered: int = meta.num_delivered or 1
+            self.seq: int | None = meta.sequence.stream  # the liveness check of a sink counts it
         except Exception:  # not a JetStream message (cannot happen on a pull consumer)
-            self.num_delivered = 1
+            self.num_delivered, self.seq = 1, None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -285,6 +287,8 @@ class JetStreamBus:
             redelivered=int(info.num_redelivered or 0),
             waiting=int(info.num_waiting or 0),
             delivered=int(info.delivered.consumer_seq or 0) if info.delivered else 0,
+            delivered_seq=int(info.delivered.stream_seq or 0) if info.delivered else 0,
+            ack_floor_seq=int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0,
         )
 
     async def close(self) -> None:

@@ -17,7 +17,8 @@ delays and the dedup window. A test that moves an injected clock calls
 ``wake()`` so that a waiting ``fetch`` looks again; ``fetch`` itself waits on an
 event with a timeout, never in a polling sleep.
 
-Faults: ``fault`` (settable at any time) is called as ``fault(op, target)``
+Faults: ``strand`` plays a consumer that passes over a stored message for good;
+``fault`` (settable at any time) is called as ``fault(op, target)``
 before every operation: ``op`` is one of ``publish``, ``fetch``, ``ack``,
 ``ack_sync``, ``nak``, ``term``, ``in_progress``, ``ensure_stream``,
 ``ensure_consumer``, ``kv.create``, ``kv.exists``; ``target`` the subject,
@@ -84,6 +85,7 @@ class _Consumer:
         self.count: dict[int, int] = {}  # pending seq -> deliveries so far
         self.waiting = 0
         self.delivered = 0  # deliveries so far, as JetStream's consumer sequence
+        self.passed: set[int] = set()  # sequences it will never deliver (``MemoryBus.strand``)
 
     def wants(self, m: StoredMsg) -> bool:
         f = self.d.filter_subject
@@ -105,7 +107,7 @@ class _Consumer:
             seq += 1
             self.cursor = seq
             m = self.stream.msgs.get(seq)
-            if m is not None and self.wants(m):
+            if m is not None and self.wants(m) and seq not in self.passed:
                 out.append(self._deliver(m, now))
         return out
 
@@ -120,7 +122,11 @@ class _Consumer:
         self.count.pop(seq, None)
 
     def unseen(self) -> int:
-        return sum(1 for s, m in self.stream.msgs.items() if s > self.cursor and self.wants(m))
+        return sum(1 for s, m in self.stream.msgs.items()
+                   if s > self.cursor and self.wants(m) and s not in self.passed)
+
+    def ack_floor(self) -> int:
+        return min(self.due) - 1 if self.due else self.cursor
 
 
 class MemoryDelivery:
@@ -379,7 +385,18 @@ class MemoryBus:
             return None
         return ConsumerStats(pending=c.unseen(), ack_pending=len(c.due),
                              redelivered=sum(1 for n in c.count.values() if n > 1),
-                             waiting=c.waiting, delivered=c.delivered)
+                             waiting=c.waiting, delivered=c.delivered, delivered_seq=c.cursor,
+                             ack_floor_seq=c.ack_floor())
+
+    def strand(self, stream: str, durable: str, m: StoredMsg) -> None:
+        """Play JetStream's work-queue defects (nats-server #4736, #6905, #7680): the stream
+        holds ``m`` (put back if it was removed) and the consumer never delivers it."""
+        st = self.streams[stream]
+        st.msgs[m.seq] = m
+        st.msgs = dict(sorted(st.msgs.items()))
+        c = self.consumers[(stream, durable)]
+        c.forget(m.seq)
+        c.passed.add(m.seq)
 
     async def close(self) -> None:
         """Later operations fail as on a closed connection; waiting fetches wake up."""

@@ -98,11 +98,15 @@ class StoredMsg(msgspec.Struct, frozen=True):
 
 
 class ConsumerStats(msgspec.Struct):
-    pending: int
-    ack_pending: int
+    """A durable consumer's counters, and where it stands in its stream (``liveness``)."""
+
+    pending: int  # stored, not yet delivered
+    ack_pending: int  # delivered, not yet acked
     redelivered: int
     waiting: int
     delivered: int = 0  # deliveries so far, redeliveries included (the consumer's sequence)
+    delivered_seq: int = 0  # the stream sequence it last delivered
+    ack_floor_seq: int = 0  # the stream sequence up to which everything is acked
 
 
 class Delivery(Protocol):
@@ -118,6 +122,10 @@ class Delivery(Protocol):
 
     @property
     def headers(self) -> dict[str, str]: ...
+
+    @property
+    def seq(self) -> int | None:
+        """Its stream sequence (None where the broker did not say)."""
 
     async def ack(self) -> None: ...
 

@@ -13,6 +13,7 @@ given), served with ``serve(metrics.registry, port)``. Who records what:
 - the process: ``async with serving(port, host, what=...) as metrics`` (``--metrics-port``).
 - sink: ``task_finished(status)``, ``sink_rows_written(n)``,
   ``dead_lettered("sink")``; source: ``tasks_submitted(n)``.
+- liveness check (workers and sinks): ``liveness_healed(role, action)``.
 """
 
 from matrix_p2p.metrics.hops import HOP_BUCKETS, OUTCOMES, RoleMetrics

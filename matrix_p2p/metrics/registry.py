@@ -93,6 +93,10 @@ class Metrics:
         self._rows = Counter("matrix_p2p_sink_rows_written", "Rows the sink wrote.", registry=r)
         self._submitted = Counter("matrix_p2p_source_tasks_submitted", "Tasks the source submitted.",
                                   registry=r)
+        self._heals = Counter("matrix_p2p_liveness_heals",
+                              "Stored messages a consumer would not deliver, re-run or parked "
+                              "by the liveness check, by consumer owner (role or sink).",
+                              ["role", "action"], registry=r)
 
     # -------------------------------------------------------------- hot paths
     def role(self, name: str) -> RoleMetrics:
@@ -132,6 +136,11 @@ class Metrics:
 
     def sink_rows_written(self, n: int = 1) -> None:
         self._rows.inc(n)
+
+    def liveness_healed(self, role: str, action: str) -> None:
+        """The liveness check re-ran (``rerun``) or dead-lettered (``park``) a stored
+        message the consumer of ``role`` would not deliver (``liveness``)."""
+        self._heals.labels(role, action).inc()
 
     def tasks_submitted(self, n: int = 1) -> None:
         self._submitted.inc(n)
@@ -224,6 +233,9 @@ class NullMetrics:
     def sink_rows_written(self, n: int = 1) -> None:
         pass
 
+    def liveness_healed(self, role: str, action: str) -> None:
+        pass
+
     def tasks_submitted(self, n: int = 1) -> None:
         pass
 
@@ -261,6 +273,8 @@ class Recorder(Protocol):
     def dead_lettered(self, consumer: str) -> None: ...
 
     def sink_rows_written(self, n: int = 1) -> None: ...
+
+    def liveness_healed(self, role: str, action: str) -> None: ...
 
     def tasks_submitted(self, n: int = 1) -> None: ...
 

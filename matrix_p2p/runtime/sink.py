@@ -32,6 +32,7 @@ from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus, Delivery
 from matrix_p2p.envelope import EnvelopeError, Task
 from matrix_p2p.errors import BusError
+from matrix_p2p.liveness import heal
 from matrix_p2p.metrics import NullMetrics, Recorder
 from matrix_p2p.report.figures import Figures
 from matrix_p2p.runset.completion import Completion, add_lines
@@ -133,6 +134,8 @@ class Sink:
         # each task this sink writes (not those already in the file): `run` watches for a
         # broken run (runset/broken.py)
         self.on_written: Callable[[Task], object] = lambda task: None
+        # results its consumer will not deliver are read back (``liveness``; None: the defaults)
+        self.liveness: heal.LivenessOptions | None = None
 
     @property
     def count(self) -> int:
@@ -267,7 +270,9 @@ class Sink:
         await topology.ensure_workflow(self.bus, self.spec, roles=(), replicas=self.replicas,
                                        results_consumers=[self.durable])
         await self._open()
-        puller = await self.bus.puller(self.names.results_stream, self.durable)
+        puller = heal.for_sink(self.bus, self.names, self.durable, self.liveness,
+                               metrics=self.metrics).wrap(
+            await self.bus.puller(self.names.results_stream, self.durable))
         writer = RowWriter(self.staging, self.fmt)
         skipped = RowWriter(self.skipped_path, "jsonl") if self.skipped_path else None
         self.changed.set()

@@ -27,6 +27,7 @@ from matrix_p2p.backoff import Retrying
 from matrix_p2p.bus import Bus, Delivery, Puller
 from matrix_p2p.envelope import Task
 from matrix_p2p.errors import BusError, FailTask, RetryLater
+from matrix_p2p.liveness import heal
 from matrix_p2p.metrics import NullMetrics, Recorder
 from matrix_p2p.resources.base import Resources
 from matrix_p2p.runtime import topology
@@ -126,11 +127,14 @@ class RoleWorker:
         self.rm = (metrics or NullMetrics()).role(role.name)
         self._outcome: dict[Delivery, str] = {}
         self.beat = beat  # the systemd watchdog's liveness: the fetch loop turns, hops end
+        # no task left stuck: messages the stream holds but the consumer will not deliver
+        self.healer = heal.for_role(bus, self.names, role.name, spec.limits.ack_wait_s,
+                                    clock=clock, metrics=metrics)
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None,
                   drain_timeout: float = 30.0) -> None:
         """Serve until ``stop`` is set, then drain in-flight work (at most ``drain_timeout``)."""
-        puller = await self.bus.puller(self.names.tasks_stream, self.role.name)
+        puller = self.healer.wrap(await self.bus.puller(self.names.tasks_stream, self.role.name))
         if ready is not None:
             ready.set()
         try:

@@ -157,6 +157,29 @@ async def test_consumer_stats_count_redeliveries(any_bus: Bus) -> None:
     assert await any_bus.consumer_stats(ns.stream, "nobody") is None
 
 
+async def test_where_a_consumer_stands_in_its_stream(any_bus: Bus) -> None:
+    """The liveness check reads the delivered and ack-floor stream sequences, and each
+    delivery's stream sequence (``matrix_p2p.liveness``)."""
+    ns = await ready(any_bus)
+    await any_bus.publish(ns.subject("other"), b"not judge's")  # seq 1: outside the filter
+    for i in range(3):
+        await any_bus.publish(ns.subject("judge"), b"%d" % i)  # seqs 2, 3, 4
+    p = await any_bus.puller(ns.stream, "judge")
+    got: list[Delivery] = []
+    async with asyncio.timeout(10):
+        while len(got) < 2:
+            got += await p.fetch(2 - len(got), timeout=2)
+    assert [(d.data, d.seq) for d in got] == [(b"0", 2), (b"1", 3)]
+    await got[1].ack_sync()  # acked out of order: the floor stays below the first
+    stats = await any_bus.consumer_stats(ns.stream, "judge")
+    assert stats is not None
+    assert (stats.delivered_seq, stats.ack_pending, stats.pending) == (3, 1, 1)
+    assert stats.ack_floor_seq < 2
+    await got[0].ack_sync()
+    stats = await any_bus.consumer_stats(ns.stream, "judge")
+    assert stats is not None and (stats.delivered_seq, stats.ack_floor_seq) == (3, 3)
+
+
 async def test_settling_twice_is_refused(any_bus: Bus) -> None:
     ns = await ready(any_bus)
     await any_bus.publish(ns.subject("judge"), b"x")

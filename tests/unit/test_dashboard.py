@@ -40,6 +40,7 @@ def one_of_everything() -> Metrics:
     m.sink_rows_written()
     m.tasks_submitted()
     m.set_consumer("judge", 3, 1)
+    m.liveness_healed("judge", "rerun")
     return m
 
 
