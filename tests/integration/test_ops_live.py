@@ -253,10 +253,10 @@ def test_run_ends_with_a_summary_table_and_json(tmp_path: Path) -> None:
     assert '"event": "metrics.serving"' in r.stderr and '"process": "run"' in r.stderr
     lines = r.stderr.splitlines()
     [head] = [i for i, line in enumerate(lines) if line.startswith(f"{spec.name}: finished in ")]
-    assert lines[head].endswith(f"; 20/20 rows in {out}")
+    assert lines[head].endswith(f"; 20 rows in {out}")
     assert lines[head + 1] == f"  summary: {out}.summary.json"
     assert lines[head + 2].split()[:7] == ["tasks", "this", "run", "20", "done", "0", "failed"]
-    assert lines[head + 3] == "  output: 20 done, 0 failed"
+    assert lines[head + 3] == "  output: 20 done, 0 failed; 20 tasks asked for"
     summary = json.loads((tmp_path / "out" / "rows.jsonl.summary.json").read_text())
     assert (summary["done"], summary["rows"], summary["cost"]) == (20, 20, None)
     assert summary["roles"] == []  # the dummy agents call no LLM

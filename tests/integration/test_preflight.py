@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from matrix_p2p.api import run_async, serve
@@ -143,6 +144,8 @@ async def test_some_endpoints_down_is_a_warning_and_the_run_goes_on(
     spec = make_spec(tmp_path, TALKER + "resources:\n  llm:\n    default: {model: sim-model}\n",
                      ROWS)
     closed = closed_url()
+    # an in-process CLI test before this one may have left a warning-level filter in place
+    structlog.reset_defaults()
     with capture_logs() as logs:
         result = await run_async(spec, llm_urls=[closed, sim.url], nats=nats_server.url,
                                  out=tmp_path / "out.jsonl")
