@@ -59,6 +59,6 @@ def _parquet(path: Path) -> list[dict[str, Any]]:
                           "'matrix_p2p[parquet]')") from None
     try:
         rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise ConfigError(f"{path}: not a readable Parquet file: {exc}") from None
     return rows

@@ -44,8 +44,9 @@ def target_of(to: Path, split_names: list[str], inputs: list[Path], *, overwrite
     without ``overwrite``."""
     fmt = format_of(to)
     if fmt is None and to.suffix and not to.is_dir():
-        raise ConfigError(f"--to {to}: unsupported format {to.suffix!r} (give a directory, or "
-                          "a .jsonl, .jsonl.zst or .parquet file)")
+        raise ConfigError(f"--to {to}: unsupported format {to.suffix!r} (give a directory, a new "
+                          "one named without an extension, or a .jsonl, .jsonl.zst or .parquet "
+                          "file)")
     kind = fmt or "dir"
     paths = [to] if kind == "dir" else [file_for(to, s) for s in split_names]
     if kind != "dir" and len(split_names) > 1 and "{split}" not in to.name:

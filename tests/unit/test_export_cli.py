@@ -185,8 +185,9 @@ def test_an_existing_target_is_kept_unless_overwrite(tmp_path: Path,
     (["{src}", "--to", "o.jsonl", "--split", "train=0.9,test=0.1"],
      "--to o.jsonl: several splits need {split} in the file name (like x-{split}.jsonl) or a "
      "directory"),
-    (["{src}", "--to", "o.csv"], "--to o.csv: unsupported format '.csv' (give a directory, or a "
-                                 ".jsonl, .jsonl.zst or .parquet file)"),
+    (["{src}", "--to", "o.csv"], "--to o.csv: unsupported format '.csv' (give a directory, a new "
+                                 "one named without an extension, or a .jsonl, .jsonl.zst or "
+                                 ".parquet file)"),
     (["{src}", "--to", "{src}", "--overwrite"], "--to {src}: is an input: export would overwrite "
                                                 "its rows"),
     (["notes.txt", "--to", "o.jsonl"], "notes.txt: not a rows file (supported: .jsonl, "
@@ -214,6 +215,14 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Ca
     code, err = export(*args, capsys=capsys)
     assert (code, err) == (2, f"matrix_p2p: error: {message}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "review.jsonl", "tau.jsonl"]
+
+
+def test_a_damaged_parquet_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "rows.parquet").write_bytes(b"not parquet at all")
+    code, err = export(tmp_path / "rows.parquet", "--to", tmp_path / "o.jsonl", capsys=capsys)
+    assert code == 2
+    assert err.startswith(f"matrix_p2p: error: {tmp_path / 'rows.parquet'}: not a readable Parquet "
+                          "file: ") and err.count("\n") == 1
 
 
 def test_no_example_is_exit_1_with_the_reasons_and_nothing_written(
