@@ -59,6 +59,9 @@ NR = "tests/unit/test_nr_agents.py::"
 TOKENS = ("tests/integration/test_token_accounting.py::"
           "test_the_rows_usage_sums_to_the_servers_token_counters")
 LIVE = "tests/integration/test_liveness.py::"
+EXP_PLAN = "tests/unit/test_export_plan.py::"
+EXP_VIEWS = "tests/unit/test_export_views.py::"
+EXP_CLI = "tests/unit/test_export_cli.py::"
 
 
 @dataclass
@@ -470,6 +473,48 @@ MUTANTS = [
     Mutant("liveness: old messages re-run past the dedup window", "matrix_p2p/liveness/watch.py", [
         ("r.now - self.since(h) > self.safe_age_s", "False"),
     ], ["tests/unit/test_liveness_heal.py::test_an_old_stranded_task_is_dead_lettered_not_rerun"]),
+    # export (matrix_p2p/export/): rows to training data
+    Mutant("export splits: by position, not by the row's id", "matrix_p2p/export/plan.py", [
+        ("_add(plan, split_of(row_id, opts.splits),",
+         "_add(plan, opts.splits[plan.rows_read % len(opts.splits)][0],"),
+    ], [EXP_PLAN + "test_splits_do_not_move_when_the_rows_are_reversed",
+        EXP_PLAN + "test_splits_do_not_move_when_the_rows_are_reordered"]),
+    Mutant("export splits: a row's trials and children split apart", "matrix_p2p/export/splits.py", [
+        ("u = fraction(row_key(task_id))", "u = fraction(task_id)"),
+    ], [EXP_PLAN + "test_a_rows_trials_attempts_and_children_share_its_split"]),
+    Mutant("export views: tool results dropped", "matrix_p2p/export/views.py", [
+        ("elif role == view.tool_role:", "elif False:"),
+    ], [EXP_VIEWS + "test_tau_is_the_assistants_side_with_tool_calls_and_results",
+        EXP_VIEWS + "test_tau_real_row_keeps_every_tool_call_and_result"]),
+    Mutant("export views: tool calls dropped", "matrix_p2p/export/views.py", [
+        ('msgs.append(_assistant(content, meta.get("tool_calls")))',
+         "msgs.append(_assistant(content, None))"),
+    ], [EXP_VIEWS + "test_tau_is_the_assistants_side_with_tool_calls_and_results"]),
+    Mutant("export views: a tool call without its result kept", "matrix_p2p/export/views.py", [
+        ('if open_calls: raise Skip("a tool call has no result")', "pass"),
+    ], [EXP_VIEWS + "test_a_broken_trace_gives_no_example_and_says_why"]),
+    Mutant("export plan: a row twice", "matrix_p2p/export/plan.py", [
+        ("if row_id in seen:", "if False:"),
+    ], [EXP_PLAN + "test_every_row_is_an_example_or_counted_with_its_reason"]),
+    Mutant("export plan: failed rows exported", "matrix_p2p/export/plan.py", [
+        ('if row.get("status") != "done" and not opts.include_failed:', "if False:"),
+    ], [EXP_PLAN + "test_every_row_is_an_example_or_counted_with_its_reason"]),
+    Mutant("export pairs: a tie made a pair", "matrix_p2p/export/pairs.py", [
+        ("if best.score == worst.score:", "if False:"),
+    ], [EXP_PLAN + "test_the_best_and_worst_trial_of_each_row_make_a_pair"]),
+    Mutant("export pairs: rows in no pair not counted", "matrix_p2p/export/plan.py", [
+        ('plan.skip(s.row_id, "neither the best nor the worst trial of its row")', "pass"),
+    ], [EXP_PLAN + "test_the_best_and_worst_trial_of_each_row_make_a_pair"]),
+    Mutant("export write: shards each with their own schema", "matrix_p2p/export/write.py", [
+        ("table = pa.Table.from_pylist([_columns(e) for e in examples], schema=schema)",
+         "table = pa.Table.from_pylist([_columns(e) for e in examples])"),
+    ], [EXP_CLI + "test_a_dataset_directory_with_shards_and_its_card"]),
+    Mutant("export write: a folder of other things replaced", "matrix_p2p/export/write.py", [
+        ("if not _is_export(to):", "if False:"),
+    ], [EXP_CLI + "test_an_existing_target_is_kept_unless_overwrite"]),
+    Mutant("export write: the rows file itself overwritten", "matrix_p2p/export/write.py", [
+        ("if p.resolve() in resolved:", "if False:"),
+    ], [EXP_CLI + "test_user_mistakes_are_one_line_and_exit_2"]),
 ]
 
 

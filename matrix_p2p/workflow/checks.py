@@ -15,11 +15,14 @@ from matrix_p2p.workflow.spec import (
     REF_RE,
     RESERVED_BODY_KEYS,
     ROW_FIELDS,
+    TEXT_KINDS,
     AbortOnFailures,
     CycleRouting,
+    ExportSpec,
     Figure,
     LLMResource,
     LLMSettings,
+    TextSource,
     WorkflowSpec,
 )
 
@@ -107,6 +110,8 @@ def check(spec: WorkflowSpec) -> None:
         if sbx.max_restarts < 0:
             fail(f"{where}.max_restarts", "must be at least 0")
     _check_figures(spec.summary, spec.path)
+    if spec.export is not None:
+        _check_export(spec.export, spec, fail)
 
 
 _FIELD_RE = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
@@ -138,14 +143,64 @@ def _check_figures(figures: list[Figure], path: str) -> None:
                     fail(f"{where}.ratio[{j}]", f"{label!r} is not the label of an earlier "
                          "figure with one number (mean, rate, count, distinct or ratio)")
         else:
-            field = str(getattr(fig, kind))
-            if not _FIELD_RE.match(field):
-                fail(f"{where}.{kind}", f"{field!r} is not a dotted path (like result.reward)")
-            root = field.split(".", 1)[0]
-            if root not in ROW_FIELDS:
-                fail(f"{where}.{kind}", f"{field!r} does not start with a row field (one of "
-                     f"{', '.join(ROW_FIELDS)}; an agent's state is under result.)")
+            problem = _field_problem(str(getattr(fig, kind)))
+            if problem:
+                fail(f"{where}.{kind}", problem)
         seen[fig.label] = kind
+
+
+def _field_problem(field: str) -> str | None:
+    """What is wrong with a dotted path into a row, or None."""
+    if not _FIELD_RE.match(field):
+        return f"{field!r} is not a dotted path (like result.reward)"
+    if field.split(".", 1)[0] not in ROW_FIELDS:
+        return (f"{field!r} does not start with a row field (one of {', '.join(ROW_FIELDS)}; "
+                "an agent's state is under result.)")
+    return None
+
+
+def _check_export(ex: ExportSpec, spec: WorkflowSpec, fail: Callable[[str, str], None]) -> None:
+    roles = ", ".join(spec.roles)
+    if (ex.assistant is None) == (ex.response is None):
+        fail("export", "give `assistant` (the role whose turns are the answers) or `response` "
+             "(one answer from the row), not " + ("both" if ex.assistant else "neither"))
+    if ex.assistant is not None and ex.assistant not in spec.roles:
+        fail("export.assistant", f"unknown role {ex.assistant!r} (roles: {roles})")
+    if ex.response is not None:
+        if ex.user:
+            fail("export.user", "a single-turn export (`response`) has no user turns")
+        if ex.prompt is None:
+            fail("export.prompt", "a single-turn export (`response`) needs the question")
+    for i, name in enumerate(ex.user):
+        if name not in spec.roles:
+            fail(f"export.user[{i}]", f"unknown role {name!r} (roles: {roles})")
+        if name == ex.assistant:
+            fail(f"export.user[{i}]", f"{name!r} is the assistant")
+    if not NAME_RE.match(ex.tool_role):
+        fail("export.tool_role", "must be 1-64 letters, digits, '_' or '-'")
+    if ex.tool_role == ex.assistant or ex.tool_role in ex.user:
+        fail("export.tool_role", f"{ex.tool_role!r} is the assistant or a user role")
+    if ex.tools is not None and not REF_RE.match(ex.tools):
+        fail("export.tools", f"{ex.tools!r} is not of the form 'module:function'")
+    for name in ("system", "greeting", "prompt", "response"):
+        src = getattr(ex, name)
+        if src is not None:
+            _check_text(src, f"export.{name}", spec, fail)
+
+
+def _check_text(src: TextSource, where: str, spec: WorkflowSpec,
+                fail: Callable[[str, str], None]) -> None:
+    kinds = [k for k in TEXT_KINDS if getattr(src, k) is not None]
+    if len(kinds) != 1:
+        fail(where, f"give exactly one of {', '.join(TEXT_KINDS)} (got {', '.join(kinds) or 'none'})")
+    kind = kinds[0]
+    value = str(getattr(src, kind))
+    if kind in ("role_system", "role_prompt") and value not in spec.roles:
+        fail(f"{where}.{kind}", f"unknown role {value!r} (roles: {', '.join(spec.roles)})")
+    if kind == "field" and (problem := _field_problem(value)):
+        fail(f"{where}.field", problem)
+    if kind == "call" and not REF_RE.match(value):
+        fail(f"{where}.call", f"{value!r} is not of the form 'module:function'")
 
 
 def _check_model_settings(s: LLMResource | LLMSettings, where: str,

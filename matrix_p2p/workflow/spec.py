@@ -212,6 +212,36 @@ class Figure(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
         return next(k for k in FIGURE_KINDS if getattr(self, k) is not None)
 
 
+TEXT_KINDS = ("role_system", "role_prompt", "text", "field", "call")
+
+
+class TextSource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where a text of an exported conversation comes from: exactly one of these."""
+
+    role_system: str | None = None  # that role's `system:`
+    role_prompt: str | None = None  # that role's `prompt:`
+    text: str | None = None  # this text
+    field: str | None = None  # a dotted path into the row (input.question, result.answer)
+    call: str | None = None  # module:function, given the row's input if it takes an argument
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in TEXT_KINDS if getattr(self, k) is not None)
+
+
+class ExportSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a row becomes a training conversation (``matrix_p2p/export/``, ``export``)."""
+
+    assistant: str | None = None  # the role whose turns are the assistant's messages
+    user: list[str] = []  # roles whose turns are user messages; other roles' are left out
+    system: TextSource | None = None  # the system message
+    greeting: TextSource | None = None  # an assistant message before the prompt
+    prompt: TextSource | None = None  # the first user message
+    response: TextSource | None = None  # instead of `assistant`: one answer (single turn)
+    tools: str | None = None  # module:function returning the tools' OpenAI schemas
+    tool_role: str = "tool"  # turns of this role are tool results (`role: tool` messages)
+
+
 class WorkflowSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: str
     roles: dict[str, RoleSpec]
@@ -226,6 +256,7 @@ class WorkflowSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True)
     resources: Resources = Resources()
     limits: Limits = Limits()
     summary: list[Figure] = []  # the workflow's own figures in `run`'s summary
+    export: ExportSpec | None = None  # its rows as training conversations (`export`)
     path: str = ""  # where it was loaded from, for messages and relative paths
     digest: str = ""  # sha256 of the file's bytes, first 12 hex digits
 
