@@ -21,14 +21,14 @@ from matrix_p2p import envelope
 from matrix_p2p.aio import pause
 from matrix_p2p.backoff import Retrying
 from matrix_p2p.envelope import EnvelopeError, Task
+from matrix_p2p.runset.taskset import plan
 from matrix_p2p.runtime.attempts import Latest, retry_failed, split_attempt
 from matrix_p2p.runtime.offload import Offloader
 from matrix_p2p.runtime.rowformat import to_row
-from matrix_p2p.runtime.rows import iter_rows
-from matrix_p2p.runtime.source import submit, task_id
+from matrix_p2p.runtime.source import submit
 from matrix_p2p.runtime.topology import Names, ensure_workflow
 from matrix_p2p.workflow.spec import WorkflowSpec
-from matrix_p2p.workflow.version import Mode, code_hash, namespace_suffix, resolve
+from matrix_p2p.workflow.version import Mode, code_hash, resolve
 
 
 class Submission(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,23 +104,19 @@ async def submit_tasks(bus: busmod.Bus, spec: WorkflowSpec, *, limit: int | None
     Error handling: a changed workflow with ``version="check"`` raises ``ConfigError``;
     bus errors propagate.
     """
+    planned = plan(spec, limit)  # the ids asked for; duplicate ids: one line, first
     digest = code_hash(spec)
     ns = await resolve(bus, Names.of(spec).submitted_bucket, spec, digest, version)
     got = await submit(bus, spec, limit=limit, namespace=ns, code_version=digest)
-    suffix = namespace_suffix(ns)
-    ids: set[str] = set()
-    for i, row in enumerate(iter_rows(spec)):
-        if limit is not None and i >= limit:
-            break
-        ids.update(task_id(row.key, trial) + suffix for trial in range(spec.trials))
-    again = await retry_failed(bus, spec, namespace=ns) if retry else []
-    retried = 0
-    for tid in again:
-        base = split_attempt(tid)[0]
-        if base in ids:  # a task of this submission: its new attempt is the one wanted
-            ids.discard(base)
-            ids.add(tid)
-            retried += 1
+    tasks = planned.in_namespace(ns)
+    ids = set(tasks.ids)
+    # only this submission's failed tasks, labelled with the code that runs them now
+    again = await retry_failed(bus, spec, namespace=ns, owns=tasks.owns,
+                               code_version=digest) if retry else []
+    for tid in again:  # its new attempt is the one wanted
+        ids.discard(split_attempt(tid)[0])
+        ids.add(tid)
+    retried = len(again)
     return Submission(workflow=spec.name, ids=frozenset(ids), submitted=got.submitted,
                       already=got.already, bad_rows=got.bad_rows, retried=retried)
 
