@@ -54,6 +54,7 @@ class LongLived(asyncio.SubprocessProtocol):
     def __init__(self) -> None:
         self.transport: asyncio.SubprocessTransport | None = None
         self.exited = asyncio.Event()
+        self.closed = asyncio.Event()  # exited, and every holder of its pipes gone
         self._on_exit: list[Callable[[], None]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -83,6 +84,11 @@ class LongLived(asyncio.SubprocessProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # Exited and every pipe closed: only now may the transport close (a reply
         # written just before exiting is still in the pipe until then).
+        self.close()
+        self.closed.set()
+
+    def close(self) -> None:
+        """Close the transport (idempotent; it SIGKILLs the process itself if still running)."""
         if self.transport is not None:
             self.transport.close()
 

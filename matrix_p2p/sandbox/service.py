@@ -156,6 +156,7 @@ class SandboxService:
         self.sessions.drop_all()
         for slot in self.pool.slots:
             await self.runner.kill_slot(slot.index)
+        await self.sessions.close()
         if self.root:
             await asyncio.to_thread(workdir.wipe, self.root)
             self.root = ""

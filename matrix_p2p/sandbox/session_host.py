@@ -46,9 +46,10 @@ class _Broken(Exception):
 class SessionPipe(LongLived):
     """One session process: its stdin and stdout as a JSON-lines pipe, its stderr's tail."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, runner_mode: str = "bwrap") -> None:
         super().__init__()
         self.limit = limit
+        self.runner_mode = runner_mode
         self.generation = 0  # set by the host once spawned
         self.broken: str | None = None  # how the process broke the protocol, once it has
         self._out = bytearray()
@@ -68,12 +69,12 @@ class SessionPipe(LongLived):
             return
         line = bytes(self._out[:end])
         del self._out[:end + 1]
-        waiter, self._waiter = self._waiter, None
-        if waiter is None or waiter.done():
+        if self._waiter is None or self._waiter.done():
             self.break_protocol("wrote a line nobody asked for")
         elif self._out.strip():
             self.break_protocol("wrote more than one line for one request")
         else:
+            waiter, self._waiter = self._waiter, None
             waiter.set_result(line)
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
@@ -115,6 +116,9 @@ class SessionPipe(LongLived):
                 status = f"killed by signal {-rc}"
         else:
             status = f"exited with status {rc}"
+            if rc > 128 and self.runner_mode == "bwrap":
+                with contextlib.suppress(ValueError):  # bwrap reports a signal as 128 + its number
+                    status += f", {signal.Signals(rc - 128).name} inside the sandbox"
         err = " ".join(self._err.decode("utf-8", "replace").split())[-500:]
         return f"{how} ({status}{'; stderr: ' + err if err else ''})"
 
@@ -142,6 +146,7 @@ class SessionHost:
         self.table = SessionTable()
         self.clock = clock
         self.pipes: dict[str, SessionPipe] = {}
+        self._open: set[SessionPipe] = set()  # every pipe not yet closed, dropped ones included
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def start(self, lease_id: str, slot: int, work_dir: str, spec: SessionSpec,
@@ -216,19 +221,32 @@ class SessionHost:
         for lease_id in list(self.table.rows):
             self.drop(lease_id)
 
+    async def close(self) -> None:
+        """The service stops, its slots' processes killed: wait (bounded) for each session's
+        pipes to close, then close what is left, before the event loop goes."""
+        for pipe in list(self._open):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_REAP_S):
+                    await pipe.closed.wait()
+            pipe.close()
+        self._open.clear()
+
     async def _spawn(self, lease_id: str, slot: int, work_dir: str, run_as: RunAs | None,
                      *, respawn: bool) -> None:
         spec = self.table.rows[lease_id].spec
         exec_spec = ExecSpec(argv=spec.argv, timeout_s=float(self.runner.limits.cpu_s),
                              cwd=spec.cwd, env=dict(spec.env))
+        limit, mode = self.runner.limits.output_bytes, self.runner.mode
         try:
             pipe = await self.runner.spawn(slot, work_dir, exec_spec, run_as,
-                                           lambda: SessionPipe(self.runner.limits.output_bytes))
+                                           lambda: SessionPipe(limit, mode))
         except OSError as exc:
             self.table.spawn_failed(lease_id, f"could not be started: {exc}")
             raise SessionDied(f"session of lease {lease_id!r} could not be started: {exc}") from None
         generation = pipe.generation = self.table.spawned(lease_id, respawn=respawn)
         self.pipes[lease_id] = pipe
+        self._open = {p for p in self._open if not p.closed.is_set()}
+        self._open.add(pipe)
         pipe.when_exited(lambda: self._exited(lease_id, generation, pipe))
         log.info("sandbox.session_started", lease=lease_id, slot=slot, pid=pipe.pid,
                  generation=generation, respawn=respawn)
