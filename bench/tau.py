@@ -1,5 +1,6 @@
 """The tau workflow (tool use, tools executed in sandboxes) against a batch-barrier
-baseline, on the same simulated LLM fleet and the same sandbox pool.
+baseline, on the same simulated LLM fleet and the same sandbox pool; and one tool
+call's round trip through a sandbox session against a process per call (``calls``).
 
 - ``ours``: ``run_workflow`` (embedded broker, workers for every role, the sink),
   ``concurrency`` tasks alive at once, each hop routed as soon as it finishes.
@@ -23,19 +24,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import statistics
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from matrix_p2p_agents.tau import sandbox_env
 
 from bench.baselines import Steps, _client, make_tasks
 from bench.simfleet import SimFleet, delta, wait_idle
 from matrix_p2p.envelope import Task
 from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runtime.local_run import RunOptions, run_workflow
-from matrix_p2p.sandbox import SandboxConfig, SandboxServer
+from matrix_p2p.sandbox import SandboxClient, SandboxConfig, SandboxServer
 from matrix_p2p.workflow.loader import bundled_dir, load
 from matrix_p2p.workflow.spec import WorkflowSpec
 
@@ -181,4 +184,70 @@ async def run(sim: SimFleet, workdir: Path, *, tasks: int, concurrency: int,
                                       / max(out["step_barrier"]["tokens_per_s"], 1e-9), 2)
     log(f"  ours / step_barrier: {out['ratio_tokens_per_s']}x tokens/s (paper, tool use with "
         f"real containers: 15.4x)")
+    return out
+
+
+READ = ("get_order_details", {"order_id": "#W4979131"})  # about 0.9 KB of result
+WRITE_USER = "omar_lopez_9543"
+
+
+def _write(i: int) -> tuple[str, dict[str, str]]:
+    """A write that succeeds every time (a new address each call): saved before its reply."""
+    return "modify_user_address", {"user_id": WRITE_USER, "address1": f"{i} Elm St", "address2": "",
+                                   "city": "Columbus", "state": "OH", "country": "USA", "zip": "43279"}
+
+
+def _dist(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in seconds)
+    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 3),
+            "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 3), "mean_ms": round(statistics.fmean(ms), 3)}
+
+
+async def calls(*, rounds: int, reads_per_round: int = 5, log: Any) -> dict[str, Any]:
+    """A tau tool call's round trip, client side (HTTP to the sandbox server in this process,
+    real bwrap), side by side and interleaved so the machine's noise hits all alike: per
+    round, ``reads_per_round`` session calls of a read tool, one of a write tool, one
+    ``/execute`` of the same read as a process per call (``env.py call``, the way before
+    sessions) and one ``/execute`` of ``true`` (the floor of a process per call)."""
+    cfg = SandboxConfig(pool_size=2, default_timeout_s=20)
+    async with SandboxServer(cfg) as srv, SandboxClient(srv.url) as client:
+        old, new = await client.acquire("per-call"), await client.acquire("session")
+        await client.execute(old, sandbox_env.argv("init"), files=sandbox_env.files())
+        await client.start_session(new, sandbox_env.session_argv(), files=sandbox_env.files())
+        await client.call(new, sandbox_env.PING)
+        t: dict[str, list[float]] = {"session_read": [], "session_write": [], "execute_read": [],
+                                     "execute_true": []}
+        server_s: list[float] = []
+        name, args = READ
+        read_argv = sandbox_env.argv("call", name, json.dumps(args))
+        for i in range(-2, rounds):  # two rounds of warm-up
+            for _ in range(reads_per_round):
+                t0 = time.perf_counter()
+                reply = await client.call(new, sandbox_env.call(name, args))
+                elapsed = time.perf_counter() - t0
+                if i >= 0:
+                    t["session_read"].append(elapsed)
+                    server_s.append(reply.elapsed_s)
+            wname, wargs = _write(i)
+            t0 = time.perf_counter()
+            reply = await client.call(new, sandbox_env.call(wname, wargs))
+            t["session_write"].append(time.perf_counter() - t0)
+            assert sandbox_env.reply_result(reply.reply).ok, reply
+            t0 = time.perf_counter()
+            res = await client.execute(old, read_argv)
+            t["execute_read"].append(time.perf_counter() - t0)
+            assert sandbox_env.parse_result(res.stdout).ok, res.stderr
+            t0 = time.perf_counter()
+            await client.execute(old, ["true"])
+            t["execute_true"].append(time.perf_counter() - t0)
+        for key in t:
+            if key != "session_read":
+                t[key] = t[key][2:]  # the warm-up rounds
+        out: dict[str, Any] = {k: _dist(v) for k, v in t.items()}
+        out["session_read_in_server"] = _dist(server_s)
+        out["speedup_read"] = round(out["execute_read"]["p50_ms"] / out["session_read"]["p50_ms"], 1)
+    for key, d in out.items():
+        if isinstance(d, dict):
+            log(f"  {key:24s} p50 {d['p50_ms']:8.3f} ms  p90 {d['p90_ms']:8.3f} ms  (n={d['n']})")
+    log(f"  a read tool call: {out['speedup_read']}x faster through a session than a process per call")
     return out

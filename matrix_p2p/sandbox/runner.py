@@ -22,7 +22,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
 import structlog
@@ -58,8 +58,8 @@ class LongLived(asyncio.SubprocessProtocol):
         self._on_exit: list[Callable[[], None]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self.transport = transport
+        # uvloop's process transport is not a subclass of asyncio's: no isinstance check
+        self.transport = cast(asyncio.SubprocessTransport, transport)
 
     @property
     def pid(self) -> int:

@@ -25,6 +25,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import msgspec
 import structlog
@@ -100,8 +101,7 @@ class SessionPipe(LongLived):
                 or stdin.is_closing():
             raise _Broken(self.broken or "is not running")
         self._waiter = asyncio.get_running_loop().create_future()
-        assert isinstance(stdin, asyncio.WriteTransport)
-        stdin.write(line)
+        cast(asyncio.WriteTransport, stdin).write(line)
         return await self._waiter
 
     def why(self, how: str) -> str:

@@ -239,3 +239,28 @@ async def test_a_session_call_in_flight_keeps_its_lease_from_being_reclaimed() -
         with pytest.raises(SessionTimeout):
             await call
         assert svc.pool.get(lease_id).expires_at > clock.now  # the call's end renewed it
+
+
+def test_sessions_under_uvloop() -> None:
+    """``run`` serves the sandbox on uvloop, whose process transports are not asyncio's."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        async with SandboxServer(SandboxConfig(pool_size=1)) as srv, \
+                SandboxClient(srv.url) as client:
+            lease_id, mark, pipe = await running_session(srv, client, "uvloop")
+            with pytest.raises(SessionDied, match="exited with status 3"):
+                await client.call(lease_id, {"op": "exit", "code": 3})
+            await assert_gone(pipe, mark)
+            got = await client.call(lease_id, {"op": "count"})
+            assert got.restarted and got.reply == {"count": 1}
+            pipe = pipe_of(srv, lease_id)
+            with pytest.raises(SessionTimeout):
+                await client.call(lease_id, {"op": "hang"}, timeout_s=0.5)
+            await assert_gone(pipe, mark)
+            assert (await client.call(lease_id, {"op": "count"})).restarted
+            pipe = pipe_of(srv, lease_id)
+            assert await client.release(lease_id)
+            await assert_gone(pipe, mark)
+
+    uvloop.run(scenario())
