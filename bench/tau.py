@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -38,7 +39,7 @@ from bench.simfleet import SimFleet, delta, wait_idle
 from matrix_p2p.envelope import Task
 from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runtime.local_run import RunOptions, run_workflow
-from matrix_p2p.sandbox import SandboxClient, SandboxConfig, SandboxServer
+from matrix_p2p.sandbox import Lease, Limits, SandboxClient, SandboxConfig, SandboxServer
 from matrix_p2p.workflow.loader import bundled_dir, load
 from matrix_p2p.workflow.spec import WorkflowSpec
 
@@ -250,4 +251,71 @@ async def calls(*, rounds: int, reads_per_round: int = 5, log: Any) -> dict[str,
         if isinstance(d, dict):
             log(f"  {key:24s} p50 {d['p50_ms']:8.3f} ms  p90 {d['p90_ms']:8.3f} ms  (n={d['n']})")
     log(f"  a read tool call: {out['speedup_read']}x faster through a session than a process per call")
+    return out
+
+
+def _descendants_pss() -> tuple[int, int]:
+    """(processes, proportional set size in bytes) of every process descending from this one:
+    the sandbox server's wrappers, bwrap and what runs inside (shared pages counted once)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, StopIteration, ValueError), open(f"/proc/{entry}/status") as f:
+                parent[int(entry)] = int(next(ln for ln in f if ln.startswith("PPid:")).split()[1])
+    me, count, pss = os.getpid(), 0, 0
+    for pid in parent:
+        p = parent.get(pid, 0)
+        while p > 1 and p != me:
+            p = parent.get(p, 0)
+        if p != me:
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as f:
+            pss += sum(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("Pss:"))
+            count += 1
+    return count, pss
+
+
+async def capacity(*, sessions: int, log: Any) -> dict[str, Any]:
+    """How many tau environments live at once here, each with its own lease, sandbox and
+    session, under the bundled workflow's limits (512 MiB address space and 30 s of CPU per
+    process): every lease acquired and its session started, all at once; then every session
+    answers a read and a write, all at once; the memory of everything the sandbox server runs
+    is read while they all live."""
+    tau = yaml.safe_load((bundled_dir() / "tau.yaml").read_text())["resources"]["sandbox"]["env"]
+    limits = Limits(memory_bytes=tau["memory_mb"] << 20, cpu_s=tau["cpu_s"])
+    cfg = SandboxConfig(pool_size=sessions, limits=limits, default_timeout_s=120, ttl_s=600)
+    out: dict[str, Any] = {"sessions": sessions, "memory_mb_per_process": tau["memory_mb"]}
+    t0 = time.monotonic()
+    async with SandboxServer(cfg) as srv, SandboxClient(srv.url, acquire_timeout_s=120) as client:
+        out["pool_start_s"] = round(time.monotonic() - t0, 1)
+        leases = list(await asyncio.gather(*(client.acquire(f"cap{i}") for i in range(sessions))))
+
+        async def setup(lease: Lease) -> None:
+            await client.start_session(lease, sandbox_env.session_argv(), files=sandbox_env.files())
+            assert sandbox_env.reply_result((await client.call(lease, sandbox_env.PING)).reply).ok
+
+        async def use(lease: Lease, i: int) -> float:
+            t = time.perf_counter()
+            for name, args in (READ, _write(i)):
+                reply = await client.call(lease, sandbox_env.call(name, args))
+                assert sandbox_env.reply_result(reply.reply).ok, reply
+            return time.perf_counter() - t
+
+        t1 = time.monotonic()
+        await asyncio.gather(*(setup(lease) for lease in leases))
+        out["all_started_s"] = round(time.monotonic() - t1, 1)
+        t1 = time.monotonic()
+        rounds = await asyncio.gather(*(use(lease, i) for i, lease in enumerate(leases)))
+        out["all_called_s"] = round(time.monotonic() - t1, 2)
+        out["call_pair"] = _dist(list(rounds))
+        status = await client.status()
+        out["live_sessions"] = status["sessions"]
+        procs, pss = _descendants_pss()
+        out["processes"] = procs
+        out["pss_mb"] = round(pss / 2**20, 1)
+        out["pss_mb_per_session"] = round(pss / 2**20 / sessions, 2)
+        out["session_deaths"] = status["session_deaths"]
+    log(f"  {out['live_sessions']} live sessions ({out['processes']} processes, "
+        f"{out['pss_mb']:,.0f} MiB PSS, {out['pss_mb_per_session']} MiB each); all started in "
+        f"{out['all_started_s']} s, a read and a write on every one at once in {out['all_called_s']} s")
     return out

@@ -157,10 +157,10 @@ class SandboxServer:
         argv = protocol.argv_of(req)
         protocol.check_execute(req)
         files = workdir.check_files(req.files) if req.files else None
-        started = await self.service.start_session(lease_id, SessionSpec.of(argv, req.env, req.cwd), files)
-        row = self.service.sessions.table.rows.get(lease_id)
+        spec = SessionSpec.of(argv, req.env, req.cwd)
+        started, generation = await self.service.start_session(lease_id, spec, files)
         return _json({"lease": lease_id, "container_id": lease_id, "started": started,
-                      "generation": row.generation if row else 0})
+                      "generation": generation})
 
     async def _session_call(self, request: web.Request) -> web.Response:
         req = protocol.decode(await request.read(), protocol.SessionCallRequest)

@@ -313,9 +313,10 @@ class SandboxService:
         return result
 
     async def start_session(self, lease_id: str, spec: SessionSpec,
-                            files: Mapping[tuple[str, ...], bytes] | None = None) -> bool:
-        """Write ``files``, then make ``spec`` the lease's session (see ``session_host``).
-        False when that very session was already running (kept, files still written)."""
+                            files: Mapping[tuple[str, ...], bytes] | None = None) -> tuple[bool, int]:
+        """Write ``files``, then make ``spec`` the lease's session (see ``session_host``):
+        (False when that very session was already running: kept, files still written;
+        the generation of its process)."""
         lease = self.pool.begin_exec(lease_id)
         try:
             if files:

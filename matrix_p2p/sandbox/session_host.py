@@ -63,20 +63,24 @@ class SessionPipe(LongLived):
             del self._err[:-_STDERR_TAIL]
             return
         self._out += data
-        end = self._out.find(b"\n")
-        if end < 0:
-            if len(self._out) > self.limit:
+        while self.broken is None:
+            end = self._out.find(b"\n")
+            if (end if end >= 0 else len(self._out)) > self.limit:
                 self.break_protocol(f"wrote a reply longer than {self.limit} bytes")
-            return
-        line = bytes(self._out[:end])
-        del self._out[:end + 1]
-        if self._waiter is None or self._waiter.done():
-            self.break_protocol("wrote a line nobody asked for")
-        elif self._out.strip():
-            self.break_protocol("wrote more than one line for one request")
-        else:
-            waiter, self._waiter = self._waiter, None
-            waiter.set_result(line)
+            if end < 0:
+                return
+            line = bytes(self._out[:end])
+            del self._out[:end + 1]
+            if not line.strip():
+                continue  # a blank line is not a reply
+            if self._waiter is None or self._waiter.done():
+                self.break_protocol("wrote a line nobody asked for")
+            elif self._out.strip():
+                self.break_protocol("wrote more than one line for one request")
+            else:
+                self._out.clear()
+                waiter, self._waiter = self._waiter, None
+                waiter.set_result(line)
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         if fd == 1:
@@ -150,18 +154,18 @@ class SessionHost:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def start(self, lease_id: str, slot: int, work_dir: str, spec: SessionSpec,
-                    run_as: RunAs | None) -> bool:
-        """Make ``spec`` the lease's live session; False when it already was (kept as is)."""
+                    run_as: RunAs | None) -> tuple[bool, int]:
+        """Make ``spec`` the lease's live session: (False when it already was and is kept,
+        the generation of its process)."""
         lock = self._locks.setdefault(lease_id, asyncio.Lock())
         async with lock:
             action = self.table.start(lease_id, spec)
-            if action == "keep":
-                return False
-            old = self.pipes.pop(lease_id, None)
-            if old is not None:
-                old.kill()
-            await self._spawn(lease_id, slot, work_dir, run_as, respawn=False)
-            return True
+            if action != "keep":
+                old = self.pipes.pop(lease_id, None)
+                if old is not None:
+                    old.kill()
+                await self._spawn(lease_id, slot, work_dir, run_as, respawn=False)
+            return action != "keep", self.table.rows[lease_id].generation
 
     async def call(self, lease_id: str, slot: int, work_dir: str, run_as: RunAs | None,
                    line: bytes, timeout_s: float) -> Answer:

@@ -31,6 +31,11 @@ for line in sys.stdin:
     elif op == "garbage":
         print("this is not JSON", flush=True)
         continue
+    elif op == "big":
+        out = {"x": "a" * req["n"]}
+    elif op == "blank":  # blank lines around a reply are no replies
+        print("\n" + json.dumps({"blank": True}) + "\n", flush=True)
+        continue
     elif op == "two":
         print("{}\n{}", flush=True)
         continue

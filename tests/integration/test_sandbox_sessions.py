@@ -160,15 +160,17 @@ async def test_a_hung_call_times_out_and_its_process_is_killed(
     assert (await client.status())["session_timeouts"] == 1
 
 
-@pytest.mark.parametrize(("op", "how"), [
-    ("garbage", "wrote a reply that is not JSON: this is not JSON"),
-    ("two", "wrote more than one line for one request"),
-])
+@pytest.mark.parametrize(("request_", "how"), [
+    ({"op": "garbage"}, "wrote a reply that is not JSON: this is not JSON"),
+    ({"op": "two"}, "wrote more than one line for one request"),
+    ({"op": "big", "n": 1 << 20}, f"wrote a reply longer than {1 << 20} bytes"),
+], ids=["not-json", "two-lines", "too-long"])
 async def test_a_session_that_breaks_the_protocol_is_killed_and_restarted(
-        server: SandboxServer, client: SandboxClient, op: str, how: str) -> None:
-    lease_id, mark, pipe = await running_session(server, client, op)
+        server: SandboxServer, client: SandboxClient, request_: dict[str, object], how: str) -> None:
+    lease_id, mark, pipe = await running_session(server, client, str(request_["op"]))
+    assert (await client.call(lease_id, {"op": "blank"})).reply == {"blank": True}
     with pytest.raises(SessionDied, match=how):
-        await client.call(lease_id, {"op": op})
+        await client.call(lease_id, request_)
     await assert_gone(pipe, mark)
     got = await client.call(lease_id, {"op": "count"})
     assert got.restarted and got.reply == {"count": 1}

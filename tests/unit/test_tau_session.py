@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import matrix_p2p_agents.tau.env as env_module
 import pytest
 from matrix_p2p_agents.tau import roles, sandbox_env
 from matrix_p2p_agents.tau.retail_db import bundled_db_path, db_hash, load_db
@@ -20,7 +19,8 @@ from matrix_p2p.errors import FailTask
 from matrix_p2p.sandbox import NoSession, SessionDied, SessionReply, SessionStarted, SessionTimeout
 from tests.tau_calls import Call, fixed_calls
 
-ENV_PATH = str(Path(env_module.__file__).resolve())
+# By path in this tree (not the installed package: ``tests.mutate`` breaks a copy of the tree).
+ENV_PATH = str(Path(__file__).resolve().parents[2] / "agents" / "tau" / "env.py")
 Expected = tuple[list[tuple[bool, str]], str, bytes]  # per-call results, final hash, db.json
 
 
