@@ -117,6 +117,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         log(f"[tau_capacity] {z['tau_sessions']} tau environments at once, each its own sandbox "
             f"and session")
         r["tau_capacity"] = await tau.capacity(sessions=z["tau_sessions"], log=log)
+        with tempfile.TemporaryDirectory(prefix="mx-bench-tau-") as tmp:
+            async with SimFleet(2) as sim:
+                r["tau_capacity"]["trajectories"] = await tau.trajectories(
+                    sim, Path(tmp), tasks=z["tau_sessions"], log=log)
     if "llm_client" in parts:
         log(f"[llm_client] {z['lc_callers']} closed-loop callers")
         r["llm_client"] = await llm_client.run_all(callers=z["lc_callers"],

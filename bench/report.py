@@ -69,6 +69,12 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
         f["tau_session_write_call_p50_ms"] = tc["session_write"]["p50_ms"]
         f["tau_execute_call_p50_ms"] = tc["execute_read"]["p50_ms"]
         f["tau_execute_true_p50_ms"] = tc["execute_true"]["p50_ms"]
+    cap = r.get("tau_capacity", {})
+    if cap:
+        f["tau_sessions_alive_at_once"] = cap["live_sessions"]
+        f["tau_session_pss_mb"] = cap["pss_mb_per_session"]
+        if "trajectories" in cap:
+            f["tau_trajectories_done_at_once"] = cap["trajectories"]["done"]
     return f
 
 

@@ -319,3 +319,46 @@ async def capacity(*, sessions: int, log: Any) -> dict[str, Any]:
         f"{out['pss_mb']:,.0f} MiB PSS, {out['pss_mb_per_session']} MiB each); all started in "
         f"{out['all_started_s']} s, a read and a write on every one at once in {out['all_called_s']} s")
     return out
+
+
+async def trajectories(sim: SimFleet, workdir: Path, *, tasks: int, log: Any) -> dict[str, Any]:
+    """``tasks`` tau trajectories at once through ``run_workflow``, each with its own sandbox
+    and session (pool = tasks, the bundled workflow's limits): do they all finish, how many
+    sessions live at once (sampled every 0.5 s), did any session die."""
+    tau = yaml.safe_load((bundled_dir() / "tau.yaml").read_text())["resources"]["sandbox"]["env"]
+    cfg = SandboxConfig(pool_size=tasks, default_timeout_s=20, ttl_s=600,
+                        limits=Limits(memory_bytes=tau["memory_mb"] << 20, cpu_s=tau["cpu_s"]))
+    peak = {"sessions": 0, "leased": 0}
+    async with SandboxServer(cfg) as srv:
+        stop = asyncio.Event()
+
+        async def sample() -> None:
+            while not stop.is_set():
+                st = srv.service.status()
+                peak["sessions"] = max(peak["sessions"], st["sessions"])
+                peak["leased"] = max(peak["leased"], st["leased"])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+
+        sampler = asyncio.create_task(sample())
+        path = write_workflow(workdir, "taucap", sim.urls, srv.url, rows=tasks, concurrency=tasks)
+        try:
+            result = await run_workflow(load(str(path)), RunOptions(
+                limit=tasks, out=str(workdir / "taucap.jsonl"), store=str(workdir / "nats-cap"),
+                sync="interval", llm_urls=sim.urls, sandbox_urls=[srv.url], progress=False,
+                fleet_state=False), asyncio.Event())
+        finally:
+            stop.set()
+            await sampler
+        st = srv.service.status()
+    rows = _read_rows(Path(result.out))
+    out = {"tasks": tasks, "seconds": round(result.elapsed_s, 1),
+           "done": sum(1 for r in rows if r["status"] == "done"), "rows": len(rows),
+           "peak_live_sessions": peak["sessions"], "peak_leased": peak["leased"],
+           "session_calls": st["session_calls"], "session_deaths": st["session_deaths"],
+           "session_timeouts": st["session_timeouts"], "executions": st["executions"],
+           "leased_at_end": st["leased"]}
+    log(f"  {out['done']}/{tasks} trajectories done in {out['seconds']} s; at most "
+        f"{out['peak_live_sessions']} sessions live at once; {out['session_calls']} calls, "
+        f"{out['session_deaths']} deaths, {out['leased_at_end']} leases left")
+    return out
