@@ -15,19 +15,22 @@ from typing import Any
 from bench import baselines, fleet, llm_client, nr, report, runtime, tau
 from bench.simfleet import SimFleet
 
-PARTS = ("overhead", "scaling", "saturation", "baselines", "llm_client", "tau", "nr")
+PARTS = ("overhead", "scaling", "saturation", "baselines", "llm_client", "tau", "tau_calls",
+         "tau_capacity", "nr")
 
 SIZES = {
     "quick": {"overhead_tasks": 1500, "scaling": [500, 2000, 5000], "scaling_sync": "interval",
               "saturation": [1000, 5000], "sat_warmup": 4.0, "sat_window": 8.0,
               "bl_tasks": 800, "bl_conc": 400, "ray": False,
               "lc_callers": 2000, "lc_warmup": 10.0, "lc_window": 15.0,
-              "lc_all_semaphores": False, "tau_tasks": 65, "tau_conc": 16},
+              "lc_all_semaphores": False, "tau_tasks": 65, "tau_conc": 16, "tau_call_rounds": 60,
+              "tau_sessions": 64},
     "full": {"overhead_tasks": 5000, "scaling": [1000, 10000, 100000], "scaling_sync": "interval",
              "saturation": [1000, 5000, 20000], "sat_warmup": 6.0, "sat_window": 12.0,
              "bl_tasks": 2400, "bl_conc": 800, "ray": True,
              "lc_callers": 2000, "lc_warmup": 10.0, "lc_window": 20.0,
-             "lc_all_semaphores": True, "tau_tasks": 260, "tau_conc": 64},
+             "lc_all_semaphores": True, "tau_tasks": 260, "tau_conc": 64, "tau_call_rounds": 200,
+             "tau_sessions": 256},
 }
 
 NOTES = Path(__file__).with_name("NOTES.md")
@@ -106,6 +109,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             async with SimFleet(2) as sim:
                 r["tau"] = await tau.run(sim, Path(tmp), tasks=z["tau_tasks"],
                                          concurrency=z["tau_conc"], log=log)
+    if "tau_calls" in parts:
+        log(f"[tau_calls] one tool call's round trip: sandbox session against a process per call, "
+            f"{z['tau_call_rounds']} interleaved rounds")
+        r["tau_calls"] = await tau.calls(rounds=z["tau_call_rounds"], log=log)
+    if "tau_capacity" in parts:
+        log(f"[tau_capacity] {z['tau_sessions']} tau environments at once, each its own sandbox "
+            f"and session")
+        r["tau_capacity"] = await tau.capacity(sessions=z["tau_sessions"], log=log)
+        with tempfile.TemporaryDirectory(prefix="mx-bench-tau-") as tmp:
+            async with SimFleet(2) as sim:
+                r["tau_capacity"]["trajectories"] = await tau.trajectories(
+                    sim, Path(tmp), tasks=z["tau_sessions"], log=log)
     if "llm_client" in parts:
         log(f"[llm_client] {z['lc_callers']} closed-loop callers")
         r["llm_client"] = await llm_client.run_all(callers=z["lc_callers"],

@@ -63,6 +63,18 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
         f["client_per_request_fraction_of_capacity"] = (
             lc["client_per_request"]["fraction_of_capacity"])
         f["client_per_request_rejected_fraction"] = lc["client_per_request"]["rejected_fraction"]
+    tc = r.get("tau_calls", {})
+    if tc:
+        f["tau_session_call_p50_ms"] = tc["session_read"]["p50_ms"]
+        f["tau_session_write_call_p50_ms"] = tc["session_write"]["p50_ms"]
+        f["tau_execute_call_p50_ms"] = tc["execute_read"]["p50_ms"]
+        f["tau_execute_true_p50_ms"] = tc["execute_true"]["p50_ms"]
+    cap = r.get("tau_capacity", {})
+    if cap:
+        f["tau_sessions_alive_at_once"] = cap["live_sessions"]
+        f["tau_session_pss_mb"] = cap["pss_mb_per_session"]
+        if "trajectories" in cap:
+            f["tau_trajectories_done_at_once"] = cap["trajectories"]["done"]
     return f
 
 
@@ -75,6 +87,8 @@ def table(f: dict[str, Any]) -> str:
             mark = f">= {t} {'(met)' if v >= t else '(MISSED)'}"
         if k == "llm_client_rejected_fraction":
             mark = f"< 0.01 {'(met)' if v < 0.01 else '(MISSED)'}"
+        if k == "tau_session_call_p50_ms":
+            mark = f"<= 3 {'(met)' if v <= 3 else '(MISSED)'}"
         val = f"{v:,.3f}" if isinstance(v, float) else f"{v:,}"
         lines.append(f"| `{k}` | {val} | {mark} |")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """The tau workflow (tool use, tools executed in sandboxes) against a batch-barrier
-baseline, on the same simulated LLM fleet and the same sandbox pool.
+baseline, on the same simulated LLM fleet and the same sandbox pool; and one tool
+call's round trip through a sandbox session against a process per call (``calls``).
 
 - ``ours``: ``run_workflow`` (embedded broker, workers for every role, the sink),
   ``concurrency`` tasks alive at once, each hop routed as soon as it finishes.
@@ -23,19 +24,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import statistics
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from matrix_p2p_agents.tau import sandbox_env
 
 from bench.baselines import Steps, _client, make_tasks
 from bench.simfleet import SimFleet, delta, wait_idle
 from matrix_p2p.envelope import Task
 from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runtime.local_run import RunOptions, run_workflow
-from matrix_p2p.sandbox import SandboxConfig, SandboxServer
+from matrix_p2p.sandbox import Lease, Limits, SandboxClient, SandboxConfig, SandboxServer
 from matrix_p2p.workflow.loader import bundled_dir, load
 from matrix_p2p.workflow.spec import WorkflowSpec
 
@@ -181,4 +185,183 @@ async def run(sim: SimFleet, workdir: Path, *, tasks: int, concurrency: int,
                                       / max(out["step_barrier"]["tokens_per_s"], 1e-9), 2)
     log(f"  ours / step_barrier: {out['ratio_tokens_per_s']}x tokens/s (paper, tool use with "
         f"real containers: 15.4x)")
+    return out
+
+
+READ = ("get_order_details", {"order_id": "#W4979131"})  # about 0.9 KB of result
+WRITE_USER = "omar_lopez_9543"
+
+
+def _write(i: int) -> tuple[str, dict[str, str]]:
+    """A write that succeeds every time (a new address each call): saved before its reply."""
+    return "modify_user_address", {"user_id": WRITE_USER, "address1": f"{i} Elm St", "address2": "",
+                                   "city": "Columbus", "state": "OH", "country": "USA", "zip": "43279"}
+
+
+def _dist(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in seconds)
+    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 3),
+            "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 3), "mean_ms": round(statistics.fmean(ms), 3)}
+
+
+async def calls(*, rounds: int, reads_per_round: int = 5, log: Any) -> dict[str, Any]:
+    """A tau tool call's round trip, client side (HTTP to the sandbox server in this process,
+    real bwrap), side by side and interleaved so the machine's noise hits all alike: per
+    round, ``reads_per_round`` session calls of a read tool, one of a write tool, one
+    ``/execute`` of the same read as a process per call (``env.py call``, the way before
+    sessions) and one ``/execute`` of ``true`` (the floor of a process per call)."""
+    cfg = SandboxConfig(pool_size=2, default_timeout_s=20)
+    async with SandboxServer(cfg) as srv, SandboxClient(srv.url) as client:
+        old, new = await client.acquire("per-call"), await client.acquire("session")
+        await client.execute(old, sandbox_env.argv("init"), files=sandbox_env.files())
+        await client.start_session(new, sandbox_env.session_argv(), files=sandbox_env.files())
+        await client.call(new, sandbox_env.PING)
+        t: dict[str, list[float]] = {"session_read": [], "session_write": [], "execute_read": [],
+                                     "execute_true": []}
+        server_s: list[float] = []
+        name, args = READ
+        read_argv = sandbox_env.argv("call", name, json.dumps(args))
+        for i in range(-2, rounds):  # two rounds of warm-up
+            for _ in range(reads_per_round):
+                t0 = time.perf_counter()
+                reply = await client.call(new, sandbox_env.call(name, args))
+                elapsed = time.perf_counter() - t0
+                if i >= 0:
+                    t["session_read"].append(elapsed)
+                    server_s.append(reply.elapsed_s)
+            wname, wargs = _write(i)
+            t0 = time.perf_counter()
+            reply = await client.call(new, sandbox_env.call(wname, wargs))
+            t["session_write"].append(time.perf_counter() - t0)
+            assert sandbox_env.reply_result(reply.reply).ok, reply
+            t0 = time.perf_counter()
+            res = await client.execute(old, read_argv)
+            t["execute_read"].append(time.perf_counter() - t0)
+            assert sandbox_env.parse_result(res.stdout).ok, res.stderr
+            t0 = time.perf_counter()
+            await client.execute(old, ["true"])
+            t["execute_true"].append(time.perf_counter() - t0)
+        for key in t:
+            if key != "session_read":
+                t[key] = t[key][2:]  # the warm-up rounds
+        out: dict[str, Any] = {k: _dist(v) for k, v in t.items()}
+        out["session_read_in_server"] = _dist(server_s)
+        out["speedup_read"] = round(out["execute_read"]["p50_ms"] / out["session_read"]["p50_ms"], 1)
+    for key, d in out.items():
+        if isinstance(d, dict):
+            log(f"  {key:24s} p50 {d['p50_ms']:8.3f} ms  p90 {d['p90_ms']:8.3f} ms  (n={d['n']})")
+    log(f"  a read tool call: {out['speedup_read']}x faster through a session than a process per call")
+    return out
+
+
+def _descendants_pss() -> tuple[int, int]:
+    """(processes, proportional set size in bytes) of every process descending from this one:
+    the sandbox server's wrappers, bwrap and what runs inside (shared pages counted once)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, StopIteration, ValueError), open(f"/proc/{entry}/status") as f:
+                parent[int(entry)] = int(next(ln for ln in f if ln.startswith("PPid:")).split()[1])
+    me, count, pss = os.getpid(), 0, 0
+    for pid in parent:
+        p = parent.get(pid, 0)
+        while p > 1 and p != me:
+            p = parent.get(p, 0)
+        if p != me:
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as f:
+            pss += sum(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("Pss:"))
+            count += 1
+    return count, pss
+
+
+async def capacity(*, sessions: int, log: Any) -> dict[str, Any]:
+    """How many tau environments live at once here, each with its own lease, sandbox and
+    session, under the bundled workflow's limits (512 MiB address space and 30 s of CPU per
+    process): every lease acquired and its session started (32 at a time); then every session
+    answers a read and a write, all at once; the memory of everything the sandbox server runs
+    is read while they all live."""
+    tau = yaml.safe_load((bundled_dir() / "tau.yaml").read_text())["resources"]["sandbox"]["env"]
+    limits = Limits(memory_bytes=tau["memory_mb"] << 20, cpu_s=tau["cpu_s"])
+    cfg = SandboxConfig(pool_size=sessions, limits=limits, default_timeout_s=120, ttl_s=600)
+    out: dict[str, Any] = {"sessions": sessions, "memory_mb_per_process": tau["memory_mb"]}
+    t0 = time.monotonic()
+    async with SandboxServer(cfg) as srv, SandboxClient(srv.url, acquire_timeout_s=120) as client:
+        out["pool_start_s"] = round(time.monotonic() - t0, 1)
+        leases = list(await asyncio.gather(*(client.acquire(f"cap{i}") for i in range(sessions))))
+
+        burst = asyncio.Semaphore(32)  # 512 interpreters starting at once on 2 cores outlast a request
+
+        async def setup(lease: Lease) -> None:
+            async with burst:
+                await client.start_session(lease, sandbox_env.session_argv(), files=sandbox_env.files())
+                assert sandbox_env.reply_result((await client.call(lease, sandbox_env.PING)).reply).ok
+
+        async def use(lease: Lease, i: int) -> float:
+            t = time.perf_counter()
+            for name, args in (READ, _write(i)):
+                reply = await client.call(lease, sandbox_env.call(name, args))
+                assert sandbox_env.reply_result(reply.reply).ok, reply
+            return time.perf_counter() - t
+
+        t1 = time.monotonic()
+        await asyncio.gather(*(setup(lease) for lease in leases))
+        out["all_started_s"] = round(time.monotonic() - t1, 1)
+        t1 = time.monotonic()
+        rounds = await asyncio.gather(*(use(lease, i) for i, lease in enumerate(leases)))
+        out["all_called_s"] = round(time.monotonic() - t1, 2)
+        out["call_pair"] = _dist(list(rounds))
+        status = await client.status()
+        out["live_sessions"] = status["sessions"]
+        procs, pss = _descendants_pss()
+        out["processes"] = procs
+        out["pss_mb"] = round(pss / 2**20, 1)
+        out["pss_mb_per_session"] = round(pss / 2**20 / sessions, 2)
+        out["session_deaths"] = status["session_deaths"]
+    log(f"  {out['live_sessions']} live sessions ({out['processes']} processes, "
+        f"{out['pss_mb']:,.0f} MiB PSS, {out['pss_mb_per_session']} MiB each); all started in "
+        f"{out['all_started_s']} s, a read and a write on every one at once in {out['all_called_s']} s")
+    return out
+
+
+async def trajectories(sim: SimFleet, workdir: Path, *, tasks: int, log: Any) -> dict[str, Any]:
+    """``tasks`` tau trajectories at once through ``run_workflow``, each with its own sandbox
+    and session (pool = tasks, the bundled workflow's limits): do they all finish, how many
+    sessions live at once (sampled every 0.5 s), did any session die."""
+    tau = yaml.safe_load((bundled_dir() / "tau.yaml").read_text())["resources"]["sandbox"]["env"]
+    cfg = SandboxConfig(pool_size=tasks, default_timeout_s=20, ttl_s=600,
+                        limits=Limits(memory_bytes=tau["memory_mb"] << 20, cpu_s=tau["cpu_s"]))
+    peak = {"sessions": 0, "leased": 0}
+    async with SandboxServer(cfg) as srv:
+        stop = asyncio.Event()
+
+        async def sample() -> None:
+            while not stop.is_set():
+                st = srv.service.status()
+                peak["sessions"] = max(peak["sessions"], st["sessions"])
+                peak["leased"] = max(peak["leased"], st["leased"])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+
+        sampler = asyncio.create_task(sample())
+        path = write_workflow(workdir, "taucap", sim.urls, srv.url, rows=tasks, concurrency=tasks)
+        try:
+            result = await run_workflow(load(str(path)), RunOptions(
+                limit=tasks, out=str(workdir / "taucap.jsonl"), store=str(workdir / "nats-cap"),
+                sync="interval", llm_urls=sim.urls, sandbox_urls=[srv.url], progress=False,
+                fleet_state=False), asyncio.Event())
+        finally:
+            stop.set()
+            await sampler
+        st = srv.service.status()
+    rows = _read_rows(Path(result.out))
+    out = {"tasks": tasks, "seconds": round(result.elapsed_s, 1),
+           "done": sum(1 for r in rows if r["status"] == "done"), "rows": len(rows),
+           "peak_live_sessions": peak["sessions"], "peak_leased": peak["leased"],
+           "session_calls": st["session_calls"], "session_deaths": st["session_deaths"],
+           "session_timeouts": st["session_timeouts"], "executions": st["executions"],
+           "leased_at_end": st["leased"]}
+    log(f"  {out['done']}/{tasks} trajectories done in {out['seconds']} s; at most "
+        f"{out['peak_live_sessions']} sessions live at once; {out['session_calls']} calls, "
+        f"{out['session_deaths']} deaths, {out['leased_at_end']} leases left")
     return out

@@ -62,6 +62,9 @@ LIVE = "tests/integration/test_liveness.py::"
 EXP_PLAN = "tests/unit/test_export_plan.py::"
 EXP_VIEWS = "tests/unit/test_export_views.py::"
 EXP_CLI = "tests/unit/test_export_cli.py::"
+SS = "tests/integration/test_sandbox_sessions.py::"
+SSU = "tests/unit/test_sandbox_sessions.py::"
+TAU = "tests/unit/test_tau_session.py::"
 
 
 @dataclass
@@ -515,6 +518,37 @@ MUTANTS = [
     Mutant("export write: the rows file itself overwritten", "matrix_p2p/export/write.py", [
         ("if p.resolve() in resolved:", "if False:"),
     ], [EXP_CLI + "test_user_mistakes_are_one_line_and_exit_2"]),
+    Mutant("sessions: a dead session is not started again", "matrix_p2p/sandbox/sessions.py", [
+        ('return Respawn(row.lost or "it was never started")', "return None  # MUTANT"),
+    ], [SSU + "test_a_dead_session_is_respawned_by_the_next_call_saying_why_once",
+        SS + "test_a_session_that_dies_in_a_call_is_reported_then_restarted_without_its_state"]),
+    Mutant("sessions: an older process's death marks the new one dead", "matrix_p2p/sandbox/sessions.py", [
+        ("if row is None or row.generation != generation or not row.live:",
+         "if row is None or not row.live:"),
+    ], [SSU + "test_the_death_of_an_older_generation_leaves_the_new_one_live"]),
+    Mutant("sessions: not killed with their slot (release, reclaim)", "matrix_p2p/sandbox/runner.py", [
+        ("self.track(key, proto)\n proto.when_exited(lambda: self.untrack(key, proto))", "pass  # MUTANT"),
+    ], [SS + "test_a_session_is_killed_when_its_lease_is_released",
+        SS + "test_a_session_is_killed_when_its_lease_is_reclaimed"]),
+    Mutant("sessions: a hung call's process not killed at the timeout",
+           "matrix_p2p/sandbox/session_host.py", [
+        ("pipe.kill()\n with contextlib.suppress(TimeoutError):",
+         "with contextlib.suppress(TimeoutError):  # MUTANT: no kill"),
+    ], [SS + "test_a_hung_call_times_out_and_its_process_is_killed"]),
+    Mutant("sessions: two reply lines for one request accepted", "matrix_p2p/sandbox/session_host.py", [
+        ("elif self._out.strip():", "elif False:"),
+    ], [SS + "test_a_session_that_breaks_the_protocol_is_killed_and_restarted"]),
+    Mutant("sessions: a call in flight does not hold its lease", "matrix_p2p/sandbox/service.py", [
+        ("lease = self.pool.begin_exec(lease_id)\n try:\n return await self.sessions.call(",
+         "lease = self.pool.get(lease_id)  # MUTANT\n        try:\n"
+         "            return await self.sessions.call("),
+    ], [SS + "test_a_session_call_in_flight_keeps_its_lease_from_being_reclaimed"]),
+    Mutant("sessions: the client does not translate a session's 409", "matrix_p2p/sandbox/client.py", [
+        ("if status == 409:", "if False:"),
+    ], [SS + "test_a_session_that_dies_in_a_call_is_reported_then_restarted_without_its_state"]),
+    Mutant("tau session: the database not re-read after a write (dict order drifts)", "agents/tau/env.py", [
+        ("db = json.loads(save_db(db, path))", "save_db(db, path)"),
+    ], [TAU + "test_a_session_answers_byte_for_byte_what_a_process_per_call_prints"]),
 ]
 
 

@@ -7,6 +7,7 @@ a module or by path::
     python -m matrix_p2p_agents.tau.env init --db db.json [--source PATH]
     python -m matrix_p2p_agents.tau.env call --db db.json TOOL 'JSON_ARGS'
     python -m matrix_p2p_agents.tau.env hash --db db.json
+    python -m matrix_p2p_agents.tau.env serve --db db.json
     python -m matrix_p2p_agents.tau.env schemas
     python3 /path/to/agents/tau/env.py call --db db.json get_order_details '{"order_id": "#W0000001"}'
 
@@ -21,13 +22,25 @@ JSON object on stdout: ``{"ok": bool, "output": str, "db_hash": str | null}``
   ``Error:``. Malformed JSON arguments are a tool error too (the model wrote
   them), not a crash.
 - ``hash`` prints the database's hash as both ``output`` and ``db_hash``.
+- ``serve`` is the environment as a sandbox *session*: it loads ``--db`` once
+  (copying the bundled database there first when the file does not exist),
+  then answers one JSON line on stdin with one JSON line on stdout, the same
+  object as above, until stdin closes. Requests: ``{"op": "call", "tool":
+  NAME, "arguments": {...}}`` (``db_hash`` null: hashing costs milliseconds),
+  ``{"op": "hash"}``, ``{"op": "ping"}`` (``output`` ``"ready"``). A call
+  runs exactly as ``call`` does (``apply_call``, shared): a write is saved
+  to ``--db`` before the reply, so a session started again after its
+  process died continues from the last write, as the next ``call`` would;
+  and the database is then re-read from the bytes saved, so every later
+  result is byte for byte what a fresh ``call`` process would print.
 
 Callers build the argv with ``command()`` and read the result with
 ``parse_result()`` (both stdlib, usable on either side of the sandbox).
 
 Exit status: 0 when a JSON result was printed, tool errors included; 1 when
 the database file is missing or unreadable (``ok`` false, ``output`` says
-why); 2 for a command-line usage error (argparse's message on stderr).
+why; ``serve`` says it on stderr); 2 for a command-line usage error
+(argparse's message on stderr).
 """
 
 from __future__ import annotations
@@ -40,11 +53,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 if __package__:
-    from .retail_db import bundled_db_path, db_hash, load_db, save_db
+    from .retail_db import RetailDB, bundled_db_path, db_hash, load_db, save_db
     from .retail_tools import TOOLS, call_tool, openai_schemas
 else:  # run by path: import the siblings flat (put the directory first: ``python -I`` omits it)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from retail_db import bundled_db_path, db_hash, load_db, save_db  # type: ignore[no-redef]
+    from retail_db import RetailDB, bundled_db_path, db_hash, load_db, save_db  # type: ignore[no-redef]
     from retail_tools import TOOLS, call_tool, openai_schemas  # type: ignore[no-redef]
 
 
@@ -74,11 +87,81 @@ def parse_result(stdout: str) -> EnvResult:
         data = None
     if not isinstance(data, dict) or not isinstance(data.get("output"), str):
         raise ValueError(f"not an environment result: {stdout[:200]!r}")
-    return EnvResult(bool(data.get("ok")), data["output"], data.get("db_hash"))
+    return reply_result(data)
+
+
+def reply_result(reply: Any) -> EnvResult:
+    """A result already decoded (a ``serve`` reply); ``ValueError`` when it is not one."""
+    if not isinstance(reply, dict) or not isinstance(reply.get("output"), str):
+        raise ValueError(f"not an environment result: {str(reply)[:200]!r}")
+    return EnvResult(bool(reply.get("ok")), reply["output"], reply.get("db_hash"))
+
+
+def _result(ok: bool, output: str, digest: str | None) -> dict[str, Any]:
+    return {"ok": ok, "output": output, "db_hash": digest}
 
 
 def _print(ok: bool, output: str, digest: str | None) -> None:
-    print(json.dumps({"ok": ok, "output": output, "db_hash": digest}, ensure_ascii=False))
+    print(json.dumps(_result(ok, output, digest), ensure_ascii=False))
+
+
+def apply_call(db: RetailDB, path: Path, tool: str, arguments: Any) -> tuple[bool, str, RetailDB]:
+    """Run one tool call on ``db``: (ok, the tool's result, the database from now on).
+
+    A successful call of a tool that may write is saved to ``path`` (a failed
+    call changed nothing: no write), and the database is re-read from the bytes
+    saved: the file's keys are sorted, tools print JSON in dict order, so this
+    is what the next process loading the file would answer from.
+    """
+    output = call_tool(db, tool, arguments)
+    ok = not output.startswith("Error:")
+    spec = TOOLS.get(tool)
+    if ok and spec is not None and spec.writes:
+        db = json.loads(save_db(db, path))
+    return ok, output, db
+
+
+def answer(db: RetailDB, path: Path, line: bytes) -> tuple[dict[str, Any], RetailDB]:
+    """One ``serve`` request line: (the reply object, the database from now on)."""
+    try:
+        request = json.loads(line)
+    except ValueError as exc:
+        return _result(False, f"Error: bad request: {exc}", None), db
+    op = request.get("op") if isinstance(request, dict) else None
+    if op == "call":
+        tool, arguments = request.get("tool"), request.get("arguments", {})
+        if not isinstance(tool, str):
+            return _result(False, f"Error: unknown tool {tool!r}", None), db
+        try:
+            ok, output, db = apply_call(db, path, tool, arguments)
+        except Exception as exc:  # a tool's bug: the database may be half changed
+            # Start over from what was last saved, as the next ``call`` process would.
+            return _result(False, f"Error: the environment failed: {type(exc).__name__}: {exc}",
+                           None), load_db(path)
+        return _result(ok, output, None), db
+    if op == "hash":
+        value = db_hash(db)
+        return _result(True, value, value), db
+    if op == "ping":
+        return _result(True, "ready", None), db
+    return _result(False, f"Error: bad request: unknown op {op!r}", None), db
+
+
+def serve(path: Path) -> int:
+    """Answer request lines on stdin until it closes (see the module doc)."""
+    try:
+        if not path.exists():
+            shutil.copyfile(bundled_db_path(), path)
+        db = load_db(path)
+    except (OSError, ValueError) as exc:
+        print(f"Error: cannot read database {str(path)!r}: {exc}", file=sys.stderr)
+        return 1
+    out = sys.stdout.buffer
+    for line in sys.stdin.buffer:
+        reply, db = answer(db, path, line)
+        out.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
+        out.flush()
+    return 0
 
 
 def run(argv: list[str]) -> int:
@@ -95,6 +178,8 @@ def run(argv: list[str]) -> int:
     call.add_argument("arguments", nargs="?", default="{}", help="the tool's arguments as a JSON object")
     digest = sub.add_parser("hash", help="print the hash of the database in --db")
     digest.add_argument("--db", default="db.json")
+    session = sub.add_parser("serve", help="answer JSON-line requests on stdin (a sandbox session)")
+    session.add_argument("--db", default="db.json")
     sub.add_parser("schemas", help="print the tools' OpenAI schemas")
     args = parser.parse_args(argv)
 
@@ -102,6 +187,8 @@ def run(argv: list[str]) -> int:
         print(json.dumps(openai_schemas(), ensure_ascii=False))
         return 0
     path = Path(args.db)
+    if args.command == "serve":
+        return serve(path)
     try:
         if args.command == "init":
             shutil.copyfile(args.source or bundled_db_path(), path)
@@ -122,11 +209,7 @@ def run(argv: list[str]) -> int:
     except ValueError as exc:
         _print(False, f"Error: arguments are not valid JSON: {exc}", db_hash(db))
         return 0
-    output = call_tool(db, args.tool, arguments)
-    ok = not output.startswith("Error:")
-    spec = TOOLS.get(args.tool)
-    if ok and spec is not None and spec.writes:
-        save_db(db, path)  # a failed call changed nothing: no write
+    ok, output, db = apply_call(db, path, args.tool, arguments)
     _print(ok, output, db_hash(db))
     return 0
 

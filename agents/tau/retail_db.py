@@ -138,13 +138,16 @@ def load_db(path: str | os.PathLike[str]) -> RetailDB:
     return data
 
 
-def save_db(db: RetailDB, path: str | os.PathLike[str]) -> None:
+def save_db(db: RetailDB, path: str | os.PathLike[str]) -> bytes:
     """Write atomically (temp file, then rename): a process killed mid-write by
-    the sandbox's timeout leaves the previous database, never half of one."""
+    the sandbox's timeout leaves the previous database, never half of one.
+    Returns the bytes written (the canonical JSON)."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(canonical_bytes(db))
+    data = canonical_bytes(db)
+    tmp.write_bytes(data)
     os.replace(tmp, target)
+    return data
 
 
 def bundled_db_path() -> Path:

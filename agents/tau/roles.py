@@ -1,12 +1,20 @@
 """The tau workflow's roles: the user simulator, the assistant (whose tools run in the
 task's sandbox) and the reward.
 
+The environment runs as the lease's sandbox *session* (``sandbox_env``): started
+with the files once per lease, it keeps the database in memory and answers each
+tool call, and the reward's request for the final database hash. A session that
+died or hung is started again by the next call and continues from the database
+it last saved (every write is saved before its reply), exactly where a process
+per call would have continued; the tool turn says so (``meta.session_restarted``).
+The call that hit it is a tool error, as a crash or a timeout was before.
+
 The trace is the task's turns, in order: ``user`` and ``assistant`` turns (an
 assistant turn that called tools keeps the calls in ``meta.tool_calls``) and
 one ``tool`` turn per tool call, whose ``meta`` holds the call's id, name and
 arguments, ``ok``, and the sandbox that ran it (``sandbox``: the lease id,
 ``sandbox_server``), with the call's duration in ``elapsed_s`` (waiting for a sandbox
-included) and the execution's own in ``meta.exec_s``. Both
+included) and the session call's own, in the server, in ``meta.exec_s``. Both
 speakers' conversations are rebuilt from the turns at every hop.
 
 ``task.state`` (the row's ``result``): ``steps`` (messages so far),
@@ -30,6 +38,7 @@ from matrix_p2p.errors import FailTask
 from matrix_p2p.llm.types import ToolCall, ToolCallError
 from matrix_p2p.resources.base import ResourceGone
 from matrix_p2p.resources.sandbox import Sandbox, restart_trajectory, sandbox
+from matrix_p2p.sandbox import NoSession, SessionDied, SessionTimeout
 
 from . import sandbox_env
 from .prompts import ENDING_TOKENS, assistant_system_prompt, user_system_prompt
@@ -174,44 +183,61 @@ class Assistant(Agent):
         """Run one call in the sandbox; append its ``tool`` turn. Returns whether it succeeded."""
         started = time.time()
         lease: Lease | None = None
-        exec_s = 0.0
+        meta: dict[str, Any] = {"exec_s": 0.0}
         try:
             arguments = call.parse_arguments()
         except ToolCallError as exc:
             ok, output = False, f"Error: {exc}"  # the model's mistake: nothing runs
         else:
-            lease = await ensure_env(task, box)
-            result, lease = await box.run(sandbox_env.argv("call", call.name,
-                                                           msgspec.json.encode(arguments).decode()))
-            ok, output = _env_output(result)
-            exec_s = result.elapsed_s
+            ok, output, lease, meta = await env_call(task, box, sandbox_env.call(call.name, arguments))
         task.turns.append(Turn(
             role="tool", content=output, hop=task.hop, started_at=started,
             elapsed_s=round(time.time() - started, 6),
             meta={"tool_call_id": call.id, "name": call.name, "arguments": call.arguments,
-                  "ok": ok, "exec_s": exec_s, "sandbox": lease.ref if lease else None,
+                  "ok": ok, **meta, "sandbox": lease.ref if lease else None,
                   "sandbox_server": lease.where if lease else None}))
         return ok
 
 
-def _env_output(result: Any) -> tuple[bool, str]:
-    if result.timed_out:
-        return False, "Error: the tool timed out"
+async def env_call(task: Task, box: Sandbox, request: dict[str, Any]
+                   ) -> tuple[bool, str, Lease, dict[str, Any]]:
+    """One request to the task's environment session (set up first if need be): ``ok``, the
+    result, the lease, and the call's ``meta`` (``exec_s``; ``session_restarted`` with why,
+    when the session had died and was started again for this call)."""
+    lease = await ensure_env(task, box)
     try:
-        parsed = sandbox_env.parse_result(result.stdout)
-    except ValueError:
-        return False, f"Error: the environment failed (exit {result.returncode}): " \
-                      f"{(result.stderr or result.stdout)[-300:]}"
-    return parsed.ok, parsed.output
+        try:
+            reply, lease = await box.call(request)
+        except NoSession:  # the server lost the session but not the lease: db.json is there
+            task.state.pop("env_sandbox", None)
+            lease = await ensure_env(task, box)
+            reply, lease = await box.call(request)
+    except SessionTimeout:
+        return False, "Error: the tool timed out", lease, {"exec_s": 0.0}
+    except SessionDied as exc:
+        return False, f"Error: the environment failed: {exc}", lease, {"exec_s": 0.0}
+    meta: dict[str, Any] = {"exec_s": reply.elapsed_s}
+    if reply.restarted:
+        meta["session_restarted"] = reply.lost
+    try:
+        result = sandbox_env.reply_result(reply.reply)
+    except ValueError as exc:
+        return False, f"Error: the environment failed: {exc}", lease, meta
+    return result.ok, result.output, lease, meta
 
 
 async def ensure_env(task: Task, box: Sandbox) -> Lease:
-    """The task's sandbox with the environment in it: copied and initialised once per lease."""
+    """The task's sandbox with the environment session in it: the files copied and the
+    session started once per lease (answering a ping, so a broken setup fails here)."""
     lease = await box.lease()
     if task.state.get("env_sandbox") == lease.ref:
         return lease
-    result, lease = await box.run(sandbox_env.argv("init"), files=sandbox_env.files())
-    ok, output = _env_output(result)
+    _, lease = await box.start_session(sandbox_env.session_argv(), files=sandbox_env.files())
+    try:
+        reply, lease = await box.call(sandbox_env.PING)
+        ok, output = sandbox_env.reply_result(reply.reply)[:2]
+    except (SessionDied, ValueError) as exc:  # SessionTimeout included
+        ok, output = False, str(exc)
     if not ok:
         raise FailTask(f"cannot set up the environment in sandbox {lease.ref}: {output}")
     task.state["env_sandbox"] = lease.ref
@@ -238,9 +264,7 @@ class Reward(Agent):
     async def _final_hash(self, task: Task, box: Sandbox) -> str:
         if task.state.get("env_sandbox") is None:
             return _fresh_hash()  # no tool ever ran: the database is the bundled one
-        await ensure_env(task, box)
-        result, _ = await box.run(sandbox_env.argv("hash"))
-        ok, output = _env_output(result)
+        ok, output, _, _ = await env_call(task, box, sandbox_env.HASH)
         if not ok:
             raise FailTask(f"cannot read the final database: {output}")
         return output

@@ -10,9 +10,17 @@ Agents use ``sandbox(ctx, name)``: the role must name the resource in its
 ``resources`` list; the lease is acquired on first use, renewed when close to
 its expiry, and released by the worker when the task ends (``resources.base``).
 
+A role with state to keep across calls (a tool environment) starts a
+*session* on its lease (``Sandbox.start_session``: one long-lived program
+in the sandbox) and sends it requests (``Sandbox.call``), instead of running
+a process per call (``Sandbox.run``).
+
 Error handling: a pool that stays exhausted, or a server that is down, is
-``SandboxUnavailable``, which ``Sandbox.run`` turns into ``RetryLater`` (the
-hop runs again later, the task keeps its place). A lease the server no longer
+``SandboxUnavailable``, which ``Sandbox.run`` / ``start_session`` / ``call``
+turn into ``RetryLater`` (the hop runs again later, the task keeps its
+place). A session that died or hung reaches the agent as ``SessionDied`` /
+``SessionTimeout`` (the next call starts it again), one never started as
+``NoSession``. A lease the server no longer
 knows (it restarted, or the TTL ran out) is ``ResourceGone``: the sandbox's
 files are lost, so the agent calls ``restart_trajectory`` (which fails the
 task once ``max_restarts`` is used up) and starts over on a fresh sandbox.
@@ -24,6 +32,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import structlog
 
@@ -31,7 +40,7 @@ from matrix_p2p.agent import Context
 from matrix_p2p.envelope import Lease, Task
 from matrix_p2p.errors import ConfigError, FailTask, MatrixError, RetryLater
 from matrix_p2p.resources.base import ResourceGone, Resources
-from matrix_p2p.sandbox.client import Execution, SandboxClient
+from matrix_p2p.sandbox.client import Execution, SandboxClient, SessionReply, SessionStarted
 from matrix_p2p.sandbox.errors import LeaseGone, SandboxUnavailable
 from matrix_p2p.workflow.spec import SandboxResource, WorkflowSpec
 
@@ -112,6 +121,21 @@ class SandboxPool:
         except LeaseGone as exc:
             raise ResourceGone(f"sandbox {lease.ref} on {lease.where}: {exc}") from None
 
+    async def start_session(self, lease: Lease, argv: Sequence[str], *,
+                            files: Mapping[str, str] | None = None,
+                            env: Mapping[str, str] | None = None) -> SessionStarted:
+        try:
+            return await (await self._client(lease)).start_session(lease.ref, argv, files=files, env=env)
+        except LeaseGone as exc:
+            raise ResourceGone(f"sandbox {lease.ref} on {lease.where}: {exc}") from None
+
+    async def call(self, lease: Lease, request: Any, *, timeout_s: float | None = None) -> SessionReply:
+        try:
+            return await (await self._client(lease)).call(lease.ref, request,
+                                                          timeout_s=timeout_s or self.res.timeout_s)
+        except LeaseGone as exc:
+            raise ResourceGone(f"sandbox {lease.ref} on {lease.where}: {exc}") from None
+
     async def _client(self, lease: Lease) -> SandboxClient:
         client = self.clients.get(lease.where)
         if client is None:
@@ -162,6 +186,28 @@ class Sandbox:
             raise RetryLater(f"sandbox server unavailable: {exc}",
                              after_s=exc.retry_after_s or 2.0) from None
         return result, lease
+
+    async def start_session(self, argv: Sequence[str], *, files: Mapping[str, str] | None = None,
+                            env: Mapping[str, str] | None = None) -> tuple[SessionStarted, Lease]:
+        """Start ``argv`` as the session of the task's sandbox (kept if it already runs)."""
+        lease = await self.lease()
+        try:
+            started = await self.pool.start_session(lease, argv, files=files, env=env)
+        except SandboxUnavailable as exc:
+            raise RetryLater(f"sandbox server unavailable: {exc}",
+                             after_s=exc.retry_after_s or 2.0) from None
+        return started, lease
+
+    async def call(self, request: Any, *, timeout_s: float | None = None) -> tuple[SessionReply, Lease]:
+        """One request to the session of the task's sandbox. ``ResourceGone``: see
+        ``restart_trajectory``; ``SessionDied`` / ``SessionTimeout`` / ``NoSession``: see above."""
+        lease = await self.lease()
+        try:
+            reply = await self.pool.call(lease, request, timeout_s=timeout_s)
+        except SandboxUnavailable as exc:
+            raise RetryLater(f"sandbox server unavailable: {exc}",
+                             after_s=exc.retry_after_s or 2.0) from None
+        return reply, lease
 
 
 def sandbox(ctx: Context, name: str | None = None) -> Sandbox:

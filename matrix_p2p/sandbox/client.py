@@ -20,7 +20,7 @@ import structlog
 from matrix_p2p.backoff import Backoff
 from matrix_p2p.llm.breaker import CircuitBreaker
 from matrix_p2p.llm.wire import parse_retry_after
-from matrix_p2p.sandbox.errors import LeaseGone, SandboxError, SandboxUnavailable
+from matrix_p2p.sandbox.errors import SESSION_ERRORS, LeaseGone, SandboxError, SandboxUnavailable
 from matrix_p2p.sandbox.runner import ExecResult
 
 log = structlog.get_logger(__name__)
@@ -43,6 +43,26 @@ class Execution(ExecResult, kw_only=True):
     """An execution's result as the server sent it; ``output`` is stdout then stderr."""
 
     output: str = ""
+
+
+class SessionReply(msgspec.Struct, kw_only=True):
+    """A session call's answer: ``reply`` is the JSON value the program wrote. ``restarted``:
+    the session had died (``lost`` says why) and was started again for this call, so the
+    program's in-memory state from before is gone. ``generation`` counts the processes the
+    lease's session has had; ``elapsed_s`` is the call's time in the server."""
+
+    reply: Any = None
+    restarted: bool = False
+    lost: str | None = None
+    generation: int = 0
+    elapsed_s: float = 0.0
+
+
+class SessionStarted(msgspec.Struct, kw_only=True):
+    """``started`` False: that very program was already the lease's live session (kept)."""
+
+    started: bool
+    generation: int = 0
 
 
 class _LeaseBody(msgspec.Struct):
@@ -70,16 +90,23 @@ class _HealthBody(msgspec.Struct):
 _lease_decoder = msgspec.json.Decoder(_LeaseBody)
 _health_decoder = msgspec.json.Decoder(_HealthBody)
 _exec_decoder = msgspec.json.Decoder(Execution)
+_reply_decoder = msgspec.json.Decoder(SessionReply)
+_started_decoder = msgspec.json.Decoder(SessionStarted)
 _encoder = msgspec.json.Encoder()
 
 
-def _message(body: bytes, status: int) -> str:
+def _doc(body: bytes) -> dict[str, Any]:
     try:
         doc = msgspec.json.decode(body)
-        if isinstance(doc, dict) and doc.get("error"):
-            return str(doc["error"])
     except msgspec.DecodeError:
-        pass
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _message(body: bytes, status: int) -> str:
+    error = _doc(body).get("error")
+    if error:
+        return str(error)
     return f"HTTP {status}: {body[:200].decode(errors='replace')}"
 
 
@@ -95,8 +122,10 @@ class SandboxClient:
     up to ``acquire_timeout_s``; then ``SandboxUnavailable``. The other
     calls are not retried (an execution is not idempotent): an unreachable
     server or open breaker raises ``SandboxUnavailable``, a 404
-    ``LeaseGone`` (restart the trajectory on a fresh lease), other errors
-    ``SandboxError`` with the server's one-line message.
+    ``LeaseGone`` (restart the trajectory on a fresh lease), a session that
+    could not answer (409) ``NoSession``, ``SessionDied`` or ``SessionTimeout``
+    (see ``errors.SessionError``), other errors ``SandboxError`` with the
+    server's one-line message.
     """
 
     def __init__(
@@ -201,6 +230,49 @@ class SandboxClient:
             raise self._error(status, data)
         return _exec_decoder.decode(data)
 
+    async def start_session(
+        self,
+        lease: Lease | str,
+        argv: Sequence[str] | None = None,
+        *,
+        cmd: str | None = None,
+        files: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> SessionStarted:
+        """Start ``argv`` (or ``cmd``) as the lease's session, after writing ``files``; a
+        session already running the same program, env and cwd is kept; another is replaced."""
+        body: dict[str, Any] = {"lease": _id(lease)}
+        for key, value in (("argv", list(argv) if argv is not None else None), ("cmd", cmd),
+                           ("cwd", cwd), ("files", dict(files) if files else None),
+                           ("env", dict(env) if env else None)):
+            if value is not None:
+                body[key] = value
+        status, _, data = await self._call("POST", "/sessions/start", body, self.request_timeout_s)
+        if status != 200:
+            raise self._error(status, data)
+        return _started_decoder.decode(data)
+
+    async def call(self, lease: Lease | str, request: Any, *, timeout_s: float | None = None) -> SessionReply:
+        """Send ``request`` (any JSON value) to the lease's session; its one-line JSON reply back.
+        Not retried: ``SessionDied`` / ``SessionTimeout`` mean it may or may not have acted."""
+        body: dict[str, Any] = {"lease": _id(lease), "request": request}
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+        http_timeout = (timeout_s or 600.0) + _MARGIN_S
+        status, _, data = await self._call("POST", "/sessions/call", body, http_timeout)
+        if status != 200:
+            raise self._error(status, data)
+        return _reply_decoder.decode(data)
+
+    async def stop_session(self, lease: Lease | str) -> bool:
+        """Kill the lease's session; False when it had none."""
+        status, _, data = await self._call("POST", "/sessions/stop", {"lease": _id(lease)},
+                                           self.request_timeout_s)
+        if status != 200:
+            raise self._error(status, data)
+        return bool(_doc(data).get("stopped"))
+
     async def renew(self, lease: Lease | str, ttl_s: float | None = None) -> Lease:
         body: dict[str, Any] = {"lease": _id(lease)}
         if ttl_s is not None:
@@ -253,6 +325,10 @@ class SandboxClient:
             return LeaseGone(msg, 404)
         if status == 503:
             return SandboxUnavailable(msg, 503)
+        if status == 409:
+            kind = SESSION_ERRORS.get(str(_doc(data).get("session")))
+            if kind is not None:
+                return kind(msg)
         return SandboxError(msg, status)
 
     async def _call(

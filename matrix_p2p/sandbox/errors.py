@@ -43,3 +43,44 @@ class UnknownLease(SandboxError):
     def __init__(self, lease_id: str) -> None:
         super().__init__(f"unknown lease {lease_id!r} (expired, released, or the server restarted)", 404)
         self.lease_id = lease_id
+
+
+class SessionError(SandboxError):
+    """A lease's session could not answer a call (HTTP 409 with ``session`` naming why).
+
+    ``kind`` is ``none`` (no session was started on this lease), ``died`` (its
+    process ended, or broke the one-line-per-request protocol) or ``timeout``
+    (it did not answer in time and was killed). After ``died`` or ``timeout``
+    the next call starts the program again, with none of the old process's
+    in-memory state: its reply says ``restarted``. The lease and its files are
+    intact; a gone lease is ``LeaseGone`` / ``UnknownLease`` instead.
+    """
+
+    kind = "died"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 409)
+
+
+class NoSession(SessionError):
+    """No session was started on this lease (``/sessions/start`` first)."""
+
+    kind = "none"
+
+
+class SessionDied(SessionError):
+    """The session's process ended during the call (or wrote something that is not
+    one JSON line); the message has its exit status and the tail of its stderr."""
+
+    kind = "died"
+
+
+class SessionTimeout(SessionDied):
+    """The call got no reply within its timeout: the session's process was killed."""
+
+    kind = "timeout"
+
+
+SESSION_ERRORS: dict[str, type[SessionError]] = {
+    cls.kind: cls for cls in (NoSession, SessionDied, SessionTimeout)
+}

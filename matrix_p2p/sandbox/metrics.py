@@ -31,7 +31,9 @@ class _ServiceCollector(Collector):
         yield GaugeMetricFamily(PREFIX + "pool_size", "Sandboxes in the pool", value=svc.pool.size)
         yield GaugeMetricFamily(PREFIX + "braked", "1 while the pool refuses to hand out sandboxes",
                                 value=float(svc.pool.braked()))
-        pc, ec = svc.pool.counters, svc.exec_counters
+        yield GaugeMetricFamily(PREFIX + "sessions", "Live session processes",
+                                value=svc.sessions.table.live())
+        pc, ec, sc = svc.pool.counters, svc.exec_counters, svc.sessions.table.counters
         counters = [
             ("leases_granted", "Leases handed out", pc.granted),
             ("acquire_refused", "Acquires answered 503 (exhausted or braked)", pc.refused),
@@ -43,6 +45,11 @@ class _ServiceCollector(Collector):
             ("execution_timeouts", "Commands killed at their wall-clock timeout", ec.timeouts),
             ("execution_nonzero", "Commands that ended with a non-zero status", ec.nonzero),
             ("execution_seconds", "Wall-clock seconds spent executing", ec.seconds),
+            ("session_calls", "Session calls answered", sc.calls),
+            ("session_starts", "Session processes started, restarts included", sc.started),
+            ("session_restarts", "Sessions started again by a call after they died", sc.restarted),
+            ("session_deaths", "Session processes that died while wanted", sc.died),
+            ("session_timeouts", "Session calls that got no reply in time (process killed)", sc.timeouts),
         ]
         for name, doc, value in counters:
             yield CounterMetricFamily(PREFIX + name, doc, value=value)

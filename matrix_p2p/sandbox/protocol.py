@@ -53,8 +53,33 @@ class ExecuteRequest(msgspec.Struct, kw_only=True):
     forward_env: list[str] | None = None
 
 
+class SessionStartRequest(msgspec.Struct, kw_only=True):
+    """Body of /sessions/start: the program (``argv`` or ``cmd``), its ``env`` and ``cwd``,
+    and ``files`` written into the work dir before it starts."""
+
+    lease: str | None = None
+    container_id: str | None = None
+    argv: list[str] | None = None
+    cmd: str | list[str] | None = None
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    files: dict[str, str] | None = None
+    forward_env: list[str] | None = None
+
+
+class SessionCallRequest(msgspec.Struct, kw_only=True):
+    """Body of /sessions/call: ``request`` is any JSON value, sent to the program as one line."""
+
+    lease: str | None = None
+    container_id: str | None = None
+    request: msgspec.Raw = msgspec.Raw(b"")
+    timeout_s: float | None = None
+    timeout: float | None = None
+
+
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    t: msgspec.json.Decoder(t) for t in (AcquireRequest, LeaseRequest, ExecuteRequest)
+    t: msgspec.json.Decoder(t)
+    for t in (AcquireRequest, LeaseRequest, ExecuteRequest, SessionStartRequest, SessionCallRequest)
 }
 encoder = msgspec.json.Encoder()
 
@@ -73,16 +98,19 @@ def decode(body: bytes, kind: type[T]) -> T:
         raise BadRequest("body", f"body: not valid JSON ({exc})") from None
 
 
-def error_body(exc: BadRequest | Exception, field: str | None = None) -> bytes:
-    """One line of JSON: ``error`` (our clients), ``detail`` (Matrix's client), ``field``."""
+def error_body(exc: BadRequest | Exception, field: str | None = None, session: str | None = None) -> bytes:
+    """One line of JSON: ``error`` (our clients), ``detail`` (Matrix's client), ``field``,
+    ``session`` (why a session call failed: none, died, timeout)."""
     message = " ".join(str(exc).split())
     body: dict[str, Any] = {"error": message, "detail": message}
     if field is not None:
         body["field"] = field
+    if session is not None:
+        body["session"] = session
     return encoder.encode(body)
 
 
-def lease_of(req: LeaseRequest | ExecuteRequest) -> str:
+def lease_of(req: LeaseRequest | ExecuteRequest | SessionStartRequest | SessionCallRequest) -> str:
     """The lease id, given as ``lease`` or Matrix's ``container_id``."""
     if req.lease and req.container_id and req.lease != req.container_id:
         raise BadRequest("lease", "lease: `lease` and `container_id` name different leases")
@@ -110,7 +138,7 @@ def wait_of(req: AcquireRequest) -> float:
     return min(wait or 0.0, MAX_WAIT_S)
 
 
-def argv_of(req: ExecuteRequest) -> list[str]:
+def argv_of(req: ExecuteRequest | SessionStartRequest) -> list[str]:
     """The command: ``argv`` as given; ``cmd`` a string for ``/bin/sh -c`` or a list."""
     if req.argv is not None and req.cmd is not None:
         raise BadRequest("argv", "argv: give `argv` or `cmd`, not both")
@@ -129,7 +157,7 @@ def argv_of(req: ExecuteRequest) -> list[str]:
     raise BadRequest("argv", "argv: required (or `cmd`)")
 
 
-def check_execute(req: ExecuteRequest) -> None:
+def check_execute(req: ExecuteRequest | SessionStartRequest) -> None:
     """Field checks that are not about types."""
     if req.forward_env:
         raise BadRequest("forward_env",
@@ -139,3 +167,12 @@ def check_execute(req: ExecuteRequest) -> None:
             raise BadRequest("env", f"env: bad variable name {key!r}")
     if req.cwd is not None and ("\x00" in req.cwd or ".." in req.cwd.split("/")):
         raise BadRequest("cwd", f"cwd: {req.cwd!r} must stay inside the sandbox's paths without '..'")
+
+
+def request_line(req: SessionCallRequest) -> bytes:
+    """The call's ``request`` as one line for the program's stdin. JSON has no raw
+    newline inside a string (it is escaped), so any newline is whitespace between tokens."""
+    raw = bytes(req.request)
+    if not raw:
+        raise BadRequest("request", "request: required (any JSON value, sent to the session as one line)")
+    return raw.replace(b"\n", b" ").replace(b"\r", b" ") + b"\n"

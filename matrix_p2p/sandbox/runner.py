@@ -22,7 +22,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
 import structlog
@@ -35,6 +35,70 @@ log = structlog.get_logger(__name__)
 TRUNCATION_NOTE = "\n[matrix_p2p sandbox: output truncated: {total} bytes written, {limit} kept]\n"
 _CHUNK = 64 * 1024
 _REAP_TIMEOUT_S = 10.0
+
+
+class Tracked(Protocol):
+    """A process the runner kills with its slot: an execution, or a session's process."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+
+class LongLived(asyncio.SubprocessProtocol):
+    """The protocol of a long-lived process (a session): its pid, its exit status, and
+    callbacks run once when it exits. Subclasses read its pipes (``session_host``)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.exited = asyncio.Event()
+        self.closed = asyncio.Event()  # exited, and every holder of its pipes gone
+        self._on_exit: list[Callable[[], None]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's process transport is not a subclass of asyncio's: no isinstance check
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+
+    @property
+    def pid(self) -> int:
+        return self.transport.get_pid() if self.transport is not None else 0
+
+    @property
+    def returncode(self) -> int | None:
+        return self.transport.get_returncode() if self.transport is not None else None
+
+    def when_exited(self, callback: Callable[[], None]) -> None:
+        if self.exited.is_set():
+            callback()
+        else:
+            self._on_exit.append(callback)
+
+    def process_exited(self) -> None:
+        self.exited.set()
+        callbacks, self._on_exit = self._on_exit, []
+        for callback in callbacks:
+            callback()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Exited and every pipe closed: only now may the transport close (a reply
+        # written just before exiting is still in the pipe until then).
+        self.close()
+        self.closed.set()
+
+    def close(self) -> None:
+        """Close the transport (idempotent; it SIGKILLs the process itself if still running)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def kill(self) -> None:
+        """SIGKILL its process group, unless it was already reaped (the pgid could be reused)."""
+        if self.transport is not None and self.returncode is None:
+            kill_group(self.pid)
+
+
+P = TypeVar("P", bound=LongLived)
 
 
 class ExecResult(msgspec.Struct, kw_only=True):
@@ -151,7 +215,7 @@ class Runner:
         self.prlimit = shutil.which("prlimit")
         self.clock = clock
         self._system = isolation.system_binds() if mode == "bwrap" else []
-        self._running: dict[int, set[asyncio.subprocess.Process]] = {}
+        self._running: dict[int, set[Tracked]] = {}
         self._idle: dict[int, asyncio.Event] = {}
 
     def command(self, work_dir: str, spec: ExecSpec, run_as: RunAs | None) -> tuple[list[str], str | None]:
@@ -168,24 +232,25 @@ class Runner:
         )
         return [*prefix, *wrapped], None
 
+    def _spawn_args(self, work_dir: str, spec: ExecSpec,
+                    run_as: RunAs | None) -> tuple[list[str], dict[str, Any]]:
+        """The argv and the keyword arguments of the spawn (pipes, cwd, env, session, uid)."""
+        argv, host_cwd = self.command(work_dir, spec, run_as)
+        env = isolation.sandbox_env(spec.env, work_dir) if self.mode == "none" \
+            else {"PATH": os.environ.get("PATH", isolation.DEFAULT_PATH)}
+        return argv, {
+            "stdin": asyncio.subprocess.PIPE, "stdout": asyncio.subprocess.PIPE,
+            "stderr": asyncio.subprocess.PIPE, "cwd": host_cwd, "env": env,
+            "start_new_session": True,  # its pgid is its pid: one killpg ends it all
+            **_drop_privileges(run_as),
+        }
+
     async def run(self, key: int, work_dir: str, spec: ExecSpec, run_as: RunAs | None = None) -> ExecResult:
         """Run ``spec`` in the sandbox whose work dir is ``work_dir``; ``key`` is the slot."""
-        argv, host_cwd = self.command(work_dir, spec, run_as)
-        env = None
-        if self.mode == "none":
-            env = isolation.sandbox_env(spec.env, work_dir)
+        argv, kwargs = self._spawn_args(work_dir, spec, run_as)
         started = self.clock()
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=host_cwd,
-            env=env if env is not None else {"PATH": os.environ.get("PATH", isolation.DEFAULT_PATH)},
-            start_new_session=True,  # its pgid is its pid: one killpg ends it all
-            **_drop_privileges(run_as),
-        )
-        self._track(key, proc)
+        proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
+        self.track(key, proc)
         timed_out = False
         limit = self.limits.output_bytes
         io = asyncio.gather(
@@ -205,7 +270,7 @@ class Runner:
             if proc.returncode is None:
                 kill_group(proc.pid)
             await _settle(io, proc)
-            self._untrack(key, proc)
+            self.untrack(key, proc)
         if io.done() and not io.cancelled() and io.exception() is None:
             (out, out_total), (err, err_total), _ = io.result()
         else:
@@ -233,12 +298,25 @@ class Runner:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             await stdin.wait_closed()
 
+    async def spawn(self, key: int, work_dir: str, spec: ExecSpec, run_as: RunAs | None,
+                    factory: Callable[[], P]) -> P:
+        """Start a long-lived process (a session) confined like ``run``'s, with ``spec.timeout_s``
+        as its CPU budget, talking to it through ``factory()``'s protocol. It is tracked in
+        slot ``key`` until it exits, so ``kill_slot`` (release, reclaim, stop) kills it.
+        Raises ``OSError`` when the wrapper cannot be spawned."""
+        argv, kwargs = self._spawn_args(work_dir, spec, run_as)
+        _, proto = await asyncio.get_running_loop().subprocess_exec(factory, *argv, **kwargs)
+        if proto.returncode is None:  # not gone already (its exit callback may have run)
+            self.track(key, proto)
+            proto.when_exited(lambda: self.untrack(key, proto))
+        return proto
+
     # -- per-slot bookkeeping -------------------------------------------------
-    def _track(self, key: int, proc: asyncio.subprocess.Process) -> None:
+    def track(self, key: int, proc: Tracked) -> None:
         self._running.setdefault(key, set()).add(proc)
         self._idle.setdefault(key, asyncio.Event()).clear()
 
-    def _untrack(self, key: int, proc: asyncio.subprocess.Process) -> None:
+    def untrack(self, key: int, proc: Tracked) -> None:
         procs = self._running.get(key)
         if procs is not None:
             procs.discard(proc)
@@ -252,7 +330,8 @@ class Runner:
     async def kill_slot(self, key: int, timeout_s: float = _REAP_TIMEOUT_S) -> None:
         """SIGKILL everything running in slot ``key`` and wait (bounded) until each ``run`` returned."""
         for proc in list(self._running.get(key, ())):
-            kill_group(proc.pid)
+            if proc.returncode is None:  # not reaped yet: its pgid cannot have been reused
+                kill_group(proc.pid)
         idle = self._idle.get(key)
         if idle is not None and key in self._running:
             with contextlib.suppress(TimeoutError):

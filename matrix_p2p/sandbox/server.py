@@ -1,8 +1,10 @@
 """The sandbox service's HTTP surface (aiohttp): parse, call the service, map the outcome to a status.
 
-Routes: ``POST /acquire /execute /renew /release /release_all``, ``GET
-/status /healthz /metrics``. 400 = a bad field (one-line JSON naming it),
-404 = unknown lease, 503 + Retry-After = no sandbox to hand out.
+Routes: ``POST /acquire /execute /renew /release /release_all``, ``POST
+/sessions/start /sessions/call /sessions/stop``, ``GET /status /healthz
+/metrics``. 400 = a bad field (one-line JSON naming it), 404 = unknown
+lease, 409 = the lease's session could not answer (``session``: none, died,
+timeout), 503 + Retry-After = no sandbox to hand out.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import matrix_p2p.sandbox.metrics as metrics
 import matrix_p2p.sandbox.protocol as protocol
 import matrix_p2p.sandbox.workdir as workdir
 from matrix_p2p.httpserve import serve_app
-from matrix_p2p.sandbox.errors import BadRequest, SandboxUnavailable, UnknownLease
+from matrix_p2p.sandbox.errors import BadRequest, SandboxUnavailable, SessionError, UnknownLease
 from matrix_p2p.sandbox.pool import Lease
 from matrix_p2p.sandbox.runner import ExecSpec
 from matrix_p2p.sandbox.service import SandboxConfig, SandboxService
+from matrix_p2p.sandbox.sessions import SessionSpec
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +51,8 @@ async def _map_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return _error(400, protocol.error_body(exc, exc.field))
     except UnknownLease as exc:
         return _error(404, protocol.error_body(exc, "lease"))
+    except SessionError as exc:
+        return _error(409, protocol.error_body(exc, session=exc.kind))
     except SandboxUnavailable as exc:
         retry = max(1, math.ceil(exc.retry_after_s or 1.0))  # Retry-After is whole seconds
         return _error(503, protocol.error_body(exc), {"Retry-After": str(retry)})
@@ -88,6 +93,9 @@ class SandboxServer:
             app.router.add_post("/renew", self._renew)
             app.router.add_post("/release", self._release)
             app.router.add_post("/release_all", self._release_all)
+            app.router.add_post("/sessions/start", self._session_start)
+            app.router.add_post("/sessions/call", self._session_call)
+            app.router.add_post("/sessions/stop", self._session_stop)
             app.router.add_get("/status", self._status)
             app.router.add_get("/healthz", self._healthz)
             app.router.add_get("/metrics", self._metrics)
@@ -123,10 +131,7 @@ class SandboxServer:
         lease_id = protocol.lease_of(req)
         argv = protocol.argv_of(req)
         protocol.check_execute(req)
-        cfg = self.service.config
-        timeout = (protocol.positive(req.timeout_s, "timeout_s", cfg.max_timeout_s)
-                   or protocol.positive(req.timeout, "timeout", cfg.max_timeout_s)
-                   or cfg.default_timeout_s)
+        timeout = self._timeout(req.timeout_s, req.timeout)
         files = workdir.check_files(req.files) if req.files else None
         spec = ExecSpec(argv=argv, timeout_s=timeout, stdin=(req.stdin or "").encode(),
                         cwd=req.cwd, env=req.env)
@@ -139,6 +144,37 @@ class SandboxServer:
             "lease": lease_id, "container_id": lease_id,
         }
         return _json(body)
+
+    def _timeout(self, timeout_s: float | None, timeout: float | None) -> float:
+        cfg = self.service.config
+        return (protocol.positive(timeout_s, "timeout_s", cfg.max_timeout_s)
+                or protocol.positive(timeout, "timeout", cfg.max_timeout_s)
+                or cfg.default_timeout_s)
+
+    async def _session_start(self, request: web.Request) -> web.Response:
+        req = protocol.decode(await request.read(), protocol.SessionStartRequest)
+        lease_id = protocol.lease_of(req)
+        argv = protocol.argv_of(req)
+        protocol.check_execute(req)
+        files = workdir.check_files(req.files) if req.files else None
+        spec = SessionSpec.of(argv, req.env, req.cwd)
+        started, generation = await self.service.start_session(lease_id, spec, files)
+        return _json({"lease": lease_id, "container_id": lease_id, "started": started,
+                      "generation": generation})
+
+    async def _session_call(self, request: web.Request) -> web.Response:
+        req = protocol.decode(await request.read(), protocol.SessionCallRequest)
+        lease_id = protocol.lease_of(req)
+        line = protocol.request_line(req)
+        answer = await self.service.call_session(lease_id, line, self._timeout(req.timeout_s, req.timeout))
+        return _json({"reply": answer.reply, "restarted": answer.restarted is not None,
+                      "lost": answer.restarted, "generation": answer.generation,
+                      "elapsed_s": answer.elapsed_s, "lease": lease_id})
+
+    async def _session_stop(self, request: web.Request) -> web.Response:
+        req = protocol.decode(await request.read(), protocol.LeaseRequest)
+        lease_id = protocol.lease_of(req)
+        return _json({"lease": lease_id, "stopped": self.service.stop_session(lease_id)})
 
     async def _renew(self, request: web.Request) -> web.Response:
         req = protocol.decode(await request.read(), protocol.LeaseRequest)

@@ -20,6 +20,8 @@ from matrix_p2p.sandbox.errors import SandboxUnavailable
 from matrix_p2p.sandbox.isolation import IsolationMode, Limits
 from matrix_p2p.sandbox.pool import Lease, Pool, Refusal
 from matrix_p2p.sandbox.runner import ExecResult, ExecSpec, RunAs, Runner
+from matrix_p2p.sandbox.session_host import Answer, SessionHost
+from matrix_p2p.sandbox.sessions import SessionSpec
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +96,7 @@ class SandboxService:
             retry_after_s=config.retry_after_s, brake_after=config.brake_after, brake_s=config.brake_s,
         )
         self.runner = Runner(config.isolation, config.limits, bwrap=config.bwrap)
+        self.sessions = SessionHost(self.runner, clock=clock)
         self.exec_counters = ExecCounters()
         self.root = ""
         self._as_root = os.geteuid() == 0 and config.isolation == "bwrap"
@@ -142,7 +145,7 @@ class SandboxService:
                  root=self.root, counts=self.pool.counts())
 
     async def stop(self) -> None:
-        """Kill every running execution, stop the background work, delete every directory."""
+        """Kill every running execution and session, stop the background work, delete every directory."""
         self._stop.set()
         self._wake.set()
         self._changed.set()
@@ -150,8 +153,10 @@ class SandboxService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._main
             self._main = None
+        self.sessions.drop_all()
         for slot in self.pool.slots:
             await self.runner.kill_slot(slot.index)
+        await self.sessions.close()
         if self.root:
             await asyncio.to_thread(workdir.wipe, self.root)
             self.root = ""
@@ -218,6 +223,7 @@ class SandboxService:
 
     def _recycle(self, leases: list[Lease], why: str) -> None:
         for lease in leases:
+            self.sessions.drop(lease.id)  # its process dies in the rebuild's kill_slot
             log.info("sandbox.lease_ended", lease=lease.id, slot=lease.slot, task_id=lease.task_id, why=why)
             if self._tg is not None:
                 self._tg.create_task(self._rebuild(lease.slot, check=False))
@@ -306,6 +312,36 @@ class SandboxService:
         c.seconds += result.elapsed_s
         return result
 
+    async def start_session(self, lease_id: str, spec: SessionSpec,
+                            files: Mapping[tuple[str, ...], bytes] | None = None) -> tuple[bool, int]:
+        """Write ``files``, then make ``spec`` the lease's session (see ``session_host``):
+        (False when that very session was already running: kept, files still written;
+        the generation of its process)."""
+        lease = self.pool.begin_exec(lease_id)
+        try:
+            if files:
+                await asyncio.to_thread(workdir.write_files, self.work_dir(lease.slot), files,
+                                        self._owner(lease.slot))
+            return await self.sessions.start(lease_id, lease.slot, self.work_dir(lease.slot), spec,
+                                             self._run_as(lease.slot))
+        finally:
+            self.pool.end_exec(lease_id)
+
+    async def call_session(self, lease_id: str, line: bytes, timeout_s: float) -> Answer:
+        """One request line to the lease's session, its reply line back; a call in flight
+        keeps the lease from being reclaimed, like an execution."""
+        lease = self.pool.begin_exec(lease_id)
+        try:
+            return await self.sessions.call(lease_id, lease.slot, self.work_dir(lease.slot),
+                                            self._run_as(lease.slot), line, timeout_s)
+        finally:
+            self.pool.end_exec(lease_id)
+
+    def stop_session(self, lease_id: str) -> bool:
+        """Kill the lease's session; False when it had none."""
+        self.pool.get(lease_id)
+        return self.sessions.stop(lease_id)
+
     def wall_expiry(self, lease: Lease) -> float:
         """A lease's expiry as a Unix time, for clients on other hosts."""
         return round(self.wall_clock() + (lease.expires_at - self.clock()), 3)
@@ -313,6 +349,7 @@ class SandboxService:
     def status(self) -> dict[str, object]:
         counts = self.pool.counts()
         pc, ec = self.pool.counters, self.exec_counters
+        sc = self.sessions.table.counters
         return {
             "pool_size": self.pool.size, "leased": counts["leased"], "free": counts["free"],
             "unhealthy": counts["unhealthy"], "cleaning": counts["cleaning"] + counts["checking"],
@@ -321,6 +358,9 @@ class SandboxService:
             "exec_seconds": round(ec.seconds, 3),
             "granted": pc.granted, "refused": pc.refused, "released": pc.released,
             "reclaimed": pc.reclaimed, "health_failed": pc.health_failed,
+            "sessions": self.sessions.table.live(), "session_calls": sc.calls,
+            "session_starts": sc.started, "session_restarts": sc.restarted,
+            "session_deaths": sc.died, "session_timeouts": sc.timeouts,
             "leases": [
                 {"lease": ls.id, "task_id": ls.task_id, "expires_at": self.wall_expiry(ls), "busy": ls.busy}
                 for ls in self.pool.leases.values()

@@ -1,4 +1,8 @@
-"""Containment against real bubblewrap: a real server on a free 127.0.0.1 port, a real client."""
+"""Containment against real bubblewrap: a real server on a free 127.0.0.1 port, a real client.
+
+Each guard is checked for one-shot executions (``/execute``) and for sessions
+(``/sessions/...``: a long-lived program in the lease's sandbox, confined the same way).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from matrix_p2p.sandbox import Limits, SandboxClient, SandboxConfig, SandboxServer
+from matrix_p2p.sandbox import Lease, Limits, SandboxClient, SandboxConfig, SandboxServer, SessionDied
 from matrix_p2p.sandbox.runner import TRUNCATION_NOTE
+from tests.integration import session_prog
 
 LIMITS = Limits(cpu_s=20, memory_bytes=512 << 20, nproc=64, fsize_bytes=8 << 20, output_bytes=4096,
                 tmp_bytes=8 << 20)
@@ -208,3 +213,96 @@ async def test_sandbox_runs_as_an_unprivileged_user(server: SandboxServer, clien
         assert res2.timed_out
         host_dir = server.service.work_dir(server.service.pool.get(lease.id).slot)
         assert os.stat(host_dir).st_uid == slot_uid(server, lease.id)
+
+
+# -- sessions: the same confinement for a long-lived program -----------------------------
+async def in_session(client: SandboxClient, lease: Lease, code: str) -> dict[str, str]:
+    """Run ``code`` inside the lease's session (started if need be); its prints and error."""
+    await client.start_session(lease, session_prog.argv("isolation"))
+    got = await client.call(lease, {"op": "exec", "code": code}, timeout_s=20)
+    assert isinstance(got.reply, dict)
+    return got.reply
+
+
+async def test_a_session_cannot_reach_the_network(server: SandboxServer, client: SandboxClient) -> None:
+    lease = await client.acquire("session-net")
+    code = (
+        "import socket\n"
+        f"for host, port in [('1.1.1.1', 80), ('127.0.0.1', {server.port})]:\n"
+        "    s = socket.socket(); s.settimeout(2)\n"
+        "    print(host, s.connect_ex((host, port)))\n"
+        "print(sorted(n for _, n in socket.if_nameindex()))\n"
+    )
+    lines = (await in_session(client, lease, code))["out"].splitlines()
+    assert lines[0] != "1.1.1.1 0" and lines[1] != "127.0.0.1 0"  # not even the server itself
+    assert lines[2] == "['lo']"
+
+
+async def test_a_session_writes_only_its_work_dir_and_its_own_tmp(
+        server: SandboxServer, client: SandboxClient) -> None:
+    lease = await client.acquire("session-ro")
+    marker = f"mx-sandbox-{uuid.uuid4().hex}"
+    code = (
+        "import os\n"
+        "for p in ['/usr/x', '/etc/x', '/x', '/dev/x', '/bin/x', '/proc/x']:\n"
+        "    try:\n"
+        "        open(p, 'w').close(); print('WROTE', p)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        f"open('/tmp/{marker}', 'w').close()\n"
+        "open('/work/from-session', 'w').write('s')\n"
+        "print(os.getcwd(), sorted(os.listdir('/work')))\n"
+    )
+    got = await in_session(client, lease, code)
+    assert got == {"out": "/work ['from-session']\n"}, got
+    assert not host_has(f"/tmp/{marker}")  # the session's /tmp is its own
+    res = await client.execute(lease, cmd=f"cat from-session; ls /tmp/{marker}")
+    assert res.stdout == "s" and res.returncode != 0  # the work dir is the lease's, /tmp is not
+    host_dir = Path(server.service.work_dir(server.service.pool.get(lease.id).slot))
+    assert (host_dir / "from-session").read_text() == "s"
+
+
+async def test_a_session_has_the_rlimits_and_a_memory_hog_is_contained(client: SandboxClient) -> None:
+    lease = await client.acquire("session-limits")
+    code = (
+        "import resource as r\n"
+        "for n in ('RLIMIT_AS', 'RLIMIT_NPROC', 'RLIMIT_FSIZE', 'RLIMIT_NOFILE', 'RLIMIT_CPU', "
+        "'RLIMIT_CORE'):\n"
+        "    print(n, *r.getrlimit(getattr(r, n)))\n"
+    )
+    limits = dict(line.split(" ", 1) for line in (await in_session(client, lease, code))["out"].splitlines())
+    assert limits == {
+        "RLIMIT_AS": f"{LIMITS.memory_bytes} {LIMITS.memory_bytes}",
+        "RLIMIT_NPROC": f"{LIMITS.nproc} {LIMITS.nproc}",
+        "RLIMIT_FSIZE": f"{LIMITS.fsize_bytes} {LIMITS.fsize_bytes}",
+        "RLIMIT_NOFILE": "256 256",
+        "RLIMIT_CPU": f"{LIMITS.cpu_s} {LIMITS.cpu_s}",  # the whole budget, for the session's life
+        "RLIMIT_CORE": "0 0",
+    }
+    hog = "x = []\nwhile True:\n    x.append(bytearray(64 << 20))\n"
+    assert (await in_session(client, lease, hog))["error"] == "MemoryError: "
+    assert (await in_session(client, lease, "print('still here')"))["out"] == "still here\n"
+
+
+async def test_a_session_runs_as_an_unprivileged_user(server: SandboxServer, client: SandboxClient) -> None:
+    lease = await client.acquire("session-who")
+    code = (
+        "import os, socket\n"
+        "caps = [l for l in open('/proc/self/status') if l.startswith('CapEff')][0].split()[-1]\n"
+        "print(os.getuid(), caps, socket.gethostname())\n"
+    )
+    assert (await in_session(client, lease, code))["out"] == "1000 0000000000000000 sandbox\n"
+    if AS_ROOT:  # seen from the host, the session runs as the slot's own unprivileged uid
+        pids = ours(processes(slot_uid(server, lease.id)))
+        assert server.service.sessions.pipes[lease.id].pid in pids
+
+
+async def test_a_session_past_its_cpu_budget_is_killed_and_restarted() -> None:
+    cfg = SandboxConfig(pool_size=1, limits=Limits(cpu_s=1))
+    async with SandboxServer(cfg) as srv, SandboxClient(srv.url) as client:
+        lease = await client.acquire("session-cpu")
+        with pytest.raises(SessionDied, match=r"closed its stdout \(exited with status \d+, "
+                                              r"SIG(KILL|XCPU) inside the sandbox\)"):
+            await in_session(client, lease, "while True:\n    pass\n")
+        got = await client.call(lease, {"op": "exec", "code": "print('back')"})
+        assert got.restarted and got.reply == {"out": "back\n"}

@@ -46,7 +46,8 @@ async def test_tau_runs_every_task_once_with_a_full_trace_and_no_lease_left(
         async with SandboxClient(srv.url) as client:
             status = await client.status()
     assert result.rows == 8 and len({r["id"] for r in rows}) == 8 == len(rows)
-    assert status["leased"] == 0 and status["executions"] > 0
+    assert status["leased"] == 0 and status["executions"] == 0  # no process per tool call:
+    assert status["session_calls"] > 0 and status["sessions"] == 0  # sessions, all ended
     for row in rows:
         assert row["status"] == "done", row["error"]
         res = row["result"]
