@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import structlog
 
 from matrix_p2p.broker import EmbeddedNats
 from matrix_p2p.bus import Bus, ConnectOptions, MemoryBus, connect
@@ -23,6 +24,20 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("MX_LOG_LEVEL", "warning")
 _counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config_restored() -> Iterator[None]:
+    """A test that runs the CLI in-process configures structlog (a warning-level filter from
+    MX_LOG_LEVEL, its stream): put back what was there, so that later tests' capture_logs()
+    still see info events."""
+    was = structlog.is_configured()
+    saved = structlog.get_config()
+    yield
+    if was:
+        structlog.configure(**saved)
+    else:
+        structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")
