@@ -121,8 +121,11 @@ def workflow_users(spec: WorkflowSpec, *, manage_streams: bool = True,
     users = []
     for role in spec.roles:
         targets = reach[role]
+        # the liveness check (liveness/heal.py) reads the task stream's stored messages and
+        # deletes a stuck copy once its re-run is acked
         pub = [*_role_consumer(names, role, create=manage_streams), *setup,
-               *(names.task(t) for t in targets), *results]
+               *(names.task(t) for t in targets), *results, *_read_stream(names.tasks_stream),
+               f"{API}.STREAM.MSG.DELETE.{names.tasks_stream}"]
         if spec.roles[role].llm is not None:
             pub += [*_kv(fleet_bucket, create=True), *_watch(fleet_bucket)]
         sends = ", ".join(targets) if targets else "no role"

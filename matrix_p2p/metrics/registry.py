@@ -104,6 +104,8 @@ class Metrics:
         rm = self._roles.get(name)
         if rm is None:
             rm = self._roles[name] = RoleMetrics(name)
+            for action in ("rerun", "park"):  # zero from the start: the dashboard's series exist
+                self._heals.labels(name, action)
         return rm
 
     def llm(self, endpoint: str) -> LLMEndpointMetrics:
