@@ -549,6 +549,11 @@ MUTANTS = [
     Mutant("tau session: the database not re-read after a write (dict order drifts)", "agents/tau/env.py", [
         ("db = json.loads(save_db(db, path))", "save_db(db, path)"),
     ], [TAU + "test_a_session_answers_byte_for_byte_what_a_process_per_call_prints"]),
+    Mutant("permissions: a role may not read its task stream (liveness stalls)",
+           "matrix_p2p/permissions.py", [
+        ('*results, *_read_stream(names.tasks_stream),', "*results,"),
+    ], ["tests/unit/test_permissions.py::"
+        "test_a_role_consumes_its_own_subject_and_sends_only_where_routing_can"]),
 ]
 
 

@@ -63,6 +63,8 @@ def test_a_role_consumes_its_own_subject_and_sends_only_where_routing_can(cycle:
     assert "$JS.API.CONSUMER.MSG.NEXT.MX_WF_TASKS.judge" in pub
     assert "$JS.ACK.MX_WF_TASKS.judge.>" in pub
     assert "$JS.API.CONSUMER.INFO.MX_WF_TASKS.judge" in pub
+    # the liveness check reads stored task messages and deletes a stuck copy it re-ran
+    assert {"$JS.API.STREAM.MSG.GET.MX_WF_TASKS", "$JS.API.STREAM.MSG.DELETE.MX_WF_TASKS"} <= set(pub)
     # creating the consumer names its filter: judge cannot create a consumer on teacher's subject
     assert "$JS.API.CONSUMER.CREATE.MX_WF_TASKS.judge.mx.wf.task.judge" in pub
     assert {"mx.wf.task.student", "mx.wf.done", "mx.wf.failed", "mx.wf.dlq"} <= set(pub)
