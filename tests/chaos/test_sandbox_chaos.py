@@ -153,14 +153,19 @@ def _kill_workers_mid_trajectory(tmp: Path, n: int, kills: int) -> dict[str, Any
     return {"rows": rows, "kills": done_kills, "elapsed_s": elapsed, "status": st}
 
 
+def tool_calls(status: dict[str, Any]) -> int:
+    """Tool calls the server ran: one-shot executions and calls to a session (tau's)."""
+    return int(status.get("executions", 0)) + int(status.get("session_calls", 0))
+
+
 def _kill_sandbox_server(tmp: Path, n: int, after_executions: int) -> dict[str, Any]:
     wf = tau_workflow(tmp, n)
     with processes() as ps:
         fleet = Fleet(tmp, ps, wf, n, workers=2)
         try:
             t0 = time.monotonic()
-            wait_for(lambda: sandbox_status(fleet.sbx_url).get("executions", 0) >= after_executions
-                     or count_lines(fleet.out) >= n, 60, f"{after_executions} executions")
+            wait_for(lambda: tool_calls(sandbox_status(fleet.sbx_url)) >= after_executions
+                     or count_lines(fleet.out) >= n, 60, f"{after_executions} tool calls")
             killed_mid_run = count_lines(fleet.out) < n
             fleet.sandbox.kill9()
             fleet.sandbox.start()  # same port: the leases it knew are gone
