@@ -35,6 +35,8 @@ def _cluster(tmp: Path) -> list[EmbeddedNats]:
     return nodes
 
 
+# slow (about 40 s: three brokers); `make test-all` runs it
+@pytest.mark.slow
 def test_r3_cluster_loses_a_node_mid_run(tmp_path: Path) -> None:
     rng = chaos_rng()
     n = 600

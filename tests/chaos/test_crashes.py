@@ -100,6 +100,9 @@ def _run_with_chaos(tmp: Path, *, n: int, delay: float, worker_kills: int,
         server.cleanup()
 
 
+# slow (about 50 s): the kill-at-every-step guards of tests/integration/test_hop_faults.py
+# and test_guards.py check the same promises in seconds; `make test-all` runs this one
+@pytest.mark.slow
 def test_worker_killed_ten_times_and_broker_restarted(tmp_path: Path) -> None:
     """The issue's acceptance run: ten kill -9 of random workers, one broker crash, one sink
     crash; every task exactly once, and the worker logs show the redeliveries."""
