@@ -5,6 +5,7 @@ current limit, and sticky routing holds while a task's replica is healthy."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -101,14 +102,18 @@ async def test_coral_completes_through_faults_and_a_lost_replica(
     # no endpoint ever had more requests in flight than its limit allowed
     assert {u: e.limit_violations for u, e in stats.items()} == dict.fromkeys(stats, 0)
 
-    # sticky routing: a task stays on its replica while that replica is up; a task
-    # on the lost replica moves once, to one other replica, and stays there
-    moved = 0
+    # sticky routing: a task stays on its replica while that replica is admissible; a
+    # task on the lost replica moves once, to one other replica, and stays there. Under a
+    # loaded machine a healthy replica's adaptive limit can be full for a moment, and the
+    # sticky endpoint yields then (pool.py): a few tasks may move once, never back and forth
+    moved = strays = 0
     for r in got:
         endpoints = [t["endpoint"] for t in r["dialogue"]]
         assert None not in endpoints
         if victim.base_url not in endpoints:
-            assert len(set(endpoints)) == 1, endpoints
+            switches = sum(1 for a, b in itertools.pairwise(endpoints) if a != b)
+            assert switches <= 1, endpoints
+            strays += switches
             continue
         first_other = next((i for i, e in enumerate(endpoints) if e != victim.base_url), None)
         if first_other is not None:
@@ -116,5 +121,6 @@ async def test_coral_completes_through_faults_and_a_lost_replica(
             assert set(endpoints[:first_other]) == {victim.base_url}, endpoints
             assert len(set(endpoints[first_other:])) == 1, endpoints
     assert moved > 0
+    assert strays <= 0.1 * len(got), strays
     assert hits > 5 * misses, (hits, misses)
     assert misses <= 2 * moved, (misses, moved)
