@@ -9,13 +9,13 @@ import msgspec
 from matrix_p2p.sim.config import SimConfig
 from matrix_p2p.sim.protocol import CHAT_TEMPLATE_TOKENS, SimRequest
 from matrix_p2p.sim.responder import respond
-from matrix_p2p.sim.schema_json import answer_json
 from matrix_p2p.sim.sampling import (
     cap_output_tokens,
     draw_output_tokens,
     prompt_tokens,
     request_rng,
 )
+from matrix_p2p.sim.schema_json import answer_json
 from matrix_p2p.sim.tools import tool_answer
 from matrix_p2p.sim.usersim import is_user_sim, user_turn
 
