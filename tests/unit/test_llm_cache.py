@@ -143,3 +143,12 @@ async def test_a_hit_adds_no_tokens_to_the_row_and_the_row_says_it_was_a_hit() -
     dialogue = to_row(task)["dialogue"]
     assert [d.get("cache_hits") for d in dialogue] == [1, None, 1]
     assert dialogue[2]["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
+
+
+def test_run_and_worker_take_no_cache() -> None:
+    from matrix_p2p import cli
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["run", "coral", "--no-cache"]).no_cache
+    assert not parser.parse_args(["run", "coral"]).no_cache
+    assert parser.parse_args(["worker", "coral", "--role", "all", "--no-cache"]).no_cache

@@ -238,3 +238,10 @@ def test_the_simulator_honours_response_format_in_a_chat_request() -> None:
 def test_a_malformed_response_format_is_a_bad_request(fmt: Any, error: str) -> None:
     with pytest.raises(BadRequest, match=error):
         parse_request(_body(response_format=fmt), "chat", "m")
+
+
+def test_json_object_gets_an_object_and_text_gets_text() -> None:
+    req = parse_request(_body(response_format={"type": "json_object"}), "chat", "m")
+    assert isinstance(msgspec.json.decode(plan_answer(SimConfig(), req).text), dict)
+    assert parse_request(_body(response_format={"type": "text"}), "chat", "m").response_format \
+        is None
