@@ -12,10 +12,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+import msgspec
 import structlog
 
 from matrix_p2p.envelope import Task, Turn, Usage
 from matrix_p2p.errors import ConfigError
+from matrix_p2p.llm import structured
 from matrix_p2p.llm.types import LLMError, LLMResponse, LLMResult
 from matrix_p2p.resources.base import Resources
 from matrix_p2p.workflow.refs import import_ref
@@ -51,6 +53,7 @@ class Context:
     """One hop's view of the runtime: the LLM, the spec, a bound logger, the clock."""
 
     __slots__ = (
+        "_cache_hits",
         "_endpoint",
         "_finish_reason",
         "_hop_start",
@@ -96,19 +99,31 @@ class Context:
         self._started = now
         self._usage = Usage()
         self._llm_calls = 0
+        self._cache_hits = 0
         self._endpoint: str | None = None
         self._model: str | None = None
         self._finish_reason: str | None = None
         self._messages: list[dict[str, Any]] | None = None
         self._hop_start = len(task.turns)  # turns past this one were said in this hop
 
-    async def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> LLMResult:
+    async def chat(self, messages: Sequence[Mapping[str, Any]], *,
+                   response_format: type[msgspec.Struct] | Mapping[str, Any] | None = None,
+                   max_reasks: int = structured.DEFAULT_MAX_REASKS,
+                   **params: Any) -> LLMResult:
         """Call the role's LLM. Returns ``LLMResponse`` or ``LLMError``, never raises.
 
         Sticky per task by default (prefix-cache reuse across the task's turns).
         The workflow's model settings for the role (its LLM resource under the role's
         ``llm_settings``: ``model``, ``max_tokens``, ``temperature``, ``top_p``,
         ``stop``, ``seed``, ``extra_body``) are the defaults; ``params`` win over them.
+
+        ``response_format``: a msgspec ``Struct`` type or a JSON schema dict. The request
+        carries it as OpenAI/vLLM ``response_format`` (json_schema), and the answer's
+        ``parsed`` is the validated value (an instance of the Struct, or plain JSON).
+        An invalid answer is asked again with the validation error appended, at most
+        ``max_reasks`` times; then the result is ``LLMError(kind="invalid_output")``,
+        whose ``unwrap()`` fails the task with the error. Every attempt's tokens count
+        in the hop's turn, once.
         """
         if self._llm is None:
             return LLMError(kind="no_endpoints", message=f"role {self.role.name!r} has no LLM")
@@ -128,9 +143,41 @@ class Context:
             # the replica that served the task's last turn, maybe in another process
             params["sticky_hint"] = next(
                 (t.endpoint for t in reversed(self.task.turns) if t.endpoint), None)
+        if response_format is None:
+            return await self._call_llm(messages, params)
+        fmt = structured.Structured(response_format)
+        params["response_format"] = fmt.wire()
+        asked: Sequence[Mapping[str, Any]] = messages
+        reasks = 0
+        while True:
+            result = await self._call_llm(asked, params)
+            if not isinstance(result, LLMResponse):
+                return result
+            try:
+                value = fmt.parse(result.text)
+            except structured.Invalid as exc:
+                if not structured.should_reask(reasks, max_reasks):
+                    return LLMError(
+                        kind="invalid_output", endpoint=result.endpoint,
+                        attempts=reasks + 1,
+                        message=f"answer does not follow {fmt.name} after {reasks + 1} "
+                                f"attempt(s): {exc}")
+                reasks += 1
+                asked = structured.reask_messages(messages, result.text, str(exc))
+                continue
+            return msgspec.structs.replace(result, parsed=value)
+
+    async def _call_llm(self, messages: Sequence[Mapping[str, Any]],
+                        params: Mapping[str, Any]) -> LLMResult:
+        # each call's usage is added once, here: re-asks of a structured call included
+        assert self._llm is not None
         result = await self._llm.chat(messages, role=self.role.name, **params)
         self._llm_calls += 1
-        if isinstance(result, LLMResponse):
+        if isinstance(result, LLMResponse) and result.cached:
+            self._cache_hits += 1  # its tokens were counted in the row that generated them
+            self._model = result.model or self._model
+            self._finish_reason = result.finish_reason
+        elif isinstance(result, LLMResponse):
             self._usage = self._usage + Usage(
                 prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
             )
@@ -154,6 +201,7 @@ class Context:
             started_at=self._started,
             elapsed_s=round(now - self._started, 6),
             llm_calls=self._llm_calls,
+            cache_hits=self._cache_hits,
             endpoint=self._endpoint,
             model=self._model,
             finish_reason=self._finish_reason,
@@ -163,6 +211,7 @@ class Context:
         self.task.turns.append(turn)
         self._usage = Usage()
         self._llm_calls = 0
+        self._cache_hits = 0
         self._messages = None
         self._started = now
         return turn

@@ -83,11 +83,13 @@ async def run_async(
     version: Mode = "check", fleet_state: bool = True, metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1", sync_interval: bool = False, progress: bool = False,
     log_level: str | None = None, stop: asyncio.Event | None = None, preflight: bool = True,
+    cache: bool = True,
 ) -> RunResult:
     """``run``, awaited from code that already runs an event loop. Setting ``stop``
     drains the run as Ctrl-C does; calling it again resumes from ``store``.
     ``preflight=False`` skips the check that the LLM endpoints answer and serve the
-    workflow's models (else ``ConfigError`` before any work). Raises ``RunAborted``
+    workflow's models (else ``ConfigError`` before any work). ``cache=False`` asks the
+    servers even where the workflow turns the LLM response cache on. Raises ``RunAborted``
     when the run stopped as clearly broken (``limits.abort_on_failures``)."""
     limit = args.count("limit", limit, minimum=0)
     out_path = args.path("out", out)
@@ -108,6 +110,7 @@ async def run_async(
         metrics_port=args.port("metrics_port", metrics_port),
         metrics_host=args.host("metrics_host", metrics_host),
         preflight=args.flag("preflight", preflight),
+        cache=args.flag("cache", cache),
     )
     stop = args.event("stop", stop)
     conn = nats
@@ -137,7 +140,7 @@ def run(workflow: Workflow, **options: Any) -> RunResult:
     ``sandbox_urls``, ``nats`` (else an embedded broker), ``concurrency``,
     ``sim_replicas``, ``retry_failed``, ``kept_only``, ``version`` ("check", "reuse"
     or "new"), ``fleet_state``, ``metrics_port``, ``metrics_host``,
-    ``sync_interval``, ``progress``, ``log_level``, ``stop`` and ``preflight``.
+    ``sync_interval``, ``progress``, ``log_level``, ``stop``, ``preflight`` and ``cache``.
 
     Error handling: a wrong argument raises ``TypeError`` (its type) or
     ``ConfigError`` (its value), a bad workflow ``ConfigError``, before any work;
@@ -170,6 +173,7 @@ async def serve(
     workflow: Workflow, *, nats: str | busmod.ConnectOptions, roles: Iterable[str] | None = None,
     llm_urls: str | Iterable[str] = (), concurrency: int | None = None, fleet_state: bool = True,
     drain_timeout: float = 30.0, log_level: str | None = None, preflight: bool = True,
+    cache: bool = True,
 ) -> AsyncIterator[Served]:
     """Run workers for ``roles`` (default: all) of ``workflow`` inside the caller's event
     loop, against the broker at ``nats``, until the block exits; then drain in-flight
@@ -201,7 +205,8 @@ async def serve(
         bus = await busmod.connect(conn)
         try:
             async with open_fleet_state(bus, enabled=fleet) as fleet_state_, \
-                    open_llms(spec, names, urls, fleet=fleet_state_) as llms:
+                    open_llms(spec, names, urls, fleet=fleet_state_,
+                              cache_bus=bus if args.flag("cache", cache) else None) as llms:
                 stats, stop, ready = WorkerStats(), asyncio.Event(), asyncio.Event()
                 # owned here: awaited below on every path out of the block
                 workers = asyncio.create_task(serve_roles(

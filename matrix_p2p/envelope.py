@@ -44,6 +44,7 @@ class Turn(msgspec.Struct, kw_only=True, omit_defaults=True):
     started_at: float = 0.0
     elapsed_s: float = 0.0
     llm_calls: int = 0
+    cache_hits: int = 0  # of llm_calls, answered from the response cache (no tokens)
     endpoint: str | None = None
     model: str | None = None  # the model that answered the hop's last LLM call
     finish_reason: str | None = None  # and why it stopped ("stop", "length" ...)

@@ -128,6 +128,9 @@ def workflow_users(spec: WorkflowSpec, *, manage_streams: bool = True,
                f"{API}.STREAM.MSG.DELETE.{names.tasks_stream}"]
         if spec.roles[role].llm is not None:
             pub += [*_kv(fleet_bucket, create=True), *_watch(fleet_bucket)]
+        llm_res = spec.llm_for(role)
+        if llm_res is not None and llm_res.cache:  # the response cache (llm/cache.py): get and create
+            pub += _kv(names.llm_cache_bucket, create=True)
         sends = ", ".join(targets) if targets else "no role"
         users.append(User(name=f"{wf}.role.{role}", publish=tuple(pub), subscribe=(INBOX,),
                           comment=f"workflow {wf}, role {role}: consumes {names.task(role)}; "

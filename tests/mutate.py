@@ -56,6 +56,9 @@ GM = "tests/integration/test_guard_metrics.py::"
 FAN = "tests/unit/test_hop_fanout.py::"
 CTX = "tests/unit/test_agent_context.py::"
 NR = "tests/unit/test_nr_agents.py::"
+STRUCT = "tests/unit/test_structured.py::"
+CACHE = "tests/unit/test_llm_cache.py::"
+CACHE_RUN = "tests/integration/test_llm_cache_run.py::"
 TOKENS = ("tests/integration/test_token_accounting.py::"
           "test_the_rows_usage_sums_to_the_servers_token_counters")
 LIVE = "tests/integration/test_liveness.py::"
@@ -554,6 +557,35 @@ MUTANTS = [
         ('*results, *_read_stream(names.tasks_stream),', "*results,"),
     ], ["tests/unit/test_permissions.py::"
         "test_a_role_consumes_its_own_subject_and_sends_only_where_routing_can"]),
+    Mutant("structured outputs: no limit on re-asks", "matrix_p2p/llm/structured.py", [
+        ("return reasks_done < max_reasks", "return True  # MUTANT"),
+    ], [STRUCT + "test_re_asks_stop_at_the_limit"]),
+    Mutant("structured outputs: an invalid answer accepted", "matrix_p2p/agent.py", [
+        ("value = fmt.parse(result.text)", "value = None  # MUTANT"),
+    ], [STRUCT + "test_an_invalid_answer_is_re_asked_with_the_error_and_every_attempt_counts_once"]),
+    Mutant("structured outputs: a re-ask's tokens not counted", "matrix_p2p/agent.py", [
+        ("result = await self._call_llm(asked, params)",
+         "result = await (self._call_llm(asked, params) if not reasks else "
+         "self._llm.chat(asked, role=self.role.name, **params))  # MUTANT"),
+    ], [STRUCT + "test_after_the_limit_the_task_fails_with_the_reason_and_keeps_the_tokens"]),
+    Mutant("response cache: the key without the seed", "matrix_p2p/llm/cache.py", [
+        ("what = {k: v for k, v in body.items() if k not in _NOT_IN_KEY}",
+         "what = {k: v for k, v in body.items() if k not in _NOT_IN_KEY | {'seed'}}"),
+    ], [CACHE + "test_the_key_changes_with_what_decides_the_answer"]),
+    Mutant("response cache: the key without the model", "matrix_p2p/llm/cache.py", [
+        ('what["model"] = model', 'what.pop("model", None)  # MUTANT'),
+    ], [CACHE + "test_the_key_changes_with_the_model_and_the_kind"]),
+    Mutant("response cache: a hit's tokens counted again", "matrix_p2p/llm/cache.py", [
+        ("prompt_tokens=0, completion_tokens=0)",
+         "prompt_tokens=e.prompt_tokens, completion_tokens=e.completion_tokens)"),
+    ], [CACHE + "test_a_hit_is_the_answer_with_no_tokens_and_counts_the_saving"]),
+    Mutant("response cache: a hit counted as generated in the row", "matrix_p2p/agent.py", [
+        ("if isinstance(result, LLMResponse) and result.cached:",
+         "if False:  # MUTANT"),
+    ], [CACHE + "test_a_hit_adds_no_tokens_to_the_row_and_the_row_says_it_was_a_hit"]),
+    Mutant("response cache: --no-cache ignored", "matrix_p2p/runtime/local_run.py", [
+        ("cache_bus=bus if opts.cache else None", "cache_bus=bus"),
+    ], [CACHE_RUN + "test_a_new_version_with_a_new_judge_prompt_re_asks_only_the_judge"]),
 ]
 
 

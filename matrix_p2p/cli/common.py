@@ -65,6 +65,12 @@ def add_fleet_state(p: argparse.ArgumentParser) -> None:
                         "(JetStream key-value bucket MX_LLM_FLEET)")
 
 
+def add_no_cache(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-cache", action="store_true",
+                   help="ask the LLM servers even where the workflow turns the response "
+                        "cache on (resources.llm.<name>.cache)")
+
+
 def add_stream_replicas(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-replicas", "--replicas", type=int, default=None, metavar="R",
                    dest="stream_replicas",

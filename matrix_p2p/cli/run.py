@@ -52,6 +52,7 @@ def add_parsers(sub: Any) -> None:
                    help="exit 0 even when some tasks failed")
     common.add_version_mode(r)
     common.add_fleet_state(r)
+    common.add_no_cache(r)
     common.add_metrics(r)
     common.add_nats(r, required=False)
     common.add_common(r)
@@ -80,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         fleet_state=not args.no_fleet_state, retry_failed=args.retry_failed,
         version_mode=args.version_mode, kept_only=args.kept_only,
         metrics_port=args.metrics_port, metrics_host=args.metrics_host,
-        preflight=not args.no_preflight,
+        preflight=not args.no_preflight, cache=not args.no_cache,
     )
 
     async def main() -> int:

@@ -36,6 +36,7 @@ def add_parsers(sub: Any) -> None:
     w.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="on stop, wait this long for in-flight hops, then hand them back")
     common.add_fleet_state(w)
+    common.add_no_cache(w)
     common.add_stream_replicas(w)
     common.add_metrics(w)
     common.add_nats(w, required=True)
@@ -76,7 +77,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         async with common.metrics(args, f"worker-{args.role}") as metrics, \
                 open_fleet_state(bus, enabled=uses_llm(spec, roles) and not args.no_fleet_state) as fleet, \
                 open_llms(spec, roles, common.llm_urls(args), fleet=fleet,
-                          recorder=metrics) as llms, \
+                          recorder=metrics, cache_bus=None if args.no_cache else bus) as llms, \
                 open_sandboxes(spec, common.sandbox_urls(args)) as resources:
             ready = asyncio.Event()
             served = asyncio.Event()

@@ -6,7 +6,8 @@ outstanding requests, or the task's sticky one; waiting its turn when all are
 full), ``_attempt`` does one HTTP request in the ``wire`` format and lets
 ``outcomes`` turn the answer into an ``LLMResult`` plus signals for the
 limiter, the breaker and the fleet; ``_call`` retries failed attempts on other
-endpoints with jittered backoff. Background tasks owned by the client: the
+endpoints with jittered backoff. With a response ``cache`` (``cache.py``), an identical
+request is answered from the store before any of that. Background tasks owned by the client: the
 endpoints file watcher (``endpoints``), the vLLM ``/metrics`` poller and the
 fleet publisher (``fleet_sync``).
 """
@@ -14,6 +15,7 @@ fleet publisher (``fleet_sync``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -31,6 +33,7 @@ from matrix_p2p.backoff import Backoff
 from matrix_p2p.envelope import Usage
 from matrix_p2p.llm import wire
 from matrix_p2p.llm.admission import Admission
+from matrix_p2p.llm.cache import ResponseCache
 from matrix_p2p.llm.config import LLMConfig
 from matrix_p2p.llm.endpoints import Endpoints
 from matrix_p2p.llm.fleet import FleetState
@@ -77,8 +80,10 @@ class LLMClient:
         rng: Callable[[], float] = random.random,
         worker_id: str | None = None,
         recorder: AttemptRecorder | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.config = config
+        self.cache = cache  # None: every request goes to a server
         self.fleet = fleet
         self.clock = clock
         self.wall_clock = wall_clock
@@ -174,7 +179,7 @@ class LLMClient:
         another process (the envelope remembers it): it seeds the sticky pin.
         """
         body = wire.chat_body(messages, max_tokens, temperature, extra_body)
-        return await self._call("chat", body, role, sticky_key, sticky_hint)
+        return await self._cached_call("chat", body, role, sticky_key, sticky_hint)
 
     async def complete(
         self,
@@ -189,7 +194,7 @@ class LLMClient:
     ) -> LLMResult:
         """One text completion (``/v1/completions``); arguments as for ``chat``."""
         body = wire.completion_body(prompt, max_tokens, temperature, extra_body)
-        return await self._call("complete", body, role, sticky_key, sticky_hint)
+        return await self._cached_call("complete", body, role, sticky_key, sticky_hint)
 
     def usage_by_role(self) -> dict[str, Usage]:
         return {k: Usage(prompt_tokens=v.prompt_tokens, completion_tokens=v.completion_tokens)
@@ -217,6 +222,27 @@ class LLMClient:
     @property
     def sticky_misses(self) -> int:
         return self._admission.sticky_misses
+
+    # -- one call: the cache ------------------------------------------------------
+    async def _cached_call(
+        self, kind: wire.CallKind, body: dict[str, Any], role: str, sticky_key: str | None,
+        sticky_hint: str | None,
+    ) -> LLMResult:
+        def call() -> Awaitable[LLMResult]:
+            return self._call(kind, body, role, sticky_key, sticky_hint)
+        if self.cache is None:
+            return await call()
+        return await self.cache.through(kind, await self._cache_model(body), body, call)
+
+    async def _cache_model(self, body: Mapping[str, Any]) -> str | None:
+        # the body's model, the client's, else the first endpoint's (the docs say: set
+        # `model` when replicas serve different ones); None: ask without the cache
+        named = body.get("model") or self.config.model
+        for ep in [] if named else [e for e in self._endpoints if not e.removed]:
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+                if isinstance(got := await self._model_for(ep), str):
+                    return got
+        return str(named) if named else None
 
     # -- one call: retries ------------------------------------------------------
     async def _call(

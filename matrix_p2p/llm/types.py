@@ -21,6 +21,9 @@ ErrorKind = Literal[
     "bad_request",  # 4xx other than 429: retrying will not help
     "bad_response",  # the server answered something we cannot parse
     "no_endpoints",  # the pool is empty or every endpoint is ejected
+    # the answer did not follow the requested response_format, re-asked up to the limit
+    # (``structured``): the task fails, naming the validation error
+    "invalid_output",
 ]
 
 # bad_response is transient: one replica answering garbage is that replica's fault, so the
@@ -62,6 +65,11 @@ class LLMResponse(msgspec.Struct, kw_only=True, frozen=True):
     finish_reason: str | None = None  # "stop", "length", "tool_calls"
     attempts: int = 1
     tool_calls: tuple[ToolCall, ...] = ()  # empty for a text answer
+    # with ``ctx.chat(..., response_format=S)``: the validated answer (an ``S`` for a
+    # msgspec Struct, plain JSON for a schema dict); None otherwise
+    parsed: Any = None
+    # answered from the response cache (``cache``): no tokens generated for it
+    cached: bool = False
 
     @property
     def ok(self) -> bool:

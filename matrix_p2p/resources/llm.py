@@ -15,8 +15,10 @@ from matrix_p2p.bus import Bus
 from matrix_p2p.envelope import Usage
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.llm import FleetState, LLMClient, LLMConfig
+from matrix_p2p.llm.cache import CacheStats, ResponseCache
 from matrix_p2p.llm.config import DEFAULT_KEY_ENV
 from matrix_p2p.llm.outcomes import AttemptRecorder
+from matrix_p2p.runtime.topology import Names
 from matrix_p2p.workflow.spec import LLMResource, WorkflowSpec
 
 
@@ -26,6 +28,19 @@ class LLMSet:
     def __init__(self, clients: dict[str, LLMClient], by_role: dict[str, ChatClient | None]) -> None:
         self.clients = clients
         self.by_role = by_role
+
+    def cache_stats(self) -> CacheStats | None:
+        """The response cache's hits and tokens saved over every client; None when no
+        client has a cache (off for every resource, or ``--no-cache``)."""
+        caches = [c.cache for c in self.clients.values() if c.cache is not None]
+        if not caches:
+            return None
+        total = CacheStats()
+        for cache in caches:
+            for field in msgspec.structs.fields(CacheStats):
+                setattr(total, field.name,
+                        getattr(total, field.name) + getattr(cache.stats, field.name))
+        return total
 
     @property
     def completion_tokens(self) -> int:
@@ -77,6 +92,7 @@ def uses_llm(spec: WorkflowSpec, roles: Sequence[str]) -> bool:
 async def open_llms(
     spec: WorkflowSpec, roles: Sequence[str], urls: Sequence[str] = (),
     fleet: FleetState | None = None, recorder: AttemptRecorder | None = None,
+    cache_bus: Bus | None = None,
 ) -> AsyncIterator[LLMSet]:
     """Start the clients the given roles need; close them on exit.
 
@@ -84,6 +100,8 @@ async def open_llms(
     ``fleet`` (from ``open_fleet_state``) is shared by every client: what one
     learns about an endpoint (limit, Retry-After, ejection), the others apply.
     ``recorder`` (the process's ``Metrics``) counts requests, latency, limits and tokens.
+    ``cache_bus``: where the response cache lives (the workflow's ``llm_cache_bucket``),
+    for the resources that turn it on (``cache: true``); None (``--no-cache``): no cache.
     """
     clients: dict[str, LLMClient] = {}
     by_role: dict[str, ChatClient | None] = {}
@@ -106,7 +124,11 @@ async def open_llms(
                 key_where = (f"{spec.path}: roles.{role}.llm_settings.api_key_env"
                              if own_key is not None else None)
                 cfg = llm_config(res, urls, where, key_where)
-                client = LLMClient(cfg, fleet=fleet, recorder=recorder)
+                cache = None
+                if res.cache and cache_bus is not None:
+                    bucket = Names.of(spec).llm_cache_bucket
+                    cache = ResponseCache(await cache_bus.key_value(bucket))
+                client = LLMClient(cfg, fleet=fleet, recorder=recorder, cache=cache)
                 clients[key] = await stack.enter_async_context(client)
             by_role[role] = clients[key]
         yield LLMSet(clients, by_role)

@@ -21,6 +21,7 @@ from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import StoreBroker
 from matrix_p2p.envelope import Usage
+from matrix_p2p.llm.cache import CacheStats
 from matrix_p2p.metrics import serving
 from matrix_p2p.report.figures import FigureValue
 from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
@@ -64,6 +65,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
     metrics_port: int | None = None  # one /metrics for the whole run (0: a free port)
     metrics_host: str = "127.0.0.1"
     preflight: bool = True  # probe the LLM endpoints and sandbox servers first (preflight.py)
+    cache: bool = True  # False (--no-cache): no LLM response cache, whatever the workflow says
 
 
 class RunResult(msgspec.Struct):
@@ -93,6 +95,7 @@ class RunResult(msgspec.Struct):
     # unfinished tasks stay in the store. None: it was not stopped
     aborted: str | None = None
     summary: str | None = None  # the summary file (<out>.summary.json), once written
+    cache: CacheStats | None = None  # the LLM response cache's hits; None: no cache used
 
 
 @contextlib.asynccontextmanager
@@ -212,7 +215,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                                opts.version_mode)
             async with serving(opts.metrics_port, opts.metrics_host, what="run") as metrics, \
                     open_fleet_state(bus, enabled=opts.fleet_state and uses_llm(spec, roles)) as fleet, \
-                    open_llms(spec, roles, urls, fleet=fleet, recorder=metrics) as llms, \
+                    open_llms(spec, roles, urls, fleet=fleet, recorder=metrics,
+                              cache_bus=bus if opts.cache else None) as llms, \
                     open_sandboxes(spec, sandboxes.urls) as resources:
                 tasks = planned.in_namespace(ns)
                 sink = Sink(bus, spec, out, namespace=ns, kept_only=opts.kept_only,
@@ -285,6 +289,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                     stop_progress.set()
                 tokens = llms.completion_tokens
                 usage = llms.usage_by_role()
+                cache = llms.cache_stats()
         finally:
             await bus.close()
     return RunResult(
@@ -293,7 +298,7 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
         interrupted=stop.is_set() and not sink.finished(), submit=submitted, worker=stats,
         dataset_done=sink.latest.counts()[0], dataset_failed=sink.latest.counts()[1],
         retried=len(retried), sandbox_leased=sandboxes.leased_at_end, filters=sink.counts,
-        usage_by_role=usage, tasks=completion.counts(),
+        usage_by_role=usage, tasks=completion.counts(), cache=cache,
         preserved=str(sink.preserved) if sink.preserved else None,
         file_rows=sink.file_rows, left_out=sink.count - sink.file_rows,
         children=sink.children, figures=sink.figures.results(),

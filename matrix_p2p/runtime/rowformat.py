@@ -48,6 +48,7 @@ def to_row(task: Task) -> dict[str, Any]:
                 "endpoint": t.endpoint,
                 "model": t.model,
                 "finish_reason": t.finish_reason,
+                **({"cache_hits": t.cache_hits} if t.cache_hits else {}),
                 **({"messages": t.messages} if t.messages is not None else {}),
                 **({"meta": t.meta} if t.meta else {}),
             }

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 
+from matrix_p2p.llm.cache import CacheStats
 from matrix_p2p.report import figures
 from matrix_p2p.report.figures import FigureValue
 from matrix_p2p.runtime.filter_counts import FilterReport
@@ -53,6 +54,9 @@ class Summary(msgspec.Struct, kw_only=True):
     completion_tokens_per_s: float
     cost: float | None  # None when no role's resource has a price
     aborted: str | None = None  # why the run stopped as broken (limits.abort_on_failures)
+    # the LLM response cache (llm/cache.py): None when no role used one. Tokens saved are
+    # what the hits' answers cost when generated; they are not in the token counts above
+    cache: CacheStats | None = None
 
 
 def _cost(spec: WorkflowSpec, role: str, prompt: int, completion: int) -> float | None:
@@ -84,6 +88,7 @@ def summarize(result: RunResult, spec: WorkflowSpec) -> Summary:
         tokens_per_s=round((prompt + completion) / wall, 1),
         completion_tokens_per_s=round(completion / wall, 1),
         cost=round(sum(costs), 6) if costs else None, aborted=result.aborted,
+        cache=result.cache,
     )
 
 
@@ -112,6 +117,11 @@ def render(s: Summary) -> str:
     lines.append(f"  {'total':<16}{s.prompt_tokens:>14,}{s.completion_tokens:>16,}"
                  f"{_money(s.cost):>12}")
     lines.append(f"  tokens/s         {s.tokens_per_s:,.0f} (generated {s.completion_tokens_per_s:,.0f})")
+    if s.cache is not None:
+        c = s.cache
+        lines.append(f"  response cache: {c.hits:,} hits, {c.misses:,} misses; saved "
+                     f"{c.saved_prompt_tokens:,} prompt + {c.saved_completion_tokens:,} "
+                     "completion tokens")
     if s.filters is not None:
         lines.append(f"  filters: {s.filters.line()}")
     if s.sandbox_leased is not None:

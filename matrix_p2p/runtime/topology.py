@@ -13,7 +13,8 @@ Layout of one workflow namespace (``<prefix>`` is ``mx`` unless the file says so
   ``Mx-Reason``, ``Mx-Subject`` and optionally ``Mx-Task`` and ``Mx-Truncated``;
 - key-value bucket ``<PREFIX>_<WF>_SUBMITTED``: the ids ``submit`` has created;
 - object bucket ``<PREFIX>_<WF>_OBJECTS``: offloaded large values (``offload``);
-- key-value bucket ``<PREFIX>_<WF>_SEEN``: the fleet's seen-set (``seen``: dedup claims).
+- key-value bucket ``<PREFIX>_<WF>_SEEN``: the fleet's seen-set (``seen``: dedup claims);
+- key-value bucket ``<PREFIX>_<WF>_LLMCACHE``: the LLM response cache (``llm.cache``).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ TRUNCATED = "Mx-Truncated"
 class Names:
     """The names of one workflow namespace."""
 
-    __slots__ = ("dlq", "dlq_stream", "done", "failed", "objects_bucket", "prefix",
-                 "results_stream", "seen_bucket", "submitted_bucket", "task_prefix",
+    __slots__ = ("dlq", "dlq_stream", "done", "failed", "llm_cache_bucket", "objects_bucket",
+                 "prefix", "results_stream", "seen_bucket", "submitted_bucket", "task_prefix",
                  "tasks_stream", "workflow")
 
     def __init__(self, workflow: str, prefix: str = "mx") -> None:
@@ -55,6 +56,7 @@ class Names:
         self.submitted_bucket = f"{up}_SUBMITTED"
         self.objects_bucket = f"{up}_OBJECTS"
         self.seen_bucket = f"{up}_SEEN"
+        self.llm_cache_bucket = f"{up}_LLMCACHE"
 
     @classmethod
     def of(cls, spec: WorkflowSpec) -> Names:

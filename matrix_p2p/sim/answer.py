@@ -15,6 +15,7 @@ from matrix_p2p.sim.sampling import (
     prompt_tokens,
     request_rng,
 )
+from matrix_p2p.sim.schema_json import answer_json
 from matrix_p2p.sim.tools import tool_answer
 from matrix_p2p.sim.usersim import is_user_sim, user_turn
 
@@ -40,5 +41,8 @@ def plan_answer(config: SimConfig, req: SimRequest) -> Answer:
         got = tool_answer(req.payload, req.tools, req.tool_choice, n_out, req.max_tokens, rng,
                           config.tool_call_malformed_rate)
         return Answer(got.text, n_prompt, got.completion_tokens, got.finish_reason, got.tool_calls)
+    if req.response_format is not None:  # guided decoding: JSON of the schema, never cut
+        text = answer_json(req.response_format, rng)
+        return Answer(text, n_prompt, prompt_tokens(text), "stop")
     text = respond(req.text, n_out, rng, config.agree_prob)
     return Answer(text, n_prompt, n_out, finish_reason)

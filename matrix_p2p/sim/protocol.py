@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from matrix_p2p.sim.schema_json import SchemaError, parse_response_format
+
 Kind = Literal["chat", "completion"]
 
 _decoder = msgspec.json.Decoder()
@@ -36,6 +38,8 @@ class SimRequest(msgspec.Struct, kw_only=True, frozen=True):
     # "required" or the name of the one function the model must call.
     tools: list[dict[str, Any]] | None = None
     tool_choice: str = "none"
+    # the JSON schema of a structured-output request (``schema_json``), None for text
+    response_format: dict[str, Any] | None = None
 
 
 def _content_text(content: Any, where: str) -> str:
@@ -122,6 +126,10 @@ def parse_request(raw: bytes, kind: Kind, default_model: str) -> SimRequest:
             raise BadRequest("prompt must be a string or a list of strings")
         text, payload, n_messages = prompt, prompt, 0
         tools, tool_choice = None, "none"
+    try:
+        response_format = parse_response_format(body.get("response_format"))
+    except SchemaError as exc:
+        raise BadRequest(str(exc)) from None
     model = body.get("model") or default_model
     if not isinstance(model, str):
         raise BadRequest("model must be a string")
@@ -142,6 +150,7 @@ def parse_request(raw: bytes, kind: Kind, default_model: str) -> SimRequest:
         seed=_int_field(body, "seed", -(2**63)),
         tools=tools,
         tool_choice=tool_choice,
+        response_format=response_format,
     )
 
 

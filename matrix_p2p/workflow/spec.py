@@ -56,6 +56,9 @@ class LLMResource(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     initial_limit: int = 32
     max_limit: int = 2048
     sticky: bool = True
+    # answer identical requests from the store's response cache (llm/cache.py; off by
+    # default: wrong for temperature > 0 without a seed, which then gets one answer forever)
+    cache: bool = False
     # price per 1,000 tokens, in the currency of your choice: `run`'s summary shows the cost
     price_per_1k_prompt: float | None = None
     price_per_1k_completion: float | None = None

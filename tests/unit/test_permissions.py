@@ -86,6 +86,17 @@ def test_only_llm_roles_get_the_fleet_bucket(cycle: WorkflowSpec) -> None:
     assert not [s for s in users["wf.role.judge"][0] if FLEET_BUCKET in s]
 
 
+def test_roles_whose_llm_caches_get_the_response_cache_bucket(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, CYCLE.replace("roles:", "resources: {llm: {default: {cache: true}}}\n"
+                                              "roles:", 1), name="wf")
+    users = users_by_name(spec)
+    assert "$KV.MX_WF_LLMCACHE.>" in users["wf.role.teacher"][0]  # get and create
+    assert "$JS.API.STREAM.CREATE.KV_MX_WF_LLMCACHE" in users["wf.role.teacher"][0]
+    assert not [s for s in users["wf.role.judge"][0] if "LLMCACHE" in s]  # llm: null
+    assert not [s for s in users_by_name(make_spec(tmp_path, CYCLE, name="wf2"))[
+        "wf2.role.teacher"][0] if "LLMCACHE" in s]  # cache off (the default)
+
+
 def test_python_routing_allows_every_role_and_says_so(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, PYTHON, name="py")
     reach, analysed = next_roles(spec)
