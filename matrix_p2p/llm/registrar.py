@@ -31,6 +31,8 @@ import structlog
 from matrix_p2p.aio import pause
 from matrix_p2p.errors import BusError, ConfigError
 from matrix_p2p.llm import wire
+from matrix_p2p.llm.client import session_headers
+from matrix_p2p.llm.config import LLMConfig
 from matrix_p2p.llm.pool import normalise_url
 from matrix_p2p.llm.registry import PrefixCounters, Registration, parse_load, parse_models
 
@@ -70,7 +72,9 @@ class Registrar:
         """Check the server, then register and renew every ``interval_s`` until ``stop``;
         delete the entry on the way out (``ready`` is set after the first write)."""
         timeout = aiohttp.ClientTimeout(total=max(2.0, self._interval_s * 2))
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        # vLLM's --api-key guards /v1/models: send OPENAI_API_KEY as the workers do
+        headers = session_headers(LLMConfig())
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
             models, max_len = await self._check(session, stop)
             fails = 0
             try:

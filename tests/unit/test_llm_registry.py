@@ -3,7 +3,10 @@ follows, and the routing rule that weighs published load (``llm.scoring``)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +194,28 @@ def test_a_new_registration_is_taken_and_a_config_endpoint_is_never_dropped() ->
     f.apply()
     assert eps.urls() == ["http://static:1"]
     assert new.removed and new.published is None
+
+
+UNIT = Path(__file__).resolve().parents[2] / "infra" / "vllm" / "matrix-p2p-llm-register@.service"
+
+
+def test_registrar_unit_runs_beside_its_replica_and_withdraws_on_stop() -> None:
+    text = UNIT.read_text(encoding="utf-8").replace("\\\n", " ")
+    s = {k.strip(): v.strip() for k, _, v in
+         (line.partition("=") for line in text.splitlines()
+          if "=" in line and not line.lstrip().startswith("#"))}
+    assert s["BindsTo"] == "vllm@%i.service" and "vllm@%i.service" in s["After"]
+    assert "-m matrix_p2p llm-register" in s["ExecStart"]
+    assert "$((${VLLM_BASE_PORT:-8000} + %i))" in s["ExecStart"]  # the port vllm@%i serves
+    assert (s["KillSignal"], s["Restart"]) == ("SIGTERM", "on-failure")
+
+
+def test_registrar_unit_verifies(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed")
+    text = UNIT.read_text(encoding="utf-8").replace("BindsTo=vllm@%i.service\n", "")
+    (tmp_path / "matrix-p2p-llm-register@0.service").write_text(text, encoding="utf-8")
+    r = subprocess.run([tool, "verify", "--man=no", "matrix-p2p-llm-register@0.service"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
