@@ -31,7 +31,7 @@ from matrix_p2p.bus.errors import AlreadyExists, NotFound, TimedOut, translate
 from matrix_p2p.bus.fleet_kv import endpoint_key, key_endpoint
 from matrix_p2p.errors import BusError
 from matrix_p2p.llm import registry
-from matrix_p2p.llm.registry import DEFAULT_REGISTRY_TTL_S, REGISTRY_BUCKET, Registration
+from matrix_p2p.llm.registry import DEFAULT_REGISTRY_TTL_S, Registration, default_bucket
 
 log = structlog.get_logger(__name__)
 
@@ -41,11 +41,11 @@ RESYNC_S = 30.0
 class ReplicaRegistry:
     """``registry.ReplicaSource`` (after ``start()``) and the registrar's writer."""
 
-    def __init__(self, js: Any, *, bucket: str = REGISTRY_BUCKET,
+    def __init__(self, js: Any, *, bucket: str | None = None,
                  ttl_s: float = DEFAULT_REGISTRY_TTL_S, replicas: int = 1,
                  resync_s: float = RESYNC_S, backoff_cap_s: float = 5.0) -> None:
         self._js = js
-        self.bucket = bucket
+        self.bucket = bucket or default_bucket()  # $MX_LLM_REGISTRY_BUCKET or MX_LLM_REPLICAS
         self.ttl_s = ttl_s
         self.replicas = replicas
         self.resync_s = resync_s

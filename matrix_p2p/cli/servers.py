@@ -72,7 +72,8 @@ def add_parsers(sub: Any) -> None:
     reg.add_argument("--startup-timeout", type=float, default=60.0, metavar="S",
                      help="wait this long for the server to answer at start (default 60)")
     reg.add_argument("--bucket", default=None, metavar="NAME",
-                     help="the registry's key-value bucket (default MX_LLM_REPLICAS)")
+                     help="the registry's key-value bucket (default $MX_LLM_REGISTRY_BUCKET, "
+                          "else MX_LLM_REPLICAS)")
     common.add_nats(reg, required=True)
     common.add_common(reg)
     reg.set_defaults(fn=cmd_llm_register)

@@ -12,6 +12,7 @@ has expired it yet.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
@@ -21,6 +22,7 @@ from matrix_p2p.llm.scoring import ReplicaLoad
 from matrix_p2p.llm.wire import parse_waiting
 
 REGISTRY_BUCKET = "MX_LLM_REPLICAS"
+BUCKET_ENV = "MX_LLM_REGISTRY_BUCKET"  # another bucket: one registry per fleet on a broker
 DEFAULT_REGISTRY_TTL_S = 10.0
 
 
@@ -35,6 +37,11 @@ class Registration(msgspec.Struct, kw_only=True):
     updated_at: float = 0.0  # wall clock of the registrar
     ttl_s: float = DEFAULT_REGISTRY_TTL_S
     registrar: str = ""
+
+
+def default_bucket() -> str:
+    """The registry bucket: ``$MX_LLM_REGISTRY_BUCKET``, else ``MX_LLM_REPLICAS``."""
+    return os.environ.get(BUCKET_ENV) or REGISTRY_BUCKET
 
 
 _encoder = msgspec.json.Encoder()

@@ -4,6 +4,7 @@ key-value store, against simulator replicas."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -23,11 +25,13 @@ from matrix_p2p.llm.registry import Registration, serving
 from matrix_p2p.llm.scoring import ReplicaLoad
 from matrix_p2p.sim.config import SimConfig
 from matrix_p2p.sim.server import SimServer, start_sim
+from tests.conftest import make_spec
 from tests.procs import env, mx
 
 MSGS = [{"role": "user", "content": "hi"}]
 FAST = SimConfig(step_base_s=0.002, output_tokens="fixed", output_tokens_mean=8)
 MODEL = FAST.model
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bucket() -> str:
@@ -154,3 +158,34 @@ def test_worker_with_no_endpoints_and_no_registered_replica_exits_2_saying_what_
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("matrix_p2p: error: "), last
     assert "no replica serving" in last and "llm-register" in last and "--llm-url" in last, last
+
+
+async def test_run_on_a_fleet_broker_uses_the_registered_replicas(
+        bus: Bus, nats_server: EmbeddedNats, sims: list[SimServer], tmp_path: Path) -> None:
+    """``run --nats`` with no endpoints: the registered replica serves every call, not a
+    simulator of its own."""
+    name = bucket()
+    coral = (ROOT / "workflows" / "coral.yaml").read_text(encoding="utf-8")
+    coral = coral.replace("name: coral\n", "").replace(
+        "data/coral_questions.jsonl", str(ROOT / "workflows" / "data" / "coral_questions.jsonl"))
+    spec = make_spec(tmp_path, coral)
+    writer: ReplicaRegistry = bus.replica_registry(bucket=name)  # type: ignore[attr-defined]
+    await writer.put(entry(sims[0].base_url))
+    out = tmp_path / "out.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "matrix_p2p", "run", spec.path, "--limit", "3", "--no-progress",
+        "--nats", nats_server.url, "--out", str(out),
+        env={**env(), "MX_LLM_REGISTRY_BUCKET": name}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        async with asyncio.timeout(120):
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "llm.registry_used" in err.decode()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+    assert sims[0].stats()["completed"] >= 3 and sims[1].stats()["completed"] == 0
