@@ -22,10 +22,10 @@ from matrix_p2p import bus as busmod
 from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import StoreBroker
 from matrix_p2p.envelope import Usage
-from matrix_p2p.metrics import serving
-from matrix_p2p.report.figures import FigureValue
 from matrix_p2p.llm.registry import ReplicaSource
 from matrix_p2p.llm.registry import serving as registered_serving
+from matrix_p2p.metrics import serving
+from matrix_p2p.report.figures import FigureValue
 from matrix_p2p.resources.llm import open_fleet_state, open_llms, registry_models, uses_llm
 from matrix_p2p.resources.preflight import preflight
 from matrix_p2p.resources.sandbox import open_sandboxes

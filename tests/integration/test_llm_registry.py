@@ -46,12 +46,12 @@ async def sims() -> AsyncIterator[list[SimServer]]:
         await s.stop()
 
 
-async def until(reg: ReplicaRegistry, pred: Callable[[], bool], timeout: float = 10.0) -> None:
+async def until(reg: ReplicaRegistry, pred: Callable[[], bool], within: float = 10.0) -> None:
     """Wait for ``pred()`` on the registry's change events (bounded)."""
     changed = asyncio.Event()
     unsubscribe = reg.subscribe(changed.set)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while not pred():
                 await changed.wait()
                 changed.clear()
@@ -60,8 +60,8 @@ async def until(reg: ReplicaRegistry, pred: Callable[[], bool], timeout: float =
 
 
 async def until_endpoints(client: LLMClient, pred: Callable[[list[str]], bool],
-                          timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
+                          within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
         while not pred(client.endpoints()):
             await client.wait_endpoints_changed()
 
@@ -117,15 +117,15 @@ async def test_a_client_follows_the_registry_new_replicas_get_traffic_lapsed_one
             assert isinstance(r, LLMResponse) and r.endpoint == a
             # b registers mid-run, then its registrar dies (no renewal, no delete)
             await writer.put(entry(b, ttl=1.5))
-            await until_endpoints(client, lambda urls: b in urls, timeout=5)
+            await until_endpoints(client, lambda urls: b in urls, within=5)
             r = await client.chat(MSGS)
             assert isinstance(r, LLMResponse) and r.endpoint == b
-            await until_endpoints(client, lambda urls: urls == [a], timeout=10)
+            await until_endpoints(client, lambda urls: urls == [a], within=10)
             for _ in range(5):
                 r = await client.chat(MSGS)
                 assert isinstance(r, LLMResponse) and r.endpoint == a
             await writer.delete(a)  # withdrawn: removed at once
-            await until_endpoints(client, lambda urls: urls == [], timeout=5)
+            await until_endpoints(client, lambda urls: urls == [], within=5)
 
 
 async def test_llm_register_cli_withdraws_on_sigterm(
@@ -137,13 +137,13 @@ async def test_llm_register_cli_withdraws_on_sigterm(
         env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         async with bus.replica_registry(bucket=name) as reader:  # type: ignore[attr-defined]
-            await until(reader, lambda: bool(reader.entries()), timeout=30)
+            await until(reader, lambda: bool(reader.entries()), within=30)
             assert [e.url for e in reader.entries()] == [sims[0].base_url]
             proc.send_signal(signal.SIGTERM)
             async with asyncio.timeout(20):
                 _, err = await proc.communicate()
             assert proc.returncode == 0, err.decode()
-            await until(reader, lambda: not reader.entries(), timeout=5)
+            await until(reader, lambda: not reader.entries(), within=5)
     finally:
         if proc.returncode is None:
             os.kill(proc.pid, signal.SIGKILL)
