@@ -10,14 +10,17 @@ each with closed-loop callers. Two runs on fresh replicas, same load:
   ``Registrar`` per replica that scrapes its ``/metrics`` every second; the
   choice is ``scoring.choose`` (published queue, our own count, stickiness).
 
-Each worker pins every caller's requests to a sticky key, as tasks do.
-Throughput, mean and p95 latency per request are measured over the same window
-after a warm-up; the table prints both and their ratio.
+Each worker pins every caller's requests to a sticky key, as tasks do. A
+second scenario adds another tenant's callers on the first replica (load our
+clients' own counts cannot see). Throughput, mean and p95 latency of our
+requests are measured over the same window after a warm-up; the table prints
+both routings and their ratio.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +33,7 @@ from matrix_p2p.sim.config import SimConfig
 from matrix_p2p.sim.server import SimServer, start_sim
 
 SLOW = (1.0, 1.0, 3.0)
+OUTPUT_TOKENS = 32
 MESSAGES = [{"role": "user", "content": "Tell me about continuous batching."}]
 
 
@@ -57,11 +61,13 @@ class _Registry:
 
 
 async def _one(mode: str, *, workers: int, callers: int, warmup_s: float, window_s: float,
-               max_num_seqs: int) -> dict[str, Any]:
+               max_num_seqs: int, tenant: int = 0, load: float | None = None) -> dict[str, Any]:
+    """``load`` None: ``callers`` closed-loop sticky callers per worker; else open-loop
+    Poisson arrivals (one-request tasks) at that fraction of the fleet's capacity."""
     sims: list[SimServer] = []
     for i, slow in enumerate(SLOW):
         cfg = SimConfig(seed=i, slow_factor=slow, max_num_seqs=max_num_seqs,
-                        output_tokens="fixed", output_tokens_mean=32)
+                        output_tokens="fixed", output_tokens_mean=OUTPUT_TOKENS)
         sims.append(await start_sim(cfg))
     registry = _Registry()
     stop = asyncio.Event()
@@ -74,7 +80,10 @@ async def _one(mode: str, *, workers: int, callers: int, warmup_s: float, window
             async with asyncio.timeout(10):
                 while len(registry.entries()) < len(sims):
                     await asyncio.sleep(0.05)
-        cfg = LLMConfig(endpoints=[] if mode == "published_load" else [s.url for s in sims],
+        # static endpoints in URL order, the order the scoring rule breaks ties in: no
+        # routing wins by where the slow replica happens to stand in a list
+        static = sorted(s.url for s in sims)
+        cfg = LLMConfig(endpoints=[] if mode == "published_load" else static,
                         model=sims[0].config.model, metrics_poll_s=None)
         clients = [LLMClient(cfg, registry=registry if mode == "published_load" else None)
                    for _ in range(workers)]
@@ -93,8 +102,38 @@ async def _one(mode: str, *, workers: int, callers: int, warmup_s: float, window
                     latencies.append(time.monotonic() - t0)
                     done += 1
 
-        tasks = [asyncio.create_task(caller(c, f"w{w}-c{i}"))
-                 for w, c in enumerate(clients) for i in range(callers)]
+        async def one_request(client: LLMClient) -> None:
+            nonlocal done
+            t0 = time.monotonic()
+            res = await client.chat(MESSAGES)
+            if measuring and isinstance(res, LLMResponse):
+                latencies.append(time.monotonic() - t0)
+                done += 1
+
+        async def arrivals(client: LLMClient, rate: float, seed: int) -> None:
+            rng = random.Random(seed)
+            async with asyncio.TaskGroup() as tg:
+                while not stop.is_set():
+                    await asyncio.sleep(rng.expovariate(rate))
+                    tg.create_task(one_request(client))
+
+        if load is None:
+            tasks = [asyncio.create_task(caller(c, f"w{w}-c{i}"))
+                     for w, c in enumerate(clients) for i in range(callers)]
+        else:
+            tokens = sum(x.config.capacity_tokens_per_s() for x in sims)
+            rate = load * tokens / OUTPUT_TOKENS / workers  # requests/s per worker
+            tasks = [asyncio.create_task(arrivals(c, rate, w)) for w, c in enumerate(clients)]
+        # another tenant's load on the first replica, which our clients do not see
+        other = LLMClient(LLMConfig(endpoints=[sims[0].url], model=sims[0].config.model,
+                                    metrics_poll_s=None))
+        await other.start()
+
+        async def tenant_caller() -> None:
+            while not stop.is_set():
+                await other.chat(MESSAGES)
+
+        tasks += [asyncio.create_task(tenant_caller()) for _ in range(tenant)]
         await asyncio.sleep(warmup_s)
         measuring = True
         await asyncio.sleep(window_s)
@@ -103,7 +142,12 @@ async def _one(mode: str, *, workers: int, callers: int, warmup_s: float, window
         await asyncio.gather(*tasks)
         by_replica = {s.base_url: sum(st.successes for c in clients for st in c.snapshot()
                                       if st.url == s.base_url) for s in sims}
+        errors: dict[str, int] = {}
         for c in clients:
+            for st in c.snapshot():
+                for kind, n in st.errors_by_kind.items():
+                    errors[kind] = errors.get(kind, 0) + n
+        for c in [*clients, other]:
             await c.close()
     finally:
         stop.set()
@@ -111,29 +155,46 @@ async def _one(mode: str, *, workers: int, callers: int, warmup_s: float, window
         for s in sims:
             await s.stop()
     lat = sorted(latencies)
-    return {"mode": mode, "requests_per_s": done / window_s,
+    return {"mode": mode, "requests_per_s": done / window_s, "errors": errors,
             "mean_latency_s": statistics.fmean(lat) if lat else float("nan"),
             "p95_latency_s": lat[int(0.95 * (len(lat) - 1))] if lat else float("nan"),
             "share_by_slow_factor": {f"x{slow:g}#{i}": by_replica[s.base_url]
                                      for i, (slow, s) in enumerate(zip(SLOW, sims, strict=True))}}
 
 
+SCENARIOS: tuple[tuple[str, int, float | None], ...] = (
+    # name, another tenant's callers on the first replica, open-loop load (None: closed loop)
+    ("closed_loop", 0, None),
+    ("closed_loop_plus_tenant", 16, None),
+    ("open_loop_60pct", 0, 0.6),
+    ("open_loop_60pct_plus_tenant", 8, 0.6),
+)
+
+
 async def compare(*, workers: int = 4, callers: int = 12, warmup_s: float = 3.0,
                   window_s: float = 10.0, max_num_seqs: int = 8,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Both routings on the same load, one after the other; the figures and their ratio."""
-    runs = {}
-    for mode in ("least_outstanding", "published_load"):
-        runs[mode] = await _one(mode, workers=workers, callers=callers, warmup_s=warmup_s,
-                                window_s=window_s, max_num_seqs=max_num_seqs)
-    lo, pl = runs["least_outstanding"], runs["published_load"]
-    log(f"  replicas slow x{SLOW}, batch {max_num_seqs}; {workers} workers x {callers} callers")
-    log(f"  {'':18} {'least_outstanding':>18} {'published_load':>15} {'ratio':>7}")
-    for k in ("requests_per_s", "mean_latency_s", "p95_latency_s"):
-        ratio = pl[k] / lo[k] if lo[k] else float("nan")
-        log(f"  {k:18} {lo[k]:18.3f} {pl[k]:15.3f} {ratio:7.3f}")
-    log(f"  requests per replica: least_outstanding {lo['share_by_slow_factor']}, "
-        f"published_load {pl['share_by_slow_factor']}")
-    return {"runs": runs, "ratio": {k: (pl[k] / lo[k] if lo[k] else None)
-                                    for k in ("requests_per_s", "mean_latency_s",
-                                              "p95_latency_s")}}
+    """Both routings on the same load, one after the other, per scenario; the figures
+    and their ratio (published load / least outstanding)."""
+    out: dict[str, Any] = {}
+    log(f"  replicas slow x{SLOW}, batch {max_num_seqs}, {OUTPUT_TOKENS} tokens a request; "
+        f"{workers} workers; closed loop: {callers} sticky callers each; open loop: "
+        "Poisson arrivals at a share of the fleet's capacity; tenant: another client's "
+        "callers on replica #0, unseen by ours")
+    log(f"  {'scenario':28} {'figure':15} {'least_outst.':>12} {'published':>10} {'ratio':>6}")
+    for scenario, tenant, load in SCENARIOS:
+        runs = {}
+        for mode in ("least_outstanding", "published_load"):
+            runs[mode] = await _one(mode, workers=workers, callers=callers, warmup_s=warmup_s,
+                                    window_s=window_s, max_num_seqs=max_num_seqs,
+                                    tenant=tenant, load=load)
+        lo, pl = runs["least_outstanding"], runs["published_load"]
+        for k in ("requests_per_s", "mean_latency_s", "p95_latency_s"):
+            ratio = pl[k] / lo[k] if lo[k] else float("nan")
+            log(f"  {scenario:28} {k:15} {lo[k]:12.3f} {pl[k]:10.3f} {ratio:6.3f}")
+        log(f"  {scenario:28} ours by replica: least_outstanding {lo['share_by_slow_factor']}, "
+            f"published {pl['share_by_slow_factor']}")
+        out[scenario] = {"runs": runs, "ratio": {
+            k: (pl[k] / lo[k] if lo[k] else None)
+            for k in ("requests_per_s", "mean_latency_s", "p95_latency_s")}}
+    return out

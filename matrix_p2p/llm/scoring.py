@@ -2,22 +2,28 @@
 
 The rule (also in docs/llm-registry.md):
 
-- **Cost of a replica** = ``(queue + waiting) / capacity + kv_cache_usage``, where
-  ``queue = max(ours, running + waiting)``: the requests ahead of a new one.
-  ``ours`` is this client's own outstanding count on the replica (exact, now);
-  ``running + waiting`` is the server's published count (every client's, up to a
-  scrape interval old). Taking the larger keeps a burst of our own requests
-  visible before the next scrape shows it. ``waiting`` is counted twice: a
-  request beyond the running batch waits a whole batch turn, one inside it only
-  shares the step. ``capacity`` is the replica's published ``max_num_seqs`` (its
-  batch) or else our adaptive limit for it. A nearly full KV cache (preemptions
-  ahead) adds up to 1.
+- **Cost of a replica** = ``(ours + waiting) / capacity + kv_cache_usage``.
+  ``ours`` is this client's own outstanding count there (exact, now): the
+  least-outstanding rule. ``waiting`` is the replica's published queue beyond
+  its running batch (every client's requests, up to a scrape interval old): a
+  request sent there waits a whole batch turn per ``capacity`` requests ahead.
+  Only the queue is taken from the published load, not the running count: a
+  queue lasts, while a running count a second old says little about a batch
+  whose requests take less than that, and every worker reading the same stale
+  count would herd onto the replica that looked emptiest (measured: twice the
+  latency at 60 % load with ``max(ours, running + waiting)``). ``capacity`` is
+  the replica's published ``max_num_seqs`` (its batch) or else our adaptive
+  limit for it. A nearly full KV cache (preemptions ahead) adds up to 1.
 - **No load published** (a static endpoint, a server without vLLM metrics, a
   load older than ``STALE_S``): cost = ``ours / capacity``.
 - **Stickiness**: the task's own replica (its prefix cache) is kept while its
   cost is at most ``STICKY_SLACK`` (one batch turn) above the cheapest
-  replica's; beyond that the request moves.
-- Ties go to fewer of our own outstanding requests, then to the URL (stable).
+  replica's; beyond that the request moves. (A pinned request first waits for
+  its replica as before, ``LLMConfig.sticky_wait_s``; the rule decides where it
+  goes when it does not.)
+- Ties go to fewer of our own outstanding requests, then to the smaller
+  published running count (a slow replica's batch stays fuller; as a
+  tie-break only, so a stale count cannot herd the fleet), then to the URL.
 
 Without any published load the client keeps today's least-outstanding choice
 (``pool.select``); this rule applies when at least one candidate publishes.
@@ -55,11 +61,15 @@ def cost(c: Candidate) -> float:
     """Expected wait of a new request on ``c``, in batch turns (see the module doc)."""
     capacity = max(1, c.capacity or c.limit)
     load = c.load if c.load is not None and c.load_age_s <= STALE_S else None
-    if load is None or (load.running is None and load.waiting is None):
-        return c.ours / capacity + (_kv(load))
-    waiting = load.waiting or 0
-    queue = max(c.ours, (load.running or 0) + waiting)
-    return (queue + waiting) / capacity + _kv(load)
+    waiting = (load.waiting or 0) if load is not None else 0
+    return (c.ours + waiting) / capacity + _kv(load)
+
+
+def _running(c: Candidate) -> int:
+    """Tie-break: the published running count (a slow replica's batch stays fuller)."""
+    if c.load is None or c.load_age_s > STALE_S or c.load.running is None:
+        return 0
+    return c.load.running
 
 
 def _kv(load: ReplicaLoad | None) -> float:
@@ -78,9 +88,17 @@ def choose(candidates: list[Candidate], *, sticky: str | None = None,
     if not candidates:
         return None
     preferred = [c for c in candidates if c.url not in avoid] or candidates
-    best = min(preferred, key=lambda c: (cost(c), c.ours, c.url))
+    best = min(preferred, key=lambda c: (cost(c), c.ours, _running(c), c.url))
     if sticky is not None:
         own = next((c for c in candidates if c.url == sticky), None)
-        if own is not None and cost(own) <= cost(best) + STICKY_SLACK:
+        if own is not None and keeps(own, [best]):
             return own.url
     return best.url
+
+
+def keeps(sticky: Candidate, others: list[Candidate]) -> bool:
+    """Whether a task stays with (or waits for) its replica ``sticky`` rather than go
+    to the cheapest of ``others``: within ``STICKY_SLACK`` of it."""
+    if not others:
+        return True
+    return cost(sticky) <= min(cost(c) for c in others) + STICKY_SLACK

@@ -89,7 +89,7 @@ async def test_registrar_announces_the_server_with_its_load_and_withdraws_on_sto
         await until(reader, lambda: registrar.renewals >= 3)  # renewed, not written once
         stop.set()
         await task
-        await until(reader, lambda: not reader.entries())  # removed when stopped
+        await until(reader, lambda: not reader.entries(), within=5)  # removed when stopped
 
 
 async def test_registrar_refuses_a_model_the_server_does_not_serve(

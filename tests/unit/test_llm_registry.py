@@ -103,11 +103,11 @@ def cand(url: str, ours: int = 0, *, waiting: int | None = None, running: int | 
                      capacity=capacity)
 
 
-def test_cost_counts_the_published_queue_and_our_own_burst() -> None:
+def test_cost_is_our_outstanding_plus_the_published_queue_per_batch() -> None:
     assert cost(cand("a", 4, capacity=None, limit=8)) == 0.5  # nothing published: ours/limit
-    assert cost(cand("a", 1, waiting=2, running=8)) == (10 + 2) / 8
-    # our 20 outstanding are not yet in the (older) scrape: the larger count wins
-    assert cost(cand("a", 20, waiting=0, running=4)) == 20 / 8
+    assert cost(cand("a", 1, waiting=2, running=8)) == (1 + 2) / 8
+    # a running count a scrape old is not taken (every worker would herd on it)
+    assert cost(cand("a", 3, waiting=0, running=8)) == cost(cand("a", 3, waiting=0, running=0))
     assert cost(cand("a", 0, waiting=0, running=0, kv=0.95)) == 0.95
     assert cost(cand("a", 2, waiting=50, running=8, age=60.0, capacity=None, limit=4)) == 0.5
 
@@ -121,7 +121,7 @@ def test_sticky_replica_is_kept_within_the_slack_and_left_beyond_it() -> None:
     near = [cand("a", 0, waiting=0, running=8), cand("b", 0, waiting=0, running=4)]
     assert cost(near[0]) - cost(near[1]) <= STICKY_SLACK
     assert choose(near, sticky="a") == "a"
-    far = [cand("a", 0, waiting=8, running=8), cand("b", 0, waiting=0, running=4)]
+    far = [cand("a", 0, waiting=12, running=8), cand("b", 0, waiting=0, running=4)]
     assert choose(far, sticky="a") == "b"
 
 
