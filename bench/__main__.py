@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import baselines, fleet, llm_client, nr, report, runtime, tau
+from bench import baselines, fleet, llm_client, nr, report, routing, runtime, tau
 from bench.simfleet import SimFleet
 
 PARTS = ("overhead", "scaling", "saturation", "baselines", "llm_client", "tau", "tau_calls",
-         "tau_capacity", "nr")
+         "tau_capacity", "nr", "routing")
 
 SIZES = {
     "quick": {"overhead_tasks": 1500, "scaling": [500, 2000, 5000], "scaling_sync": "interval",
@@ -129,6 +129,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                                                    all_semaphores=z["lc_all_semaphores"])
     if "nr" in parts:
         r["nr"] = await nr.run_all(mode == "quick", log)
+    if "routing" in parts:
+        log("[routing] published load vs least outstanding, replicas of unequal speed")
+        r["routing"] = await routing.compare(window_s=8.0 if mode == "quick" else 15.0, log=log)
     return r
 
 

@@ -53,6 +53,8 @@ GF = "tests/integration/test_guard_fanout.py::"
 GA = "tests/integration/test_guard_attempts.py::"
 GLLM = "tests/integration/test_guard_llm.py::"
 GM = "tests/integration/test_guard_metrics.py::"
+REG = "tests/unit/test_llm_registry.py::"
+REGI = "tests/integration/test_llm_registry.py::"
 FAN = "tests/unit/test_hop_fanout.py::"
 CTX = "tests/unit/test_agent_context.py::"
 NR = "tests/unit/test_nr_agents.py::"
@@ -586,6 +588,25 @@ MUTANTS = [
     Mutant("response cache: --no-cache ignored", "matrix_p2p/runtime/local_run.py", [
         ("cache_bus=bus if opts.cache else None", "cache_bus=bus"),
     ], [CACHE_RUN + "test_a_new_version_with_a_new_judge_prompt_re_asks_only_the_judge"]),
+    # the replica registry (issue 20): a lapsed entry gets no traffic, a stopped
+    # registrar removes its entry, the routing rule reads the published load
+    Mutant("registry: a lapsed entry stays live (its TTL ignored)", "matrix_p2p/llm/registry.py", [
+        ("return wall_now - reg.updated_at <= reg.ttl_s", "return True"),
+    ], [REG + "test_a_lapsed_entry_gets_no_traffic",
+        REGI + "test_a_client_follows_the_registry_new_replicas_get_traffic_lapsed_ones_none"]),
+    Mutant("registry: a replica gone from the registry keeps its traffic",
+           "matrix_p2p/llm/endpoints.py", [
+        ("ep.published = None\n self._maybe_remove(ep)", "ep.published = None"),
+    ], [REG + "test_a_lapsed_entry_gets_no_traffic",
+        REGI + "test_a_client_follows_the_registry_new_replicas_get_traffic_lapsed_ones_none"]),
+    Mutant("registry: a stopped registrar leaves its entry", "matrix_p2p/llm/registrar.py", [
+        ("if self.registered:\n await self._withdraw()",
+         "if False:  # MUTANT\n                    await self._withdraw()"),
+    ], [REGI + "test_registrar_announces_the_server_with_its_load_and_withdraws_on_stop"]),
+    Mutant("routing: the published load ignored (least outstanding only)", "matrix_p2p/llm/pool.py", [
+        ("if any(ep.published is not None for ep in admissible):", "if False:"),
+    ], [REG + "test_select_is_least_outstanding_without_load_and_weighs_it_with",
+        REGI + "test_a_client_follows_the_registry_new_replicas_get_traffic_lapsed_ones_none"]),
 ]
 
 

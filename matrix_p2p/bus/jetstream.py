@@ -31,6 +31,7 @@ from matrix_p2p.errors import BusError
 
 if TYPE_CHECKING:
     from matrix_p2p.bus.fleet_kv import KVFleetState
+    from matrix_p2p.bus.registry_kv import ReplicaRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -195,6 +196,13 @@ class JetStreamBus:
         from matrix_p2p.bus.fleet_kv import KVFleetState
 
         return KVFleetState(self.js, **options)
+
+    def replica_registry(self, **options: Any) -> ReplicaRegistry:
+        """The LLM replicas that registered themselves (``llm-register``); not started:
+        ``async with bus.replica_registry() as reg``. Options: see ``ReplicaRegistry``."""
+        from matrix_p2p.bus.registry_kv import ReplicaRegistry
+
+        return ReplicaRegistry(self.js, **options)
 
     # ---------------------------------------------------------------- data path
     async def publish(

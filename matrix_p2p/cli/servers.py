@@ -52,6 +52,32 @@ def add_parsers(sub: Any) -> None:
     common.add_common(ns)
     ns.set_defaults(fn=cmd_nats_server)
 
+    reg = common.add_command(
+        sub, "llm-register", "announce one model server to the fleet (run beside each replica)",
+        "Check URL's /health and /v1/models, then write the replica (URL, models, capacity\n"
+        "hints) into the fleet's registry bucket and renew it every --interval seconds with\n"
+        "the load scraped from its /metrics. Workers with no --llm-url and no endpoints in\n"
+        "the workflow send to the registered replicas serving their model. SIGTERM/Ctrl-C\n"
+        "removes the entry; a registrar killed outright leaves one that lapses after --ttl.\n\n"
+        "example: python -m matrix_p2p llm-register http://gpu-3:8000 --nats nats://host:4222")
+    reg.add_argument("url", metavar="URL", help="the model server (OpenAI-compatible, e.g. vLLM)")
+    reg.add_argument("--model", default=None, metavar="NAME",
+                     help="announce only this model (the server must serve it)")
+    reg.add_argument("--max-num-seqs", type=int, default=None, metavar="N",
+                     help="capacity hint: the server's running batch size (vLLM --max-num-seqs)")
+    reg.add_argument("--interval", type=float, default=1.0, metavar="S",
+                     help="scrape /metrics and renew the entry this often (default 1)")
+    reg.add_argument("--ttl", type=float, default=None, metavar="S",
+                     help="an entry not renewed for this long is dead (default 10)")
+    reg.add_argument("--startup-timeout", type=float, default=60.0, metavar="S",
+                     help="wait this long for the server to answer at start (default 60)")
+    reg.add_argument("--bucket", default=None, metavar="NAME",
+                     help="the registry's key-value bucket (default $MX_LLM_REGISTRY_BUCKET, "
+                          "else MX_LLM_REPLICAS)")
+    common.add_nats(reg, required=True)
+    common.add_common(reg)
+    reg.set_defaults(fn=cmd_llm_register)
+
 
 def cmd_sim_llm(args: argparse.Namespace) -> int:
     from matrix_p2p.sim.config import SimConfig
@@ -95,6 +121,42 @@ def cmd_nats_server(args: argparse.Namespace) -> int:
             await stop.wait()
         finally:
             await asyncio.to_thread(server.stop)
+        return 0
+
+    return common.run_async(main)
+
+
+def cmd_llm_register(args: argparse.Namespace) -> int:
+    from matrix_p2p.bus import connect
+    from matrix_p2p.llm.registrar import Registrar
+    from matrix_p2p.llm.registry import DEFAULT_REGISTRY_TTL_S
+
+    common.positive("--interval", args.interval)
+    common.positive("--max-num-seqs", args.max_num_seqs)
+    common.positive("--startup-timeout", args.startup_timeout, allow_zero=True)
+    ttl = args.ttl if args.ttl is not None else max(DEFAULT_REGISTRY_TTL_S, 3 * args.interval)
+    common.positive("--ttl", ttl)
+    if ttl <= args.interval:
+        raise ConfigError(f"--ttl {ttl:g} must be longer than --interval {args.interval:g} "
+                          "(every renewal would come too late)")
+    if not args.url.startswith(("http://", "https://")):
+        raise ConfigError(f"llm-register: URL {args.url!r} must start with http:// or https://")
+    conn = common.conn_options(args, required=True, name="mx-llm-register")
+    assert conn is not None
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        common.install_signals(stop, "withdrawing the replica")
+        bus = await connect(conn)
+        try:
+            options = {"bucket": args.bucket} if args.bucket else {}
+            registry = bus.replica_registry(ttl_s=ttl, **options)
+            registrar = Registrar(args.url, registry, model=args.model, interval_s=args.interval,
+                                  ttl_s=ttl, max_num_seqs=args.max_num_seqs,
+                                  startup_timeout_s=args.startup_timeout)
+            await registrar.run(stop)
+        finally:
+            await bus.close()
         return 0
 
     return common.run_async(main)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 from typing import Any
 
@@ -37,6 +38,10 @@ def add_parsers(sub: Any) -> None:
                    help="on stop, wait this long for in-flight hops, then hand them back")
     common.add_fleet_state(w)
     common.add_no_cache(w)
+    w.add_argument("--registry-wait", type=float, default=60.0, metavar="S",
+                   help="with no --llm-url and no endpoints in the workflow, the replicas come "
+                        "from the fleet's registry (llm-register): wait this long for one "
+                        "(default 60)")
     common.add_stream_replicas(w)
     common.add_metrics(w)
     common.add_nats(w, required=True)
@@ -45,7 +50,13 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
+    from matrix_p2p.resources.llm import (
+        open_fleet_state,
+        open_llms,
+        open_registry,
+        registry_models,
+        uses_llm,
+    )
     from matrix_p2p.resources.preflight import preflight
     from matrix_p2p.resources.sandbox import open_sandboxes
     from matrix_p2p.runtime.serve import serve_roles
@@ -60,6 +71,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     common.positive("--concurrency", args.concurrency)
     common.positive("--drain-timeout", args.drain_timeout, allow_zero=True)
+    common.positive("--registry-wait", args.registry_wait, allow_zero=True)
     common.positive("--stream-replicas", args.stream_replicas)
 
     conn = common.conn_options(args, required=True, name="")
@@ -67,17 +79,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def body(bus: Bus, spec: WorkflowSpec, stop: asyncio.Event) -> int:
         roles = common.roles_list(args.role, spec)
+        models = registry_models(spec, roles, common.llm_urls(args))
         if not args.no_preflight:
             await preflight(spec, roles, llm_urls=common.llm_urls(args),
-                            sandbox_urls=common.sandbox_urls(args))
+                            sandbox_urls=common.sandbox_urls(args), registry=models is not None)
+        registry = (open_registry(bus, models, wait_s=args.registry_wait, where=str(spec.path))
+                    if models is not None else contextlib.nullcontext(None))
         stats = WorkerStats()
         # systemd's watchdog: the fetch loops beat; a full worker beats as hops end (each
         # bounded by its hop_timeout_s)
         alive = Liveness(60.0 + max(spec.roles[r].hop_timeout_s for r in roles))
         async with common.metrics(args, f"worker-{args.role}") as metrics, \
                 open_fleet_state(bus, enabled=uses_llm(spec, roles) and not args.no_fleet_state) as fleet, \
+                registry as replicas, \
                 open_llms(spec, roles, common.llm_urls(args), fleet=fleet,
-                          recorder=metrics, cache_bus=None if args.no_cache else bus) as llms, \
+                          recorder=metrics, cache_bus=None if args.no_cache else bus,
+                          registry=replicas) as llms, \
                 open_sandboxes(spec, common.sandbox_urls(args)) as resources:
             ready = asyncio.Event()
             served = asyncio.Event()

@@ -8,7 +8,10 @@ limit), ``breaker`` (ejection), ``outcomes`` (an answer's result and signals),
 ``wire`` (the OpenAI JSON format), ``fleet`` and ``fleet_sync`` (state shared
 between workers), ``types`` (the results agents get back), ``tools`` (tool
 calls on the wire and in the conversation), ``probe`` (at start: which
-endpoints answer, and which models they serve).
+endpoints answer, and which models they serve). Replicas that announce
+themselves: ``registry`` (the entries and their load), ``registrar`` (the
+``llm-register`` loop beside a server), ``discovery`` (a client following the
+registry), ``scoring`` (the routing rule that weighs the published load).
 """
 
 from matrix_p2p.backoff import Backoff

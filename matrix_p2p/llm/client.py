@@ -35,11 +35,13 @@ from matrix_p2p.llm import wire
 from matrix_p2p.llm.admission import Admission
 from matrix_p2p.llm.cache import ResponseCache
 from matrix_p2p.llm.config import LLMConfig
+from matrix_p2p.llm.discovery import Follower
 from matrix_p2p.llm.endpoints import Endpoints
 from matrix_p2p.llm.fleet import FleetState
 from matrix_p2p.llm.fleet_sync import FleetSync
 from matrix_p2p.llm.outcomes import AttemptRecorder, Outcomes
 from matrix_p2p.llm.pool import Endpoint, EndpointStats, StickyMap, normalise_url
+from matrix_p2p.llm.registry import ReplicaSource
 from matrix_p2p.llm.types import ErrorKind, LLMError, LLMResponse, LLMResult
 
 log = structlog.get_logger(__name__)
@@ -81,6 +83,7 @@ class LLMClient:
         worker_id: str | None = None,
         recorder: AttemptRecorder | None = None,
         cache: ResponseCache | None = None,
+        registry: ReplicaSource | None = None,
     ) -> None:
         self.config = config
         self.cache = cache  # None: every request goes to a server
@@ -98,6 +101,9 @@ class LLMClient:
         self._outcomes = Outcomes(clock=clock, wall_clock=wall_clock,
                                   publish=self._fleet.maybe_publish, recorder=recorder)
         self._admission = Admission(config, self._endpoints, clock)
+        # registry: the endpoints serving config.model are the fleet's registered replicas
+        self._follower = (Follower(registry, self._endpoints, model=config.model, clock=clock,
+                                   wall_clock=wall_clock) if registry is not None else None)
         self._sticky = StickyMap(config.sticky_capacity)
         self._usage_by_role: dict[str, Usage] = {}
         self.total_completion_tokens = 0
@@ -132,6 +138,9 @@ class LLMClient:
             self._endpoints.add(normalise_url(url), from_config=True)
         if cfg.endpoints_file:
             self._endpoints.reload_file()
+        if self._follower is not None:
+            self._follower.apply()
+            self._spawn(self._follower.run(self._stop), "llm-registry")
         if self.fleet is not None:
             self._fleet.subscribe()
             self._spawn(self._fleet.run(self._stop), "llm-fleet-publisher")

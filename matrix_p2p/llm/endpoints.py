@@ -10,7 +10,7 @@ counters stay in the stats.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 
 import structlog
@@ -20,6 +20,7 @@ from matrix_p2p.llm.breaker import CircuitBreaker
 from matrix_p2p.llm.config import LLMConfig
 from matrix_p2p.llm.limiter import AIMDLimiter
 from matrix_p2p.llm.pool import Endpoint, EndpointStats, select
+from matrix_p2p.llm.registry import Registration
 from matrix_p2p.llm.types import LLMError
 from matrix_p2p.llm.wire import parse_endpoints_file
 
@@ -49,7 +50,7 @@ class Endpoints:
         self._on_changed = on_changed
         self._by_url: dict[str, Endpoint] = {}
         self._file_sig: tuple[int, int] | None = None
-        self._file_changed = asyncio.Condition()
+        self._set_changed: list[asyncio.Future[None]] = []  # wait_changed() callers
 
     # -- views ------------------------------------------------------------------
     def get(self, url: str) -> Endpoint | None:
@@ -129,10 +130,35 @@ class Endpoints:
         for url, ep in self._by_url.items():
             if ep.from_file and url not in wanted:
                 ep.from_file = False
-                if not ep.from_config and not ep.removed:
-                    ep.removed = True
-                    log.info("llm.endpoint_removed", endpoint=url, inflight=ep.inflight)
+                self._maybe_remove(ep)
         self._on_changed()
+
+    def set_registered(self, entries: Mapping[str, Registration], now: float,
+                       wall_now: float) -> None:
+        """The replica registry now holds ``entries`` (live, serving our model): add
+        the new ones, take their published load, remove the ones that left or lapsed
+        (unless the config or the file names them)."""
+        before = set(self.urls())
+        for url, reg in entries.items():
+            self.add(url)
+            ep = self._by_url[url]
+            ep.from_registry = True
+            ep.published = reg.load
+            ep.published_at = now - max(0.0, wall_now - reg.updated_at)  # on our clock
+            ep.capacity_hint = reg.max_num_seqs
+        for url, ep in self._by_url.items():
+            if ep.from_registry and url not in entries:
+                ep.from_registry = False
+                ep.published = None
+                self._maybe_remove(ep)
+        if set(self.urls()) != before:
+            self._on_changed()
+            self._notify_set_changed()
+
+    def _maybe_remove(self, ep: Endpoint) -> None:
+        if not ep.from_config and not ep.from_file and not ep.from_registry and not ep.removed:
+            ep.removed = True
+            log.info("llm.endpoint_removed", endpoint=ep.url, inflight=ep.inflight)
 
     def reload_file(self) -> bool:
         """Re-read the endpoints file if it changed (mtime or size). True when it was."""
@@ -163,10 +189,20 @@ class Endpoints:
             if await pause(self._config.endpoints_poll_s, stop):
                 return
             if self.reload_file():
-                async with self._file_changed:
-                    self._file_changed.notify_all()
+                self._notify_set_changed()
 
     async def wait_changed(self) -> None:
-        """Return after the next change the endpoints file makes."""
-        async with self._file_changed:
-            await self._file_changed.wait()
+        """Return after the next change the endpoints file or the registry makes."""
+        fut = asyncio.get_running_loop().create_future()
+        self._set_changed.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._set_changed:
+                self._set_changed.remove(fut)
+
+    def _notify_set_changed(self) -> None:
+        waiters, self._set_changed = self._set_changed, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)

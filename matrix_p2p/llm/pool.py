@@ -15,6 +15,7 @@ import msgspec
 from matrix_p2p.envelope import Usage
 from matrix_p2p.llm.breaker import CircuitBreaker
 from matrix_p2p.llm.limiter import AIMDLimiter
+from matrix_p2p.llm.scoring import Candidate, ReplicaLoad, choose
 
 
 def normalise_url(url: str) -> str:
@@ -66,6 +67,11 @@ class Endpoint:
     last_429_wall: float = 0.0
     seen_remote_429: float = 0.0
     metrics_supported: bool | None = None  # None until the first poll
+    from_registry: bool = False  # announced in the fleet's replica registry
+    # What the replica's registrar published (see ``scoring``); None: nothing.
+    published: ReplicaLoad | None = None
+    published_at: float = 0.0  # this client's clock when it was learned
+    capacity_hint: int | None = None  # the replica's max_num_seqs, when published
 
     def admissible(self, now: float) -> bool:
         if self.removed or self.limiter.blocked(now) or not self.breaker.can_admit(now):
@@ -119,6 +125,12 @@ class Endpoint:
     def load(self) -> float:
         return self.inflight / max(1, self.limiter.limit)
 
+    def candidate(self, now: float) -> Candidate:
+        """What ``scoring`` weighs of this endpoint."""
+        return Candidate(url=self.url, ours=self.inflight, limit=self.limiter.limit,
+                         load=self.published, load_age_s=now - self.published_at,
+                         capacity=self.capacity_hint)
+
 
 def select(
     endpoints: Iterable[Endpoint],
@@ -132,14 +144,20 @@ def select(
     The sticky endpoint wins whenever it is admissible (prefix-cache reuse).
     Endpoints in ``exclude`` (already tried by this request) are used only
     when nothing else is admissible. Ties go to the lower relative load.
+    When any admissible endpoint has a published load (the replica registry),
+    ``scoring.choose`` decides instead: load, our outstanding count and stickiness.
     """
+    admissible = [ep for ep in endpoints if ep.admissible(now)]
+    if any(ep.published is not None for ep in admissible):
+        by_url = {ep.url: ep for ep in admissible}
+        url = choose([ep.candidate(now) for ep in admissible],
+                     sticky=sticky.url if sticky is not None else None, avoid=set(exclude))
+        return None if url is None else by_url[url]
     if sticky is not None and sticky.admissible(now):
         return sticky
     best: Endpoint | None = None
     best_key: tuple[bool, int, float] | None = None
-    for ep in endpoints:
-        if not ep.admissible(now):
-            continue
+    for ep in admissible:
         key = (ep.url in exclude, ep.inflight, ep.load())
         if best_key is None or key < best_key:
             best, best_key = ep, key

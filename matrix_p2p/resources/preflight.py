@@ -32,7 +32,7 @@ from matrix_p2p.llm.client import session_headers
 from matrix_p2p.llm.pool import normalise_url
 from matrix_p2p.llm.probe import PROBE_TIMEOUT_S, EndpointProbe, probe_endpoints
 from matrix_p2p.llm.wire import parse_endpoints_file
-from matrix_p2p.resources.llm import llm_config
+from matrix_p2p.resources.llm import llm_config, static_endpoints
 from matrix_p2p.sandbox.client import Health, probe_health
 from matrix_p2p.workflow.spec import LLMResource, WorkflowSpec
 
@@ -124,8 +124,8 @@ def judge(llm: Sequence[LLMNeed], sandboxes: Sequence[SandboxNeed],
 
 
 def plan(spec: WorkflowSpec, roles: Sequence[str], *, llm_urls: Sequence[str] = (),
-         sandbox_urls: Sequence[str] = (), llm: bool = True,
-         sandboxes: bool = True) -> tuple[list[LLMNeed], list[SandboxNeed]]:
+         sandbox_urls: Sequence[str] = (), llm: bool = True, sandboxes: bool = True,
+         registry: bool = False) -> tuple[list[LLMNeed], list[SandboxNeed]]:
     """What the served ``roles`` will call: the URLs as ``open_llms`` and
     ``open_sandboxes`` will use them (``llm_urls``/``sandbox_urls`` replace the file's).
     A resource whose endpoints come only from an endpoints file that is empty or missing
@@ -138,6 +138,8 @@ def plan(spec: WorkflowSpec, roles: Sequence[str], *, llm_urls: Sequence[str] = 
             by_resource.setdefault(name, []).append(role)
     for name, users in by_resource.items():
         res = spec.resources.llm.get(name, LLMResource())
+        if registry and not static_endpoints(res, llm_urls):
+            continue  # the replica registry: its registrars checked the servers
         where = "--llm-url" if llm_urls else f"{spec.path}: resources.llm.{name}"
         cfg = llm_config(res, llm_urls, f"{spec.path}: resources.llm.{name}")
         urls = list(cfg.endpoints)
@@ -169,7 +171,7 @@ def plan(spec: WorkflowSpec, roles: Sequence[str], *, llm_urls: Sequence[str] = 
 
 async def preflight(spec: WorkflowSpec, roles: Sequence[str], *, llm_urls: Sequence[str] = (),
                     sandbox_urls: Sequence[str] = (), llm: bool = True, sandboxes: bool = True,
-                    timeout_s: float = PROBE_TIMEOUT_S) -> Verdict:
+                    timeout_s: float = PROBE_TIMEOUT_S, registry: bool = False) -> Verdict:
     """Probe what ``roles`` will use (``llm``/``sandboxes`` False: not that kind), log it,
     warn about what is down, and raise ``ConfigError`` when the run cannot work.
 
@@ -177,7 +179,7 @@ async def preflight(spec: WorkflowSpec, roles: Sequence[str], *, llm_urls: Seque
     ``timeout_s`` is down for this check); the only exception is ``ConfigError``.
     """
     llm_needs, sandbox_needs = plan(spec, roles, llm_urls=llm_urls, sandbox_urls=sandbox_urls,
-                                    llm=llm, sandboxes=sandboxes)
+                                    llm=llm, sandboxes=sandboxes, registry=registry)
     groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
     for need in llm_needs:  # one probe per URL (per API key)
         groups.setdefault(need.headers, []).extend(need.urls)

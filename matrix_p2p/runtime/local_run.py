@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,9 +23,11 @@ from matrix_p2p.aio import wait_any
 from matrix_p2p.broker import StoreBroker
 from matrix_p2p.envelope import Usage
 from matrix_p2p.llm.cache import CacheStats
+from matrix_p2p.llm.registry import ReplicaSource
+from matrix_p2p.llm.registry import serving as registered_serving
 from matrix_p2p.metrics import serving
 from matrix_p2p.report.figures import FigureValue
-from matrix_p2p.resources.llm import open_fleet_state, open_llms, uses_llm
+from matrix_p2p.resources.llm import open_fleet_state, open_llms, registry_models, uses_llm
 from matrix_p2p.resources.preflight import preflight
 from matrix_p2p.resources.sandbox import open_sandboxes
 from matrix_p2p.runset.broken import BrokenRun
@@ -144,8 +147,32 @@ def _needs_sandbox_server(opts: RunOptions, spec: WorkflowSpec) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _llm_urls(opts: RunOptions, spec: WorkflowSpec) -> AsyncIterator[list[str]]:
-    if not _needs_sim(opts, spec):
+async def _registered(opts: RunOptions, spec: WorkflowSpec,
+                      conn: busmod.ConnectOptions) -> AsyncIterator[ReplicaSource | None]:
+    """``run --nats`` with no endpoints: the fleet's registered replicas (``llm-register``)
+    when every model the roles need has one now; else None (the simulator, as before)."""
+    if opts.nats is None or not _needs_sim(opts, spec):
+        yield None
+        return
+    models = registry_models(spec, list(spec.roles), opts.llm_urls) or []
+    bus = await busmod.connect(conn)
+    try:
+        async with bus.replica_registry() as registry:
+            if all(registered_serving(registry.entries(), m, time.time()) for m in models):
+                log.info("llm.registry_used", bucket=registry.bucket,
+                         endpoints=sorted({e.url for e in registry.entries()}))
+                yield registry
+                return
+            log.info("llm.registry_empty", bucket=registry.bucket, note="starting the simulator")
+        yield None
+    finally:
+        await bus.close()
+
+
+@contextlib.asynccontextmanager
+async def _llm_urls(opts: RunOptions, spec: WorkflowSpec,
+                    registered: bool = False) -> AsyncIterator[list[str]]:
+    if registered or not _needs_sim(opts, spec):
         yield list(opts.llm_urls)
         return
     from matrix_p2p.sim.config import SimConfig
@@ -207,8 +234,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
                         sandboxes=not _needs_sandbox_server(opts, spec))
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with _held(lock), _broker(opts, spec) as conn, _llm_urls(opts, spec) as urls, \
-            _sandbox_urls(opts, spec) as sandboxes:
+    async with _held(lock), _broker(opts, spec) as conn, _registered(opts, spec, conn) as reg, \
+            _llm_urls(opts, spec, reg is not None) as urls, _sandbox_urls(opts, spec) as sandboxes:
         bus = await busmod.connect(conn)
         try:
             ns = await resolve(bus, Names.of(spec).submitted_bucket, spec, digest,
@@ -216,7 +243,8 @@ async def run_workflow(spec: WorkflowSpec, opts: RunOptions, stop: asyncio.Event
             async with serving(opts.metrics_port, opts.metrics_host, what="run") as metrics, \
                     open_fleet_state(bus, enabled=opts.fleet_state and uses_llm(spec, roles)) as fleet, \
                     open_llms(spec, roles, urls, fleet=fleet, recorder=metrics,
-                              cache_bus=bus if opts.cache else None) as llms, \
+                              cache_bus=bus if opts.cache else None,
+                              registry=reg) as llms, \
                     open_sandboxes(spec, sandboxes.urls) as resources:
                 tasks = planned.in_namespace(ns)
                 sink = Sink(bus, spec, out, namespace=ns, kept_only=opts.kept_only,
