@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 G = "tests/integration/test_guards.py::"
 HOP = "tests/integration/test_hop_faults.py"
+BUS = "tests/integration/test_bus_contract.py::"
+JSB = "tests/integration/test_bus_jetstream.py::"
 EDGE = "tests/integration/test_edge_faults.py"
 RS = "tests/unit/test_runset.py::"
 RSP = "tests/integration/test_runset_property.py::test_every_run_writes_exactly_its_own_tasks"
@@ -81,6 +83,15 @@ MUTANTS = [
          "await d.ack()  # MUTANT\n        try:\n            for child in children:"),
         ("# and the msg-id dedups the republish\n await d.ack()", "# MUTANT: acked above"),
     ], [G + "test_guard_publish_then_ack", HOP]),
+    # the bus path of issue 19: the PubAck is still awaited, a fetch holds nothing back
+    Mutant("bus publish: returns before its PubAck", "matrix_p2p/bus/jetstream.py", [
+        ("return _duplicate(await fut)", "return False  # MUTANT: the PubAck not awaited"),
+    ], [BUS + "test_refusals_are_worded_alike", BUS + "test_publish_dedups_by_msg_id"]),
+    Mutant("bus fetch: a waiting fetch holds what came until its batch is full",
+           "matrix_p2p/bus/jetstream.py", [
+        ("await self._pull(1, got, deadline, wait=True, expires_ns=expires_ns)",
+         "await self._pull(batch, got, deadline, wait=True, expires_ns=expires_ns)"),
+    ], [JSB + "test_a_waiting_fetch_hands_over_a_message_as_soon_as_it_arrives"]),
     Mutant("msg-id dedup: worker drops the msg-id", "matrix_p2p/runtime/worker.py", [
         ("await self.bus.publish(p.subject, p.data, msg_id=p.msg_id)",
          "await self.bus.publish(p.subject, p.data, msg_id=None)"),
