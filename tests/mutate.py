@@ -87,6 +87,10 @@ MUTANTS = [
     Mutant("bus publish: returns before its PubAck", "matrix_p2p/bus/jetstream.py", [
         ("return _duplicate(await fut)", "return False  # MUTANT: the PubAck not awaited"),
     ], [BUS + "test_refusals_are_worded_alike", BUS + "test_publish_dedups_by_msg_id"]),
+    Mutant("bus publish: a PubAck that never comes is awaited forever",
+           "matrix_p2p/bus/jetstream.py", [
+        ("fut.set_exception(TimeoutError())", "pass  # MUTANT"),
+    ], [JSB + "test_a_puback_that_never_comes_times_out"]),
     Mutant("bus fetch: a waiting fetch holds what came until its batch is full",
            "matrix_p2p/bus/jetstream.py", [
         ("await self._pull(1, got, deadline, wait=True, expires_ns=expires_ns)",

@@ -7,6 +7,7 @@ so callers only ever see ``BusError`` and its subclasses.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -253,13 +254,15 @@ class _AckInbox:
     a counter token, one future, and msgspec to read the PubAck.
     """
 
-    __slots__ = ("_lock", "_n", "_prefix", "_waiting", "nc")
+    __slots__ = ("_checks", "_lock", "_n", "_prefix", "_waiting", "nc")
 
     def __init__(self, nc: Any) -> None:
         self.nc = nc
         self._prefix = ""
         self._n = 0
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        # token -> (future, deadline in loop time); only publishes awaiting their PubAck
+        self._waiting: dict[str, tuple[asyncio.Future[Msg], float]] = {}
+        self._checks: set[int] = set()  # whole seconds (loop time) a timeout check is due at
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -276,18 +279,34 @@ class _AckInbox:
         return bool(self._prefix)
 
     async def _arrived(self, msg: Msg) -> None:
-        fut = self._waiting.pop(msg.subject[len(self._prefix):], None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        waiting = self._waiting.pop(msg.subject[len(self._prefix):], None)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_result(msg)
 
-    def expect(self) -> tuple[str, str, asyncio.Future[Msg]]:
+    def expect(self, timeout: float) -> tuple[str, str, asyncio.Future[Msg]]:
         """A token, the reply subject to publish with, and the future that gets the
-        PubAck (``forget`` the token once done with it)."""
+        PubAck, or ``TimeoutError`` after ``timeout`` (up to a second later: one timer per
+        second for all publishes, not one per publish). ``forget`` the token after."""
         self._n += 1
         token = str(self._n)
-        fut: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = fut
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Msg] = loop.create_future()
+        deadline = loop.time() + timeout
+        self._waiting[token] = (fut, deadline)
+        check = math.ceil(deadline)
+        if check not in self._checks:
+            self._checks.add(check)
+            loop.call_at(check, self._expire, check)
         return token, self._prefix + token, fut
+
+    def _expire(self, check: int) -> None:
+        self._checks.discard(check)
+        # every publish due by ``check`` scheduled this check or an earlier one
+        late = [t for t, (_, deadline) in self._waiting.items() if deadline <= check]
+        for token in late:
+            fut, _ = self._waiting.pop(token)
+            if not fut.done():
+                fut.set_exception(TimeoutError())
 
     def forget(self, token: str) -> None:
         self._waiting.pop(token, None)
@@ -402,12 +421,11 @@ class JetStreamBus:
             hdrs["Nats-Msg-Id"] = msg_id
         if not self._acks.started:
             await self._acks.start()
-        token, reply, fut = self._acks.expect()
+        token, reply, fut = self._acks.expect(timeout)
         try:
             with translate(f"publish to {subject}", size=len(data), limit=self.max_payload):
                 await self.nc.publish(subject, data, reply=reply, headers=hdrs or None)
-                async with asyncio.timeout(timeout):
-                    return _duplicate(await fut)
+                return _duplicate(await fut)
         finally:
             self._acks.forget(token)
 

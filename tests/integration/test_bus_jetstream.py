@@ -11,6 +11,8 @@ import pytest
 
 from matrix_p2p.broker import EmbeddedNats, free_port
 from matrix_p2p.bus import Bus, BusError, ConnectOptions, ConsumerDef, StreamDef, connect
+from matrix_p2p.bus.errors import TimedOut
+from matrix_p2p.bus.jetstream import JetStreamBus
 from tests.bus_cases import exact
 
 _ids = itertools.count()
@@ -109,5 +111,25 @@ async def test_an_empty_fetch_ends_at_its_timeout_with_nothing(nats_server: Embe
         assert d.data == b"late" and d.num_delivered == 1
         await d.ack()
         await p.unsubscribe()
+    finally:
+        await bus.close()
+
+
+async def test_a_puback_that_never_comes_times_out(nats_server: EmbeddedNats) -> None:
+    """PubAcks share one timer per second (issue 19): a publish whose answer never
+    comes (here a plain subscriber, not a stream, takes the subject) still ends as
+    ``TimedOut`` at about its timeout, and later publishes are not held by it."""
+    bus = await connect(ConnectOptions(url=nats_server.url, name="tests"))
+    n = f"jt{next(_ids)}x{os.getpid()}"
+    try:
+        await _one_stream(bus, n)
+        assert isinstance(bus, JetStreamBus)
+        silent = await bus.nc.subscribe(f"{n}silent.x")  # never answers
+        async with asyncio.timeout(5):
+            with pytest.raises(TimedOut, match=exact(f"publish to {n}silent.x timed out")):
+                await bus.publish(f"{n}silent.x", b"lost", timeout=0.3)
+            assert await bus.publish(f"{n}.a", b"kept", msg_id="k") is False
+            assert await bus.publish(f"{n}.a", b"kept", msg_id="k") is True
+        await silent.unsubscribe()
     finally:
         await bus.close()
