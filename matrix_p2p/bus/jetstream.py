@@ -46,7 +46,7 @@ def ack_metadata(reply: str | None) -> tuple[int, int | None]:
     domain and account hash, ``$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>
     .<stream seq>...`` (12 or more). Two fields read where nats-py's ``metadata``
     builds five objects and a datetime per message. (1, None) if it is not one."""
-    tokens = reply.split(".") if reply else ()
+    tokens: list[str] = reply.split(".") if reply else []
     n = len(tokens)
     if n >= 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
         at = 4 if n == 9 else 6
