@@ -39,15 +39,12 @@ PATHS = ("legacy", "new")  # the runtime's bus path: before / after issue 19
 @contextlib.contextmanager
 def _bus_path(path: str) -> Iterator[None]:
     """In this process, the runtime's bus path for the block (then the new one again)."""
-    from matrix_p2p.bus.jetstream import JetStreamBus
-
-    saved = JetStreamBus.puller, JetStreamBus.publish
     if path == "legacy":
         legacy_hop.install()
     try:
         yield
     finally:
-        JetStreamBus.puller, JetStreamBus.publish = saved  # type: ignore[method-assign]
+        legacy_hop.uninstall()
 
 
 async def hop_run(kind: str, procs: int, n_tasks: int, *, sync: str = "always",

@@ -91,6 +91,9 @@ MUTANTS = [
            "matrix_p2p/bus/jetstream.py", [
         ("fut.set_exception(TimeoutError())", "pass  # MUTANT"),
     ], [JSB + "test_a_puback_that_never_comes_times_out"]),
+    Mutant("hop timeout: the hop timer never cancels", "matrix_p2p/runtime/worker.py", [
+        ("self._fired.add(task)\n task.cancel()", "self._fired.add(task)  # MUTANT"),
+    ], ["tests/integration/test_flow.py::test_a_hop_past_its_timeout_is_retried_then_fails"]),
     Mutant("bus fetch: a waiting fetch holds what came until its batch is full",
            "matrix_p2p/bus/jetstream.py", [
         ("await self._pull(1, got, deadline, wait=True, expires_ns=expires_ns)",
