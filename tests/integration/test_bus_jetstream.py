@@ -80,8 +80,11 @@ async def test_a_waiting_fetch_hands_over_a_message_as_soon_as_it_arrives(
         await _one_stream(bus, n)
         p = await bus.puller(n.upper(), "w")
         fetch = asyncio.create_task(p.fetch(50, 30.0))
-        await bus.publish(f"{n}.a", b"first")
         async with asyncio.timeout(5):
+            # the fetch found nothing and waits: its request is the consumer's waiting one
+            while not ((s := await bus.consumer_stats(n.upper(), "w")) and s.waiting):
+                assert not fetch.done()
+            await bus.publish(f"{n}.a", b"first")
             got = await fetch
         assert [d.data for d in got] == [b"first"]
         assert got[0].num_delivered == 1 and got[0].seq == 1
