@@ -34,6 +34,12 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
         f["runtime_hops_per_s_2p_sync_always"] = ov["runtime_2p_always"]["hops_per_s"]
         f["sync_always_cost_relay"] = round(1 - ra["hops_per_s"] / relay["hops_per_s"], 3)
         f["sync_always_cost_runtime"] = round(1 - rta["hops_per_s"] / rt["hops_per_s"], 3)
+        if "worker_cpu_us_per_hop" in rt:  # issue 19: the worker's CPU per hop, and before it
+            f["worker_cpu_us_per_hop"] = rt["worker_cpu_us_per_hop"]
+            f["relay_cpu_us_per_hop"] = relay["worker_cpu_us_per_hop"]
+            old = ov.get("runtime_legacy_1p_interval")
+            if old is not None:
+                f["worker_cpu_us_per_hop_legacy_path"] = old["worker_cpu_us_per_hop"]
     sat = r.get("saturation", [])
     if sat:
         top = max(sat, key=lambda s: s["concurrency"])

@@ -14,6 +14,7 @@ nothing else.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -74,6 +75,44 @@ class WorkerStats(msgspec.Struct):
     max_inflight: int = 0
 
 
+class HopTimer:
+    """Cancels agent calls that run past their hop timeout: one loop timer per whole
+    second for every hop of the role (``asyncio.timeout`` arms one per hop, about 5 %
+    of a hop's CPU). A hop ends up to a second after its timeout."""
+
+    __slots__ = ("_checks", "_due", "_fired")
+
+    def __init__(self) -> None:
+        self._due: dict[asyncio.Task[Any], float] = {}  # running agent calls -> deadline
+        self._checks: set[int] = set()  # whole seconds (loop time) a check is due at
+        self._fired: set[asyncio.Task[Any]] = set()
+
+    def arm(self, task: asyncio.Task[Any], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._due[task] = deadline
+        check = math.ceil(deadline)
+        if check not in self._checks:
+            self._checks.add(check)
+            loop.call_at(check, self._expire, check)
+
+    def disarm(self, task: asyncio.Task[Any]) -> bool:
+        """Stop watching ``task``; True if its timeout cancelled it."""
+        self._due.pop(task, None)
+        if task in self._fired:
+            self._fired.discard(task)
+            return True
+        return False
+
+    def _expire(self, check: int) -> None:
+        self._checks.discard(check)
+        # every call due by ``check`` scheduled this check or an earlier one
+        for task in [t for t, deadline in self._due.items() if deadline <= check]:
+            del self._due[task]
+            self._fired.add(task)
+            task.cancel()
+
+
 class RoleWorker:
     """Serves one role in this process: one fetch loop, up to ``concurrency`` slots.
 
@@ -126,6 +165,7 @@ class RoleWorker:
         # metrics: each action records its outcome here; _handle reports it once per hop
         self.rm = (metrics or NullMetrics()).role(role.name)
         self._outcome: dict[Delivery, str] = {}
+        self._timer = HopTimer()
         self.beat = beat  # the systemd watchdog's liveness: the fetch loop turns, hops end
         # no task left stuck: messages the stream holds but the consumer will not deliver
         self.healer = heal.for_role(bus, self.names, role.name, spec.limits.ack_wait_s,
@@ -282,9 +322,21 @@ class RoleWorker:
             log=self.log, now=self.clock(), resources=self.resources, children=spawned,
             seen=self.seen,
         )
+        me = asyncio.current_task()
+        assert me is not None
+        cancelling = me.cancelling()
+        self._timer.arm(me, self.role.hop_timeout_s)
         try:
-            async with asyncio.timeout(self.role.hop_timeout_s):
+            try:
                 await self.agent.handle(task, ctx)
+            except asyncio.CancelledError:
+                # the hop timer's cancel, unless a shutdown cancelled this hop too
+                if self._timer.disarm(me) and me.uncancel() <= cancelling:
+                    raise TimeoutError from None
+                raise
+            finally:
+                if self._timer.disarm(me):  # the agent swallowed the timer's cancel
+                    me.uncancel()
             ctx.finish()
         except RetryLater as r:
             return AgentRetry(reason=r.reason, after_s=r.after_s)

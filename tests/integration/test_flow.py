@@ -125,3 +125,28 @@ async def test_status_shows_tasks_no_role_serves(bus: Bus, tmp_path: Path) -> No
     assert st.unserved == {names.task("ghost"): 1}
     assert st.live_tasks == 2
     assert f"warning: 1 tasks on {names.task('ghost')}, which no role" in render_status(st)
+
+
+SLOW_YAML = """
+source: {path: rows.jsonl}
+roles:
+  only: {agent: "matrix_p2p_agents.dummy:Flaky", llm: null, concurrency: 50, hop_timeout_s: 0.2}
+routing: {type: cycle, roles: [only], stop_when: agreed, max_turns: 3}
+limits: {ack_wait_s: 5, retry_backoff_s: 0.02, max_deliveries: 2}
+"""
+
+
+async def test_a_hop_past_its_timeout_is_retried_then_fails(any_bus: Bus, tmp_path: Path) -> None:
+    """The hop timeout (one timer per second for a role's hops, issue 19): an agent that
+    runs past ``hop_timeout_s`` is cancelled and its hop retried, up to ``max_deliveries``;
+    the other tasks are not held by it."""
+    rows = [{"behaviour": "slow", "seconds": 60}, {"behaviour": "ok"}]
+    spec = make_spec(tmp_path, SLOW_YAML, rows)
+    out = tmp_path / "out.jsonl"
+    with structlog.testing.capture_logs() as logs:
+        await run_until(any_bus, spec, out, expect=2, deadline_s=15)
+    by = {r["input"]["behaviour"]: r for r in read_rows(out)}
+    assert by["ok"]["status"] == "done"
+    assert by["slow"]["error"] == "role 'only' timed out after 0.2s (gave up after 2 deliveries)"
+    assert [e["reason"] for e in logs if e["event"] == "worker.retry"] == [
+        "role 'only' timed out after 0.2s"]
