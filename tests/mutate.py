@@ -90,17 +90,17 @@ MUTANTS = [
     ], [G + "test_guard_publish_then_ack", HOP]),
     # the bus path of issue 19: the PubAck is still awaited, a fetch holds nothing back
     Mutant("bus publish: returns before its PubAck", "matrix_p2p/bus/jetstream.py", [
-        ("return _duplicate(await fut)", "return False  # MUTANT: the PubAck not awaited"),
+        ("return duplicate(await fut)", "return False  # MUTANT: the PubAck not awaited"),
     ], [BUS + "test_refusals_are_worded_alike", BUS + "test_publish_dedups_by_msg_id"]),
     Mutant("bus publish: a PubAck that never comes is awaited forever",
-           "matrix_p2p/bus/jetstream.py", [
+           "matrix_p2p/bus/js_publish.py", [
         ("fut.set_exception(TimeoutError())", "pass  # MUTANT"),
     ], [JSB + "test_a_puback_that_never_comes_times_out"]),
     Mutant("hop timeout: the hop timer never cancels", "matrix_p2p/runtime/worker.py", [
         ("self._fired.add(task)\n task.cancel()", "self._fired.add(task)  # MUTANT"),
     ], ["tests/integration/test_flow.py::test_a_hop_past_its_timeout_is_retried_then_fails"]),
     Mutant("bus fetch: a waiting fetch holds what came until its batch is full",
-           "matrix_p2p/bus/jetstream.py", [
+           "matrix_p2p/bus/js_pull.py", [
         ("await self._pull(1, got, deadline, wait=True, expires_ns=expires_ns)",
          "await self._pull(batch, got, deadline, wait=True, expires_ns=expires_ns)"),
     ], [JSB + "test_a_waiting_fetch_hands_over_a_message_as_soon_as_it_arrives"]),
@@ -191,7 +191,7 @@ MUTANTS = [
     Mutant("broken run: the API returns as if finished", "matrix_p2p/api.py", [
         ("raise RunAborted(result)", "pass"),
     ], [BRK + "test_the_api_raises_run_aborted"]),
-    Mutant("a cancelled fetch is cancelled (a wait that swallows it)", "matrix_p2p/bus/jetstream.py", [
+    Mutant("a cancelled fetch is cancelled (a wait that swallows it)", "matrix_p2p/bus/js_pull.py", [
         ("except TimeoutError:\n return None\n return self.queue.popleft()",
          "except (TimeoutError, asyncio.CancelledError):  # MUTANT\n                return None\n"
          "        return self.queue.popleft()"),
