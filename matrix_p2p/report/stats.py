@@ -94,7 +94,7 @@ class Report:
     latency: dict[str, Spread]  # per role: seconds per turn
     latency_histograms: list[Histogram]
     spreads: dict[str, Spread]  # per histogram title of the numeric ones
-    tokens: dict[str, tuple[int, int]]  # per role: (prompt, completion), own turns only
+    tokens: dict[str, tuple[int, int]]  # per role that used any: (prompt, completion), own turns
     cost: Cost | None
     examples: list[Example]
     notes: list[str] = field(default_factory=list)
@@ -287,7 +287,7 @@ def build(rows: Sequence[Row], *, source: str = "", unreadable: int = 0,
         kept=kept, filtered=filtered, fanned_out=filter_states.get("fanned_out", 0),
         duplicate_ids={i: n for i, n in sorted(ids.items()) if n > 1},
         figures=figs.results(), histograms=hists, latency=lat, latency_histograms=lat_hists,
-        spreads=spreads, tokens=dict(sorted(role_tokens.items())),
+        spreads=spreads, tokens={k: v for k, v in sorted(role_tokens.items()) if any(v)},
         cost=_cost(role_tokens, prices, kept) if prices else None,
         examples=pick_examples(rows, examples),
     )
