@@ -529,6 +529,9 @@ MUTANTS = [
     Mutant("report: the page shows the rows' text unescaped", "matrix_p2p/report/html.py", [
         ('f"{escape(text)}{calls}</div>"', 'f"{text}{calls}</div>"'),
     ], [REP + "test_the_page_is_self_contained_and_escapes_the_rows"]),
+    Mutant("report: a Parquet null read as a filter status", "matrix_p2p/report/stats.py", [
+        ('if result.get("kept") is not None:', 'if "kept" in result:'),
+    ], [REP + "test_parquet_rows_give_the_same_report"]),
     Mutant("report: a file of no rows reported as nothing", "matrix_p2p/report/job.py", [
         ("if not rows:", "if False:"),
     ], [REP + "test_bad_inputs_are_one_line_errors"]),

@@ -150,13 +150,14 @@ def filter_status(row: Row) -> str:
     The same test as ``runtime/filter_counts`` and ``rowformat.is_kept``."""
     result = row.get("result")
     result = result if isinstance(result, Mapping) else {}
+    # a null is an absent field: Parquet rows hold every column, null where a row lacks it
     if row.get("status") != "done":
         return "failed"
-    if "children" in result or "children" in row:
+    if result.get("children") is not None or row.get("children") is not None:
         return "fanned_out"
     if result.get("kept") is True:
         return "kept"
-    if "kept" in result:
+    if result.get("kept") is not None:
         return "filtered"
     return "unfiltered"
 

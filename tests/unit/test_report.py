@@ -18,6 +18,7 @@ from matrix_p2p import cli
 from matrix_p2p.envelope import Task, Turn, Usage
 from matrix_p2p.report import html, stats, text
 from matrix_p2p.report.job import make_report
+from matrix_p2p.runtime.files import write_parquet
 from matrix_p2p.runtime.rowformat import to_row
 from matrix_p2p.workflow import loader
 
@@ -48,15 +49,17 @@ def synthetic_rows(n: int = 60, seed: int = 7) -> list[dict[str, Any]]:
             state["verdict"] = rng.choice(["pass", "fail", "error"])
         if status == "done" and i % 5 == 1:
             state["kept"], state["filter_reason"] = False, rng.choice(["langid", "quality"])
-        elif status == "done":
+        elif status == "done" and i != 4:  # row 4: done with no filter status
             state["kept"] = True
+        if i == 25:  # a fan-out parent: its children are the rows
+            state["children"] = 2
         if i == 10:  # a replay: the first two turns are its original's
             state["replay"] = {"from_turn": 2, "from_hop": 2}
         if i == 20:  # a fan-out child: the first three are its parent's
             turns = [_turn(rng, "teacher", h) for h in range(3)] + turns
             state["spawn"] = {"index": 0, "from_turn": 3, "from_hop": 0}
-        task = Task(id=f"r{i:03d}", workflow="wf", role="judge", turns=turns, state=state,
-                    status=status, error="boom" if status == "failed" else None,
+        task = Task(id=f"r{i:03d}", workflow="wf", role="judge", row={"q": i}, turns=turns,
+                    state=state, status=status, error="boom" if status == "failed" else None,
                     hop=len(turns) - (3 if i == 20 else 0), created_at=1.0, finished_at=2.0)
         rows.append(json.loads(json.dumps(to_row(task))))
     return rows
@@ -76,8 +79,9 @@ def test_the_reports_figures_are_the_rows_figures() -> None:
     assert r.rows == len(rows) and sum(r.by_status.values()) == len(rows)
     assert r.by_status == dict(Counter(x["status"] for x in rows))
     done = [x for x in rows if x["status"] == "done"]
-    assert r.kept == sum(x["result"].get("kept") is True for x in done)
+    assert r.kept == sum(x["result"].get("kept") is True and "children" not in x for x in done)
     assert r.filtered == sum(x["result"].get("kept") is False for x in done)
+    assert r.fanned_out == 1 and rows[25]["children"] == 2
     assert dict(by_hist["filter reasons"].bins) == dict(Counter(
         x["result"]["filter_reason"] for x in done if x["result"].get("kept") is False))
 
@@ -150,7 +154,7 @@ def test_the_examples_show_a_kept_a_filtered_and_a_failed_row_first() -> None:
     notes = [ex.note for ex in stats.build(rows).examples]
     assert notes[0] == "kept" and notes[1].startswith("filtered: ") and notes[2] == "failed: boom"
     ex = stats.build(rows, examples=len(rows)).examples
-    assert len({e.id for e in ex}) == len(rows)  # no row twice
+    assert len({e.id for e in ex}) == len(ex) == len(rows) - 1  # no row twice, no parent
 
 
 def test_the_bundled_workflows_figures_over_their_real_rows() -> None:
@@ -164,6 +168,19 @@ def test_the_bundled_workflows_figures_over_their_real_rows() -> None:
     nr = make_report(ROWS / "natural_reasoning.jsonl")
     assert nr.fanned_out == 1 and nr.filtered == 1 and nr.kept == 2
     assert {f.label: f.value for f in nr.figures}["questions"] == 2
+
+
+def test_parquet_rows_give_the_same_report(tmp_path: Path) -> None:
+    """Parquet holds every column in every row, null where a row had none: a null is
+    an absent field (not a filter status, not a fan-out parent)."""
+    rows = synthetic_rows(30)
+    jsonl = tmp_path / "wf.jsonl"
+    jsonl.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    write_parquet(jsonl, tmp_path / "wf.parquet")
+    a, b = make_report(jsonl), make_report(tmp_path / "wf.parquet")
+    assert (b.rows, b.by_status, b.kept, b.filtered, b.fanned_out) == \
+        (a.rows, a.by_status, a.kept, a.filtered, a.fanned_out)
+    assert b.histograms == a.histograms and b.tokens == a.tokens
 
 
 def test_the_page_is_self_contained_and_escapes_the_rows() -> None:
