@@ -26,7 +26,8 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.mutate --ci
 	$(BIN)/python -m pytest
 
-## test-all: every test, the slow chaos and soak scenarios included
+## test-all: every test, the slow chaos and soak scenarios included (the report page's
+## browser test needs Debian's chromium: apt-get install -y chromium; it skips without)
 test-all: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m ''
 

@@ -69,6 +69,7 @@ LIVE = "tests/integration/test_liveness.py::"
 EXP_PLAN = "tests/unit/test_export_plan.py::"
 EXP_VIEWS = "tests/unit/test_export_views.py::"
 EXP_CLI = "tests/unit/test_export_cli.py::"
+REP = "tests/unit/test_report.py::"
 SS = "tests/integration/test_sandbox_sessions.py::"
 SSU = "tests/unit/test_sandbox_sessions.py::"
 TAU = "tests/unit/test_tau_session.py::"
@@ -543,6 +544,25 @@ MUTANTS = [
     Mutant("export write: the rows file itself overwritten", "matrix_p2p/export/write.py", [
         ("if p.resolve() in resolved:", "if False:"),
     ], [EXP_CLI + "test_user_mistakes_are_one_line_and_exit_2"]),
+    Mutant("report: a replay's or a child's row counts its original's turns",
+           "matrix_p2p/report/stats.py", [
+        ('start = int(mark.get("from_turn", 0) or 0)', "start = 0  # MUTANT"),
+    ], [REP + "test_the_reports_figures_are_the_rows_figures"]),
+    Mutant("report: a row twice goes unreported", "matrix_p2p/report/stats.py", [
+        ("if n > 1}", "if n > 2}"),
+    ], [REP + "test_a_row_twice_is_reported"]),
+    Mutant("report: the page shows the rows' text unescaped", "matrix_p2p/report/html.py", [
+        ('f"{escape(text)}{calls}</div>"', 'f"{text}{calls}</div>"'),
+    ], [REP + "test_the_page_is_self_contained_and_escapes_the_rows"]),
+    Mutant("report: a Parquet null read as a filter status", "matrix_p2p/report/stats.py", [
+        ('if result.get("kept") is not None:', 'if "kept" in result:'),
+    ], [REP + "test_parquet_rows_give_the_same_report"]),
+    Mutant("report: a file of no rows reported as nothing", "matrix_p2p/report/job.py", [
+        ("if not rows:", "if False:"),
+    ], [REP + "test_bad_inputs_are_one_line_errors"]),
+    Mutant("report: --html replaces the rows file", "matrix_p2p/report/job.py", [
+        ("if to.resolve() == rows_file.resolve():", "if False:"),
+    ], [REP + "test_bad_inputs_are_one_line_errors"]),
     Mutant("sessions: a dead session is not started again", "matrix_p2p/sandbox/sessions.py", [
         ('return Respawn(row.lost or "it was never started")', "return None  # MUTANT"),
     ], [SSU + "test_a_dead_session_is_respawned_by_the_next_call_saying_why_once",

@@ -1,7 +1,8 @@
 """Command line: ``python -m matrix_p2p COMMAND``. Each command has ``--help``.
 
 One module per command group (``run``, ``worker``, ``data``: submit/sink/status,
-``ops``: dlq/replay, ``export``: rows as training data, ``servers``: nats-server/sim-llm,
+``ops``: dlq/replay, ``export``: rows as training data, ``report``: a look at the rows,
+``servers``: nats-server/sim-llm,
 ``security``: nats-users) over ``common``.
 
 User mistakes (bad files, flags, unreachable servers) end with one line on
@@ -16,7 +17,7 @@ import asyncio
 import sys
 
 from matrix_p2p import logs
-from matrix_p2p.cli import data, export, ops, run, sandbox, security, servers, worker
+from matrix_p2p.cli import data, export, ops, report, run, sandbox, security, servers, worker
 from matrix_p2p.errors import ConfigError, MatrixError
 
 EPILOG = """\
@@ -26,7 +27,7 @@ data path of one task:
 docs: README.md in the project; every command takes --help.
 """
 
-COMMAND_GROUPS = (run, worker, data, ops, export, servers, sandbox, security)
+COMMAND_GROUPS = (run, worker, data, ops, export, report, servers, sandbox, security)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,8 @@ import pytest
 from matrix_p2p.broker import free_port
 from tests.procs import Proc, mx, procs, wait_port
 
-COMMANDS = ["run", "worker", "submit", "sink", "status", "sim-llm", "nats-server", "nats-users", "export"]
+COMMANDS = ["run", "worker", "submit", "sink", "status", "sim-llm", "nats-server", "nats-users", "export",
+            "report"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
