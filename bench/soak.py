@@ -46,8 +46,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_inputs(work: Path, n: int) -> Path:
-    """N questions and a Coral workflow over them; returns the workflow file."""
+def one_hop(wf: dict[str, Any], concurrency: int) -> dict[str, Any]:
+    """The trivial workflow: one role whose agent answers at once (no LLM), one hop per
+    task, so that the runtime and the broker, not the agents, are what is measured."""
+    return {"name": wf["name"], "version": "1", "source": wf["source"], "sink": wf["sink"],
+            "roles": {"echo": {"agent": "matrix_p2p_agents.dummy:Talker", "llm": None,
+                               "concurrency": concurrency}},
+            "routing": {"type": "cycle", "roles": ["echo"], "max_turns": 1}}
+
+
+def write_inputs(work: Path, n: int, shape: str = "coral", concurrency: int = 2000) -> Path:
+    """N questions and a Coral (or one-hop) workflow over them; returns the workflow file."""
     base = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
     with (work / "questions.jsonl").open("w") as f:
         for i in range(n):
@@ -58,6 +67,8 @@ def write_inputs(work: Path, n: int) -> Path:
     wf["name"] = "soak"
     wf["source"]["path"] = "questions.jsonl"
     wf["sink"]["path"] = str(work / "out.jsonl")
+    if shape == "one-hop":
+        wf = one_hop(wf, concurrency)
     path = work / "soak.yaml"
     path.write_text(yaml.safe_dump(wf, sort_keys=False))
     return path
@@ -76,11 +87,22 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
     raise RuntimeError("simulator did not open its port")
 
 
-def count_lines(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with path.open("rb") as f:
-        return sum(buf.count(b"\n") for buf in iter(lambda: f.read(1 << 20), b""))
+class LineCounter:
+    """Rows written so far, reading only what was appended since the last call (a
+    300k-row output is hundreds of MB: re-reading it every sample would be the load)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.lines = path, 0, 0
+
+    def __call__(self) -> int:
+        if not self.path.exists():
+            return self.lines
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            for buf in iter(lambda: f.read(1 << 20), b""):
+                self.lines += buf.count(b"\n")
+                self.offset += len(buf)
+        return self.lines
 
 
 def sample(procs: dict[str, psutil.Process]) -> dict[str, Any]:
@@ -109,6 +131,20 @@ def check_output(out: Path, n: int) -> dict[str, Any]:
             "duplicated": sum(1 for c in ids.values() if c > 1),
             "missing": len(expected - ids.keys()), "unexpected": len(ids.keys() - expected),
             "statuses": statuses}
+
+
+def growth(samples: list[dict[str, Any]], start: int) -> dict[str, Any]:
+    """Each process's RSS at the first sample with ``start`` rows written, its peak after
+    that, and the difference (what it grew by in the rest of the run)."""
+    later = [s for s in samples if s["rows"] >= start]
+    out: dict[str, Any] = {"from_rows": start, "to_rows": later[-1]["rows"] if later else None}
+    for name in ("run", "nats-server", "sim-llm"):
+        pts = [s["procs"][name]["rss_mb"] for s in later
+               if name in s["procs"] and s["procs"][name]["rss_mb"] > 0]
+        if pts:
+            out[name] = {"at_start_mb": pts[0], "peak_after_mb": max(pts),
+                         "growth_mb": round(max(pts) - pts[0], 1)}
+    return out
 
 
 def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -143,6 +179,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=100_000)
+    ap.add_argument("--shape", choices=("coral", "one-hop"), default="coral",
+                    help="Coral (three LLM hops a round) or one instant hop per task")
     ap.add_argument("--every", type=float, default=2.0, help="seconds between samples")
     ap.add_argument("--concurrency", type=int, default=2000, help="slots per role")
     ap.add_argument("--plot", default=str(ROOT / "bench" / "soak.png"))
@@ -153,7 +191,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.replot:
         saved = json.loads(Path(args.json).read_text())
-        plot(saved["samples"], Path(args.plot), f"soak: {saved['tasks']:,} Coral tasks through "
+        plot(saved["samples"], Path(args.plot), f"soak: {saved['tasks']:,} "
+             f"{saved.get('shape', 'coral')} tasks through "
              f"`run`, {saved['wall_s']:,.0f} s")
         return 0
 
@@ -162,7 +201,7 @@ def main() -> int:
                                           if p))
     with tempfile.TemporaryDirectory(prefix="mx-soak-") as tmp:
         work = Path(tmp)
-        wf = write_inputs(work, args.tasks)
+        wf = write_inputs(work, args.tasks, args.shape, args.concurrency)
         out = work / "out.jsonl"
         port = free_port()
         py = [sys.executable, "-m", "matrix_p2p"]
@@ -181,12 +220,13 @@ def main() -> int:
                 env=env, stdout=subprocess.DEVNULL, stderr=(work / "run.log").open("wb"),
                 start_new_session=True)
             run_p, sim_p = psutil.Process(run.pid), psutil.Process(sim.pid)
+            count_lines = LineCounter(out)
             while run.poll() is None:
                 procs = {"run": run_p, "sim-llm": sim_p}
                 for child in run_p.children():
                     if "nats-server" in child.name():
                         procs["nats-server"] = child
-                s = {"t": round(time.monotonic() - t0, 1), "rows": count_lines(out),
+                s = {"t": round(time.monotonic() - t0, 1), "rows": count_lines(),
                      "procs": sample(procs)}
                 samples.append(s)
                 print(json.dumps(s), flush=True)
@@ -207,14 +247,15 @@ def main() -> int:
                     except subprocess.TimeoutExpired:
                         p.kill()
                         p.wait()
-    report = {"tasks": args.tasks, "exit": run.returncode if run else None,
+    report = {"tasks": args.tasks, "shape": args.shape, "exit": run.returncode if run else None,
               "wall_s": round(wall, 1), "tasks_per_s": round(args.tasks / wall, 1),
               "sim_args": SIM_ARGS, "concurrency": args.concurrency, "output": result,
-              "summary": summary, "samples": samples,
+              "summary": summary, "rss_growth": growth(samples, min(50_000, args.tasks // 6)),
+              "samples": samples,
               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     plot(samples, Path(args.plot),
-         f"soak: {args.tasks:,} Coral tasks through `run`, {wall:,.0f} s")
+         f"soak: {args.tasks:,} {args.shape} tasks through `run`, {wall:,.0f} s")
     ok = (run is not None and run.returncode == 0 and result["distinct"] == args.tasks
           and result["duplicated"] == 0 and result["missing"] == 0)
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=1))

@@ -208,6 +208,11 @@ MUTANTS = [
     Mutant("run set: duplicate source ids pass", "matrix_p2p/runset/taskset.py", [
         ("if seen is not None:", "if False:"),
     ], [RS + "test_plan_names_the_first_duplicate_id_and_both_lines"]),
+    Mutant("run set: plan holds every row (the whole input in memory)",
+           "matrix_p2p/runset/taskset.py", [
+        ("first[row.key] = (row.source, row.index)", "first[row.key] = (row.source, row.index, row)"),
+        ("first at {_where(spec, *seen)}", "first at {_where(spec, *seen[:2])}"),
+    ], [RS + "test_plan_does_not_hold_the_rows"]),
     Mutant("run set: finished without the announced children", "matrix_p2p/runset/completion.py", [
         ("if child not in self._latest: self._missing.add(child)", "pass"),
     ], [RS + "test_completion_waits_for_every_task_its_children_and_later_attempts"]),

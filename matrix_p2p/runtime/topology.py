@@ -15,6 +15,16 @@ Layout of one workflow namespace (``<prefix>`` is ``mx`` unless the file says so
 - object bucket ``<PREFIX>_<WF>_OBJECTS``: offloaded large values (``offload``);
 - key-value bucket ``<PREFIX>_<WF>_SEEN``: the fleet's seen-set (``seen``: dedup claims);
 - key-value bucket ``<PREFIX>_<WF>_LLMCACHE``: the LLM response cache (``llm.cache``).
+
+What the broker keeps per task, and for how long (``bench/broker_state.py`` measures
+it; README "What the broker keeps per task"): each hop's msg-id for
+``DUPLICATE_WINDOW_S`` (about 330-415 B of nats-server RSS each: memory is rate x
+window, flat once the window is full); a ``SUBMITTED`` key and the task's results for
+the whole run, on disk (in the 300k-task soak the server still grew 300-350 B of RSS
+per finished task: not bounded yet). Neither is deleted once the row is written: the
+results stream is what a sink rebuilds a lost or untrusted output from (``sink_state``)
+and what ``--retry-failed`` and ``replay`` read; the bucket is what makes ``submit``
+idempotent and what ``runset.ended`` looks up.
 """
 
 from __future__ import annotations
@@ -24,7 +34,10 @@ from collections.abc import Iterable, Mapping
 from matrix_p2p.bus import Bus, ConsumerDef, StreamDef
 from matrix_p2p.workflow.spec import WorkflowSpec
 
-DUPLICATE_WINDOW_S = 600.0  # hop msg-ids dedup a republish within this window
+# hop msg-ids dedup a republish within this window; the broker holds every id published
+# in the last window (its one per-task cost in memory), and the liveness heal re-runs
+# only messages younger than half of it
+DUPLICATE_WINDOW_S = 600.0
 DLQ_HEADROOM = 16 * 1024  # bytes left for headers when dead-lettering a near-max message
 
 # dead-letter headers
