@@ -56,6 +56,8 @@ GM = "tests/integration/test_guard_metrics.py::"
 FAN = "tests/unit/test_hop_fanout.py::"
 CTX = "tests/unit/test_agent_context.py::"
 NR = "tests/unit/test_nr_agents.py::"
+VW = "tests/unit/test_vllm_wire.py::"
+CONTRACT = "tests/vllm/test_contract.py::"
 TOKENS = ("tests/integration/test_token_accounting.py::"
           "test_the_rows_usage_sums_to_the_servers_token_counters")
 LIVE = "tests/integration/test_liveness.py::"
@@ -554,6 +556,28 @@ MUTANTS = [
         ('*results, *_read_stream(names.tasks_stream),', "*results,"),
     ], ["tests/unit/test_permissions.py::"
         "test_a_role_consumes_its_own_subject_and_sends_only_where_routing_can"]),
+    # ---- held to vLLM (issue 20): what the client reads off a real server; the simulator's limits
+    Mutant("vLLM metrics: the waiting queue counted twice (by_reason series)", "matrix_p2p/llm/wire.py", [
+        ('if not rest or rest[0] not in "{ ":\n continue', "pass  # MUTANT"),
+    ], [VW + "test_queue_depth_is_not_counted_twice_with_the_by_reason_series"]),
+    Mutant("vLLM metrics: no fallback to the pre-0.9 KV-cache name", "matrix_p2p/llm/wire.py", [
+        ('"vllm:gpu_cache_usage_perc",\n', ""),
+    ], [VW + "test_kv_cache_usage_new_name_first_then_the_old_one"]),
+    Mutant("vLLM errors: the reason not on one line", "matrix_p2p/llm/wire.py", [
+        ('one_line = " ".join(reason.split())', "one_line = reason"),
+    ], [VW + "test_error_reason_is_the_servers_message_on_one_line"]),
+    Mutant("sim max_model_len: a prompt over the window accepted", "matrix_p2p/sim/answer.py", [
+        ("if n_prompt >= max_model_len:", "if n_prompt > 10**12:  # MUTANT"),
+    ], [VW + "test_sim_context_window_as_vllm_checks_it",
+        CONTRACT + "test_prompt_over_max_model_len_is_a_permanent_failure[sim]"]),
+    Mutant("sim max_model_len: max_tokens beyond the window accepted", "matrix_p2p/sim/answer.py", [
+        ("if max_tokens is not None and n_prompt + max_tokens > max_model_len:",
+         "if False:  # MUTANT"),
+    ], [VW + "test_sim_context_window_as_vllm_checks_it"]),
+    Mutant("sim max_model_len: refused as a retryable 503", "matrix_p2p/sim/server.py", [
+        ('except ContextTooLong as exc:\n return _error(400, str(exc), "BadRequestError")',
+         'except ContextTooLong as exc:\n            return _error(503, str(exc), "X")'),
+    ], [CONTRACT + "test_prompt_over_max_model_len_is_a_permanent_failure[sim]"]),
 ]
 
 

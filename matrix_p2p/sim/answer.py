@@ -27,17 +27,47 @@ class Answer(msgspec.Struct, frozen=True):
     tool_calls: list[dict[str, Any]] | None = None  # see tools.py
 
 
+class ContextTooLong(Exception):
+    """The request does not fit ``max_model_len``: answered 400 with vLLM's message."""
+
+
+def prompt_length(req: SimRequest) -> int:
+    return prompt_tokens(req.text) + CHAT_TEMPLATE_TOKENS * req.n_messages
+
+
+def check_context(n_prompt: int, max_tokens: int | None, max_model_len: int) -> None:
+    """vLLM's input validation (``serving_engine``): a prompt that leaves no room for
+    one token, or ``max_tokens`` beyond what is left, raises ``ContextTooLong`` with
+    vLLM's own words (clients match on them)."""
+    if n_prompt >= max_model_len:
+        raise ContextTooLong(
+            f"This model's maximum context length is {max_model_len} tokens. However, your "
+            f"request has {n_prompt} input tokens. Please reduce the length of the input "
+            "messages."
+        )
+    if max_tokens is not None and n_prompt + max_tokens > max_model_len:
+        raise ContextTooLong(
+            f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This "
+            f"model's maximum context length is {max_model_len} tokens and your request has "
+            f"{n_prompt} input tokens ({max_tokens} > {max_model_len} - {n_prompt})."
+        )
+
+
 def plan_answer(config: SimConfig, req: SimRequest) -> Answer:
-    """The answer text and token counts; the same for the same request and seed."""
+    """The answer text and token counts; the same for the same request and seed.
+    Raises ``ContextTooLong`` when the request does not fit the context window."""
+    n_prompt = prompt_length(req)
+    check_context(n_prompt, req.max_tokens, config.max_model_len)
     rng = request_rng(config.seed, req.model, req.payload, req.max_tokens, req.seed)
-    n_out, finish_reason = cap_output_tokens(draw_output_tokens(config, rng), req.max_tokens)
-    n_prompt = prompt_tokens(req.text) + CHAT_TEMPLATE_TOKENS * req.n_messages
+    # no max_tokens: vLLM lets the answer run to the end of the context window
+    room = req.max_tokens if req.max_tokens is not None else config.max_model_len - n_prompt
+    n_out, finish_reason = cap_output_tokens(draw_output_tokens(config, rng), room)
     if req.kind == "chat" and is_user_sim(req.text):
         text = user_turn(req.payload, rng, config.seed)
-        n_user, finish = cap_output_tokens(len(text.split()), req.max_tokens)
+        n_user, finish = cap_output_tokens(len(text.split()), room)
         return Answer(text, n_prompt, n_user, finish)
     if req.tools is not None and req.tool_choice != "none":
-        got = tool_answer(req.payload, req.tools, req.tool_choice, n_out, req.max_tokens, rng,
+        got = tool_answer(req.payload, req.tools, req.tool_choice, n_out, room, rng,
                           config.tool_call_malformed_rate)
         return Answer(got.text, n_prompt, got.completion_tokens, got.finish_reason, got.tool_calls)
     text = respond(req.text, n_out, rng, config.agree_prob)

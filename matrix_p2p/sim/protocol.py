@@ -238,7 +238,7 @@ def error_body(message: str, kind: str, code: int) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
-def models_body(model: str, created: int) -> dict[str, Any]:
+def models_body(model: str, created: int, max_model_len: int | None = None) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [
@@ -249,7 +249,7 @@ def models_body(model: str, created: int) -> dict[str, Any]:
                 "owned_by": "vllm",
                 "root": model,
                 "parent": None,
-                "max_model_len": None,
+                "max_model_len": max_model_len,
                 "permission": [],
             }
         ],
