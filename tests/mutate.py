@@ -567,12 +567,15 @@ MUTANTS = [
         ('one_line = " ".join(reason.split())', "one_line = reason"),
     ], [VW + "test_error_reason_is_the_servers_message_on_one_line"]),
     Mutant("sim max_model_len: a prompt over the window accepted", "matrix_p2p/sim/answer.py", [
-        ("if n_prompt >= max_model_len:", "if n_prompt > 10**12:  # MUTANT"),
+        ("if n_prompt > max_model_len:", "if n_prompt > 10**12:  # MUTANT"),
     ], [VW + "test_sim_context_window_as_vllm_checks_it",
         CONTRACT + "test_prompt_over_max_model_len_is_a_permanent_failure[sim]"]),
-    Mutant("sim max_model_len: max_tokens beyond the window accepted", "matrix_p2p/sim/answer.py", [
-        ("if max_tokens is not None and n_prompt + max_tokens > max_model_len:",
-         "if False:  # MUTANT"),
+    Mutant("sim max_model_len: max_tokens over the window accepted", "matrix_p2p/sim/answer.py", [
+        ("if max_tokens is not None and max_tokens > max_model_len:", "if False:  # MUTANT"),
+    ], [VW + "test_sim_context_window_as_vllm_checks_it"]),
+    Mutant("sim max_model_len: max_tokens not clamped to what the window leaves",
+           "matrix_p2p/sim/answer.py", [
+        ("else min(max_tokens, left)", "else max_tokens"),
     ], [VW + "test_sim_context_window_as_vllm_checks_it"]),
     Mutant("sim max_model_len: refused as a retryable 503", "matrix_p2p/sim/server.py", [
         ('except ContextTooLong as exc:\n return _error(400, str(exc), "BadRequestError")',

@@ -35,32 +35,32 @@ def prompt_length(req: SimRequest) -> int:
     return prompt_tokens(req.text) + CHAT_TEMPLATE_TOKENS * req.n_messages
 
 
-def check_context(n_prompt: int, max_tokens: int | None, max_model_len: int) -> None:
-    """vLLM's input validation (``serving_engine``): a prompt that leaves no room for
-    one token, or ``max_tokens`` beyond what is left, raises ``ContextTooLong`` with
-    vLLM's own words (clients match on them)."""
-    if n_prompt >= max_model_len:
+def check_context(n_prompt: int, max_tokens: int | None, max_model_len: int) -> int:
+    """vLLM 0.32's input validation: ``max_tokens`` over the window, or a prompt over it,
+    raises ``ContextTooLong`` with vLLM's own words (clients match on them). Returns how
+    many tokens the answer may have: ``max_tokens`` clamped to what the window leaves
+    (vLLM clamps rather than refuses), all of it when ``max_tokens`` is not given."""
+    if max_tokens is not None and max_tokens > max_model_len:
+        raise ContextTooLong(
+            f"max_tokens={max_tokens} cannot be greater than max_model_len={max_model_len}. "
+            "Please request fewer output tokens."
+        )
+    if n_prompt > max_model_len:
         raise ContextTooLong(
             f"This model's maximum context length is {max_model_len} tokens. However, your "
-            f"request has {n_prompt} input tokens. Please reduce the length of the input "
-            "messages."
+            f"prompt contains {n_prompt} input tokens, which exceeds this limit even without "
+            "any output tokens. Please reduce the length of the input prompt."
         )
-    if max_tokens is not None and n_prompt + max_tokens > max_model_len:
-        raise ContextTooLong(
-            f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This "
-            f"model's maximum context length is {max_model_len} tokens and your request has "
-            f"{n_prompt} input tokens ({max_tokens} > {max_model_len} - {n_prompt})."
-        )
+    left = max(1, max_model_len - n_prompt)
+    return left if max_tokens is None else min(max_tokens, left)
 
 
 def plan_answer(config: SimConfig, req: SimRequest) -> Answer:
     """The answer text and token counts; the same for the same request and seed.
     Raises ``ContextTooLong`` when the request does not fit the context window."""
     n_prompt = prompt_length(req)
-    check_context(n_prompt, req.max_tokens, config.max_model_len)
+    room = check_context(n_prompt, req.max_tokens, config.max_model_len)
     rng = request_rng(config.seed, req.model, req.payload, req.max_tokens, req.seed)
-    # no max_tokens: vLLM lets the answer run to the end of the context window
-    room = req.max_tokens if req.max_tokens is not None else config.max_model_len - n_prompt
     n_out, finish_reason = cap_output_tokens(draw_output_tokens(config, rng), room)
     if req.kind == "chat" and is_user_sim(req.text):
         text = user_turn(req.payload, rng, config.seed)

@@ -88,7 +88,7 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True):
         """Return self, or raise ``ConfigError`` naming the first bad field."""
         checks: list[tuple[bool, str]] = [
             (self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),
-            (self.max_model_len >= 2, "max_model_len must be >= 2"),
+            (self.max_model_len >= 1, "max_model_len must be >= 1"),
             (self.kv_cache_tokens >= 1, "kv_cache_tokens must be >= 1"),
             (self.tokens_per_step >= 1, "tokens_per_step must be >= 1"),
             (self.step_base_s >= 0 and self.step_per_seq_s >= 0, "step times must be >= 0"),

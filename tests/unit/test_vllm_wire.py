@@ -76,14 +76,17 @@ def test_error_reason_is_the_servers_message_on_one_line() -> None:
 
 
 def test_sim_context_window_as_vllm_checks_it() -> None:
-    check_context(2047, None, 2048)
-    check_context(1000, 1048, 2048)
+    assert check_context(2048, None, 2048) == 1
+    assert check_context(2000, None, 2048) == 48
+    assert check_context(1000, 2048, 2048) == 1048  # clamped, as vLLM 0.32 does
+    assert check_context(1000, 20, 2048) == 20
     with pytest.raises(ContextTooLong, match=r"^This model's maximum context length is 2048 "
-                       r"tokens\. However, your request has 2048 input tokens\."):
-        check_context(2048, None, 2048)
-    with pytest.raises(ContextTooLong, match=r"'max_tokens' or 'max_completion_tokens' is too "
-                       r"large: 1049\. .* \(1049 > 2048 - 1000\)\."):
-        check_context(1000, 1049, 2048)
+                       r"tokens\. However, your prompt contains 2049 input tokens, which "
+                       r"exceeds this limit even without any output tokens\."):
+        check_context(2049, None, 2048)
+    with pytest.raises(ContextTooLong, match=r"^max_tokens=2049 cannot be greater than "
+                       r"max_model_len=2048\. Please request fewer output tokens\.$"):
+        check_context(10, 2049, 2048)
 
 
 def test_sim_refuses_a_five_million_token_prompt_and_caps_an_open_answer() -> None:
@@ -95,5 +98,5 @@ def test_sim_refuses_a_five_million_token_prompt_and_caps_an_open_answer() -> No
     # no max_tokens: the answer runs to the end of the window, as vLLM's default does
     open_ = plan_answer(config, parse_request(b'{"prompt": "abcd" }', "completion", "m"))
     assert (open_.prompt_tokens, open_.completion_tokens, open_.finish_reason) == (1, 99, "length")
-    with pytest.raises(ConfigError, match="max_model_len must be >= 2"):
-        SimConfig(max_model_len=1).validate()
+    with pytest.raises(ConfigError, match="max_model_len must be >= 1"):
+        SimConfig(max_model_len=0).validate()

@@ -87,7 +87,8 @@ class Timing:
 
 
 def _run(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
+    shown = [*cmd[:3], "..."] if "-c" in cmd else cmd  # not the model-building script
+    print("+", " ".join(shown), flush=True)
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
 
 
@@ -221,7 +222,7 @@ class VLLMServer:
             self.proc.wait(10)
 
 
-def start_server(log_dir: Path, *, timeout: float = 300.0) -> VLLMServer:
+def start_server(log_dir: Path, *, timeout: float = 1200.0) -> VLLMServer:
     """Start one server with tool calling on and wait for ``/health`` (and its model).
 
     Error handling: a server that exits or is not healthy within ``timeout`` is

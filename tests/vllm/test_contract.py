@@ -105,22 +105,34 @@ async def test_chat_and_completion_usage_and_finish_reasons(backend: Backend) ->
 
 
 async def test_prompt_over_max_model_len_is_a_permanent_failure(backend: Backend) -> None:
-    long_prompt = "word " * (backend.max_model_len * 2)
+    L = backend.max_model_len
     async with client_for(backend) as client:
-        r = await client.chat([{"role": "user", "content": long_prompt}], max_tokens=8)
-        too_many = await client.chat(MSGS, max_tokens=backend.max_model_len)
+        r = await client.chat([{"role": "user", "content": "word " * (L * 2)}], max_tokens=8)
+        too_many = await client.chat(MSGS, max_tokens=L + 1)
         [stats] = client.snapshot()
     assert isinstance(r, LLMError), r
     assert (r.kind, r.status, r.attempts, r.transient) == ("bad_request", 400, 1, False)
-    assert f"maximum context length is {backend.max_model_len} tokens" in r.message
-    assert "input tokens" in r.message
+    assert f"This model's maximum context length is {L} tokens. However, your prompt" in r.message
     assert "\n" not in r.message and not r.message.startswith("HTTP 400: {")
     with pytest.raises(FailTask, match="maximum context length"):
         r.unwrap()
     assert isinstance(too_many, LLMError), too_many
     assert (too_many.kind, too_many.status, too_many.attempts) == ("bad_request", 400, 1)
-    assert "'max_tokens' or 'max_completion_tokens' is too large" in too_many.message
+    assert f"max_tokens={L + 1} cannot be greater than max_model_len={L}" in too_many.message
     assert stats.errors_by_kind == {"bad_request": 2}
+
+
+async def test_max_tokens_past_the_window_is_clamped_to_it(backend: Backend) -> None:
+    L = backend.max_model_len
+    async with client_for(backend) as client:
+        probe = await client.complete("word " * 100, max_tokens=1)
+        assert isinstance(probe, LLMResponse), probe
+        words = int((L - 30) * 100 / probe.prompt_tokens)
+        r = await client.complete("word " * words, max_tokens=200, temperature=0,
+                                  **backend.length_extra)
+    assert isinstance(r, LLMResponse), r
+    assert L - 60 < r.prompt_tokens < L - 1
+    assert (r.finish_reason, r.prompt_tokens + r.completion_tokens) == ("length", L)
 
 
 async def test_named_tool_choice_comes_back_as_a_tool_turn(backend: Backend) -> None:
@@ -176,8 +188,9 @@ async def test_client_polls_the_queue_depth(backend: Backend) -> None:
 async def test_error_body_shape(backend: Backend) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.post(backend.url + "/chat/completions",
-                             json={"model": backend.model, "messages": MSGS,
-                                   "max_tokens": backend.max_model_len}) as resp:
+                             json={"model": backend.model, "messages": [
+                                 {"role": "user", "content": "word " * 3 * backend.max_model_len}
+                             ]}) as resp:
             assert resp.status == 400
             body = await resp.json()
     err = body["error"]
