@@ -222,6 +222,17 @@ class VLLMServer:
             self.proc.wait(10)
 
 
+@dataclass(frozen=True)
+class ExternalServer:
+    """A server this process did not start (``MX_VLLM_URL``): never stopped here."""
+
+    base_url: str
+
+    @property
+    def url(self) -> str:
+        return self.base_url + "/v1"
+
+
 def start_server(log_dir: Path, *, timeout: float = 1200.0) -> VLLMServer:
     """Start one server with tool calling on and wait for ``/health`` (and its model).
 

@@ -11,7 +11,6 @@ its ``finish_reason``.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -21,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from tests.procs import env
+from tests.procs import Proc, env, wait_port
 from tests.vllm import env as venv
+from tests.vllm.env import free_port
 
 pytestmark = pytest.mark.vllm
 
@@ -88,8 +88,8 @@ def test_tau_against_vllm_ends_each_trajectory(vllm_server: venv.VLLMServer,
             assert "maximum context length is" in row["error"], row["error"]
 
 
-def _served(srv: venv.VLLMServer) -> float:
-    with urllib.request.urlopen(srv.base_url + "/metrics", timeout=5) as resp:
+def _served(base_url: str) -> float:
+    with urllib.request.urlopen(base_url + "/metrics", timeout=5) as resp:
         text = resp.read().decode()
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
                if ln.startswith(("vllm:request_success_total{", "vllm:num_requests_running{")))
@@ -97,24 +97,33 @@ def _served(srv: venv.VLLMServer) -> float:
 
 def test_a_replica_killed_mid_run_loses_nothing(vllm_server: venv.VLLMServer,
                                                 tmp_path: Path) -> None:
-    victim = venv.start_server(tmp_path)
+    """Two replicas serving the same model: real vLLM and a simulator process (a second
+    vLLM takes minutes to start on a loaded machine). The simulator is killed with
+    ``kill -9`` once it has served this run; every row is written once, none failed
+    for the dead replica."""
+    port = free_port()
+    victim = Proc(["sim-llm", "--port", str(port), "--model", venv.MODEL_NAME,
+                   "--max-model-len", str(venv.MAX_MODEL_LEN), "--slow-factor", "4"],
+                  tmp_path / "sim.log")
     limit = 12
     out = tmp_path / "out.jsonl"
     try:
+        wait_port(port)
+        sim_url = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen(
             [sys.executable, "-m", "matrix_p2p", "run", "coral", "--limit", str(limit),
-             "--llm-url", f"{vllm_server.url},{victim.url}", "--out", str(out),
+             "--llm-url", f"{vllm_server.url},{sim_url}/v1", "--out", str(out),
              "--store", str(tmp_path / "store"), "--no-progress", "--sync-interval"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
             cwd=tmp_path, stdin=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 300
             # the victim is killed once it has work of this run in hand
-            while _served(victim) < 1:
+            while _served(sim_url) < 1:
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline, "the victim never got a request"
-                time.sleep(0.2)  # a child server's counters: there is no event to wait on
-            victim.kill(signal.SIGKILL)
+                time.sleep(0.1)  # a child server's counters: there is no event to wait on
+            victim.kill()
             stdout, stderr = proc.communicate(timeout=540)
         finally:
             if proc.poll() is None:
@@ -129,5 +138,4 @@ def test_a_replica_killed_mid_run_loses_nothing(vllm_server: venv.VLLMServer,
     # nothing lost: no row failed for the dead replica; its requests went to the other
     for row in rows:
         if row["status"] == "failed":
-            assert "unavailable" not in row["error"] and victim.url not in row["error"], row
-
+            assert "unavailable" not in row["error"] and sim_url not in row["error"], row
