@@ -28,7 +28,12 @@ class Answer(msgspec.Struct, frozen=True):
 
 
 class ContextTooLong(Exception):
-    """The request does not fit ``max_model_len``: answered 400 with vLLM's message."""
+    """The request does not fit ``max_model_len``: answered 400 with vLLM's message, and
+    the request field at fault as the error body's ``param``."""
+
+    def __init__(self, message: str, param: str, value: int) -> None:
+        super().__init__(f"{message} (parameter={param}, value={value})")
+        self.param = param
 
 
 def prompt_length(req: SimRequest) -> int:
@@ -43,13 +48,14 @@ def check_context(n_prompt: int, max_tokens: int | None, max_model_len: int) -> 
     if max_tokens is not None and max_tokens > max_model_len:
         raise ContextTooLong(
             f"max_tokens={max_tokens} cannot be greater than max_model_len={max_model_len}. "
-            "Please request fewer output tokens."
+            "Please request fewer output tokens.", "max_tokens", max_tokens
         )
     if n_prompt > max_model_len:
         raise ContextTooLong(
             f"This model's maximum context length is {max_model_len} tokens. However, your "
             f"prompt contains {n_prompt} input tokens, which exceeds this limit even without "
-            "any output tokens. Please reduce the length of the input prompt."
+            "any output tokens. Please reduce the length of the input prompt.",
+            "input_tokens", n_prompt,
         )
     left = max(1, max_model_len - n_prompt)
     return left if max_tokens is None else min(max_tokens, left)

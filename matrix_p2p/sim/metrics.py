@@ -65,14 +65,17 @@ def render(core: BatchCore, model: str, kv_cache_tokens: int = 262144) -> str:
         "Number of generation tokens processed.",
         [(f"vllm:generation_tokens_total{{{label}}}", core.generation_tokens_total)],
     )
-    reasons = sorted(set(core.finished_by_reason) | {"stop", "length"})
+    # vLLM 0.32 exports these five from the start; labels in prometheus_client's order
+    reasons = sorted(set(core.finished_by_reason) | {"stop", "length", "abort", "error",
+                                                     "repetition"})
     family(
         "vllm:request_success",
         "counter",
         "Count of successfully processed requests.",
         [
             (
-                f'vllm:request_success_total{{{label},finished_reason="{_escape(r)}"}}',
+                f'vllm:request_success_total{{engine="0",finished_reason="{_escape(r)}",'
+                f'model_name="{_escape(model)}"}}',
                 core.finished_by_reason[r],
             )
             for r in reasons

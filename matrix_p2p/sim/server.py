@@ -52,9 +52,12 @@ def _json_response(
     )
 
 
-def _error(status: int, message: str, kind: str, retry_after: float | None = None) -> web.Response:
+def _error(
+    status: int, message: str, kind: str, retry_after: float | None = None,
+    param: str | None = None,
+) -> web.Response:
     headers = {"Retry-After": str(int(retry_after))} if retry_after is not None else None
-    return _json_response(protocol.error_body(message, kind, status), status, headers)
+    return _json_response(protocol.error_body(message, kind, status, param), status, headers)
 
 
 def _abort_connection(request: web.Request) -> None:
@@ -196,7 +199,7 @@ class SimServer:
         try:
             answer = plan_answer(config, req)
         except ContextTooLong as exc:
-            return _error(400, str(exc), "BadRequestError")
+            return _error(400, str(exc), "BadRequestError", param=exc.param)
         fault: Fault = self._dice.roll(config)
         if fault != "none":
             self._fault_counts[fault] += 1

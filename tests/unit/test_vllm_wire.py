@@ -85,7 +85,8 @@ def test_sim_context_window_as_vllm_checks_it() -> None:
                        r"exceeds this limit even without any output tokens\."):
         check_context(2049, None, 2048)
     with pytest.raises(ContextTooLong, match=r"^max_tokens=2049 cannot be greater than "
-                       r"max_model_len=2048\. Please request fewer output tokens\.$"):
+                       r"max_model_len=2048\. Please request fewer output tokens\. "
+                       r"\(parameter=max_tokens, value=2049\)$"):
         check_context(10, 2049, 2048)
 
 

@@ -50,6 +50,7 @@ class Backend:
     # extra request fields that make the answer end on its own / run to max_tokens
     stop_extra: dict[str, Any] = field(default_factory=dict)
     length_extra: dict[str, Any] = field(default_factory=dict)
+    tool_extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -69,9 +70,15 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         return
     server: env.VLLMServer = request.getfixturevalue("vllm_server")
     eos = str(env.token_ids()["<|im_end|>"])
+    # vLLM 0.32 forces a named call's `<tool_call>{"name": ..., "arguments": ` prefix but
+    # not the arguments: a random model writes digits until max_tokens. Favouring the
+    # closing braces (and an allowed value) lets the call end, so the parser sees it whole.
+    vocab = json.loads((env.MODEL_DIR / "tokenizer.json").read_text())["model"]["vocab"]
+    ends = {str(vocab[t]): 100 for t in ("}", '"}', "Paris") if t in vocab}
     yield Backend("vllm", server.url, env.MODEL_NAME, env.MAX_MODEL_LEN,
                   stop_extra={"logit_bias": {eos: 100}},
-                  length_extra={"logit_bias": {eos: -100}})
+                  length_extra={"logit_bias": {eos: -100}},
+                  tool_extra={"logit_bias": ends})
 
 
 def client_for(b: Backend) -> LLMClient:
@@ -138,13 +145,18 @@ async def test_max_tokens_past_the_window_is_clamped_to_it(backend: Backend) -> 
 async def test_named_tool_choice_comes_back_as_a_tool_turn(backend: Backend) -> None:
     choice = {"type": "function", "function": {"name": "get_weather"}}
     async with client_for(backend) as client:
-        r = await client.chat(MSGS, max_tokens=40, temperature=0, tools=[WEATHER],
-                              tool_choice=choice)
+        r = await client.chat(MSGS, max_tokens=60, temperature=0, tools=[WEATHER],
+                              tool_choice=choice, **backend.tool_extra)
         assert isinstance(r, LLMResponse), r
-        assert len(r.tool_calls) == 1
+        assert len(r.tool_calls) == 1, r
         call = r.tool_calls[0]
         assert call.name == "get_weather" and call.id
-        assert call.parse_arguments()["city"] in ("Paris", "Rome")
+        # the arguments as the model wrote them: JSON (the random model's may not be an
+        # object, which parse_arguments reports to the agent as a ToolCallError)
+        args = json.loads(call.arguments)
+        if backend.name == "sim":
+            assert call.parse_arguments()["city"] in ("Paris", "Rome")
+        assert args is not None
         # the call and its result go back into the conversation; the template renders both
         follow = [*MSGS, r.message(),
                   {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp": 21})}]
@@ -195,4 +207,5 @@ async def test_error_body_shape(backend: Backend) -> None:
             body = await resp.json()
     err = body["error"]
     assert err["type"] == "BadRequestError" and err["code"] == 400
+    assert err["param"] == "input_tokens"
     assert "maximum context length" in err["message"]
