@@ -578,8 +578,8 @@ MUTANTS = [
         ("else min(max_tokens, left)", "else max_tokens"),
     ], [VW + "test_sim_context_window_as_vllm_checks_it"]),
     Mutant("sim max_model_len: refused as a retryable 503", "matrix_p2p/sim/server.py", [
-        ('except ContextTooLong as exc:\n return _error(400, str(exc), "BadRequestError")',
-         'except ContextTooLong as exc:\n            return _error(503, str(exc), "X")'),
+        ('return _error(400, str(exc), "BadRequestError", param=exc.param)',
+         'return _error(503, str(exc), "X")'),
     ], [CONTRACT + "test_prompt_over_max_model_len_is_a_permanent_failure[sim]"]),
 ]
 

@@ -219,7 +219,7 @@ def parse_running(metrics_text: str) -> int | None:
     return int(sum(values)) if values else None
 
 
-def error_reason(raw: bytes, limit: int = 300) -> str:
+def error_reason(raw: bytes, limit: int = 500) -> str:
     """The server's own reason for an error answer, on one line: ``error.message``
     (vLLM 0.6+, OpenAI) or a top-level ``message`` (older vLLM), else the body's start."""
     reason: object = None
