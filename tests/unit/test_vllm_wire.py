@@ -18,7 +18,7 @@ from matrix_p2p.sim.answer import ContextTooLong, check_context, plan_answer
 from matrix_p2p.sim.config import SimConfig
 from matrix_p2p.sim.protocol import parse_request
 
-# captured from vLLM 0.32.0 (CPU build) with three requests waiting
+# vLLM 0.32.0's names, labels and label order (as its /metrics writes them), three requests waiting
 VLLM_032 = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
