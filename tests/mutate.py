@@ -63,6 +63,8 @@ NR = "tests/unit/test_nr_agents.py::"
 STRUCT = "tests/unit/test_structured.py::"
 CACHE = "tests/unit/test_llm_cache.py::"
 CACHE_RUN = "tests/integration/test_llm_cache_run.py::"
+VW = "tests/unit/test_vllm_wire.py::"
+CONTRACT = "tests/vllm/test_contract.py::"
 TOKENS = ("tests/integration/test_token_accounting.py::"
           "test_the_rows_usage_sums_to_the_servers_token_counters")
 LIVE = "tests/integration/test_liveness.py::"
@@ -652,6 +654,31 @@ MUTANTS = [
         ("if any(ep.published is not None for ep in admissible):", "if False:"),
     ], [REG + "test_select_is_least_outstanding_without_load_and_weighs_it_with",
         REGI + "test_a_client_follows_the_registry_new_replicas_get_traffic_lapsed_ones_none"]),
+    # ---- held to vLLM (issue 20): what the client reads off a real server; the simulator's limits
+    Mutant("vLLM metrics: the waiting queue counted twice (by_reason series)", "matrix_p2p/llm/wire.py", [
+        ('if not rest or rest[0] not in "{ ":\n continue', "pass  # MUTANT"),
+    ], [VW + "test_queue_depth_is_not_counted_twice_with_the_by_reason_series"]),
+    Mutant("vLLM metrics: no fallback to the pre-0.9 KV-cache name", "matrix_p2p/llm/wire.py", [
+        ('"vllm:gpu_cache_usage_perc",\n', ""),
+    ], [VW + "test_kv_cache_usage_new_name_first_then_the_old_one"]),
+    Mutant("vLLM errors: the reason not on one line", "matrix_p2p/llm/wire.py", [
+        ('one_line = " ".join(reason.split())', "one_line = reason"),
+    ], [VW + "test_error_reason_is_the_servers_message_on_one_line"]),
+    Mutant("sim max_model_len: a prompt over the window accepted", "matrix_p2p/sim/answer.py", [
+        ("if n_prompt > max_model_len:", "if n_prompt > 10**12:  # MUTANT"),
+    ], [VW + "test_sim_context_window_as_vllm_checks_it",
+        CONTRACT + "test_prompt_over_max_model_len_is_a_permanent_failure[sim]"]),
+    Mutant("sim max_model_len: max_tokens over the window accepted", "matrix_p2p/sim/answer.py", [
+        ("if max_tokens is not None and max_tokens > max_model_len:", "if False:  # MUTANT"),
+    ], [VW + "test_sim_context_window_as_vllm_checks_it"]),
+    Mutant("sim max_model_len: max_tokens not clamped to what the window leaves",
+           "matrix_p2p/sim/answer.py", [
+        ("else min(max_tokens, left)", "else max_tokens"),
+    ], [VW + "test_sim_context_window_as_vllm_checks_it"]),
+    Mutant("sim max_model_len: refused as a retryable 503", "matrix_p2p/sim/server.py", [
+        ('return _error(400, str(exc), "BadRequestError", param=exc.param)',
+         'return _error(503, str(exc), "X")'),
+    ], [CONTRACT + "test_prompt_over_max_model_len_is_a_permanent_failure[sim]"]),
 ]
 
 

@@ -10,7 +10,8 @@ from typing import Any
 from matrix_p2p.cli import common
 from matrix_p2p.errors import ConfigError
 
-SIM_FIELDS = ("model", "max_num_seqs", "fail_rate", "timeout_rate", "drop_rate", "garbage_rate",
+SIM_FIELDS = ("model", "max_num_seqs", "max_model_len", "fail_rate", "timeout_rate", "drop_rate",
+              "garbage_rate",
               "slow_factor", "max_waiting", "output_tokens_mean", "tool_call_malformed_rate")
 
 
@@ -26,6 +27,8 @@ def add_parsers(sub: Any) -> None:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--model", default=None)
     sim.add_argument("--max-num-seqs", type=int, default=None, help="running batch size")
+    sim.add_argument("--max-model-len", type=int, default=None,
+                     help="context window in tokens; longer requests get vLLM's 400 (32768)")
     sim.add_argument("--output-tokens-mean", type=float, default=None)
     sim.add_argument("--fail-rate", type=float, default=None, help="fraction answered 429/503")
     sim.add_argument("--timeout-rate", type=float, default=None, help="fraction that hang")

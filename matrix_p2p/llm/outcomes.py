@@ -16,7 +16,7 @@ import structlog
 
 from matrix_p2p.llm.pool import Endpoint
 from matrix_p2p.llm.types import ErrorKind, LLMError, LLMResponse, LLMResult
-from matrix_p2p.llm.wire import BadResponse, decode_completion
+from matrix_p2p.llm.wire import BadResponse, decode_completion, error_reason
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +71,7 @@ class Outcomes:
                 return self.answered(ep, "bad_response", str(e), status)
             self._succeeded(ep, now, latency, resp.completion_tokens)
             return resp
-        snippet = raw[:200].decode("utf-8", "replace")
+        snippet = error_reason(raw)  # the server's reason on one line (vLLM: error.message)
         if status == 429:
             ep.rejected_429 += 1
             ep.last_429_wall = self._wall_clock()

@@ -170,13 +170,69 @@ def parse_endpoints_file(text: str) -> list[str]:
     return out
 
 
-def parse_waiting(metrics_text: str) -> int | None:
-    """Sum of ``vllm:num_requests_waiting`` samples, or None when absent."""
-    total: float | None = None
+def metric_samples(metrics_text: str, name: str) -> list[float]:
+    """The values of the samples of exactly the metric ``name`` in a Prometheus text
+    exposition: ``vllm:num_requests_waiting`` does not match vLLM 0.10+'s
+    ``vllm:num_requests_waiting_by_reason``, which splits the same queue by reason."""
+    out: list[float] = []
     for line in metrics_text.splitlines():
-        if line.startswith("vllm:num_requests_waiting"):
-            try:
-                total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
-            except (IndexError, ValueError):
-                continue
-    return None if total is None else int(total)
+        if not line.startswith(name):
+            continue
+        rest = line[len(name):]
+        if not rest or rest[0] not in "{ ":
+            continue  # another metric whose name starts with ``name``
+        try:
+            out.append(float(line.rsplit(" ", 1)[1]))
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+def parse_waiting(metrics_text: str) -> int | None:
+    """Sum of ``vllm:num_requests_waiting`` samples (one per engine), or None when absent."""
+    values = metric_samples(metrics_text, "vllm:num_requests_waiting")
+    return int(sum(values)) if values else None
+
+
+#: KV-cache usage (0..1): vLLM 0.9 renamed ``gpu_cache_usage_perc``; older servers
+#: (and CPU builds before the rename, ``cpu_cache_usage_perc``) expose the old names.
+KV_CACHE_USAGE_NAMES = (
+    "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc",
+    "vllm:cpu_cache_usage_perc",
+)
+
+
+def parse_kv_cache_usage(metrics_text: str) -> float | None:
+    """The highest KV-cache usage (0..1) over the server's engines, from the newest
+    name the server exposes; None when it exposes none."""
+    for name in KV_CACHE_USAGE_NAMES:
+        values = metric_samples(metrics_text, name)
+        if values:
+            return max(values)
+    return None
+
+
+def parse_running(metrics_text: str) -> int | None:
+    """Sum of ``vllm:num_requests_running`` samples, or None when absent."""
+    values = metric_samples(metrics_text, "vllm:num_requests_running")
+    return int(sum(values)) if values else None
+
+
+def error_reason(raw: bytes, limit: int = 500) -> str:
+    """The server's own reason for an error answer, on one line: ``error.message``
+    (vLLM 0.6+, OpenAI) or a top-level ``message`` (older vLLM), else the body's start."""
+    reason: object = None
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        body = None
+    if isinstance(body, dict):
+        err = body.get("error")
+        reason = err.get("message") if isinstance(err, dict) else None
+        if not isinstance(reason, str):
+            reason = err if isinstance(err, str) else body.get("message")
+    if not isinstance(reason, str) or not reason.strip():
+        reason = raw[:limit].decode("utf-8", "replace")
+    one_line = " ".join(reason.split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 3] + "..."

@@ -38,6 +38,12 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True):
     """One replica's knobs. Every field has a default; ``validate()`` checks ranges."""
 
     model: str = "sim-model"
+    # Context window in simulator tokens (prompt + completion), enforced as vLLM's
+    # ``--max-model-len`` is: a longer prompt, or max_tokens beyond what is left, is a 400.
+    max_model_len: int = 32768
+    # KV-cache size in tokens, for ``vllm:kv_cache_usage_perc`` (tokens held by the
+    # running sequences over this); the scheduler does not model preemption.
+    kv_cache_tokens: int = 262144
     # Continuous batching.
     max_num_seqs: int = 256
     step_base_s: float = 0.016
@@ -82,6 +88,8 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True):
         """Return self, or raise ``ConfigError`` naming the first bad field."""
         checks: list[tuple[bool, str]] = [
             (self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),
+            (self.max_model_len >= 1, "max_model_len must be >= 1"),
+            (self.kv_cache_tokens >= 1, "kv_cache_tokens must be >= 1"),
             (self.tokens_per_step >= 1, "tokens_per_step must be >= 1"),
             (self.step_base_s >= 0 and self.step_per_seq_s >= 0, "step times must be >= 0"),
             (

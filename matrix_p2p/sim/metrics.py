@@ -9,10 +9,13 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(core: BatchCore, model: str) -> str:
-    """The ``/metrics`` body. Counters follow prometheus_client's layout: the
-    TYPE line names the family without ``_total``, the sample has it."""
-    label = f'model_name="{_escape(model)}"'
+def render(core: BatchCore, model: str, kv_cache_tokens: int = 262144) -> str:
+    """The ``/metrics`` body, as vLLM 0.10+ (V1 engine) writes it: every sample labelled
+    ``engine`` and ``model_name``; the queue also split by reason; KV-cache usage under
+    its post-0.9 name. Counters follow prometheus_client's layout: the TYPE line names
+    the family without ``_total``, the sample has it."""
+    label = f'engine="0",model_name="{_escape(model)}"'
+    held = sum(s.prompt_tokens + s.generated for s in core.running)
     lines: list[str] = []
 
     def family(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
@@ -33,6 +36,23 @@ def render(core: BatchCore, model: str) -> str:
         "Number of requests waiting to be processed.",
         [(f"vllm:num_requests_waiting{{{label}}}", len(core.waiting))],
     )
+    # the simulator never defers (vLLM: "capacity" = no room in the batch or KV cache)
+    family(
+        "vllm:num_requests_waiting_by_reason",
+        "gauge",
+        "Number of requests waiting to be processed, by reason.",
+        [
+            (f'vllm:num_requests_waiting_by_reason{{{label},reason="capacity"}}',
+             len(core.waiting)),
+            (f'vllm:num_requests_waiting_by_reason{{{label},reason="deferred"}}', 0),
+        ],
+    )
+    family(
+        "vllm:kv_cache_usage_perc",
+        "gauge",
+        "KV-cache usage. 1 means 100 percent usage.",
+        [(f"vllm:kv_cache_usage_perc{{{label}}}", min(1.0, held / kv_cache_tokens))],
+    )
     family(
         "vllm:prompt_tokens",
         "counter",
@@ -45,14 +65,17 @@ def render(core: BatchCore, model: str) -> str:
         "Number of generation tokens processed.",
         [(f"vllm:generation_tokens_total{{{label}}}", core.generation_tokens_total)],
     )
-    reasons = sorted(set(core.finished_by_reason) | {"stop", "length"})
+    # vLLM 0.32 exports these five from the start; labels in prometheus_client's order
+    reasons = sorted(set(core.finished_by_reason) | {"stop", "length", "abort", "error",
+                                                     "repetition"})
     family(
         "vllm:request_success",
         "counter",
         "Count of successfully processed requests.",
         [
             (
-                f'vllm:request_success_total{{finished_reason="{_escape(r)}",{label}}}',
+                f'vllm:request_success_total{{engine="0",finished_reason="{_escape(r)}",'
+                f'model_name="{_escape(model)}"}}',
                 core.finished_by_reason[r],
             )
             for r in reasons

@@ -242,12 +242,12 @@ def usage_chunk(req: SimRequest, rid: str, created: int, use: dict[str, int]) ->
     }
 
 
-def error_body(message: str, kind: str, code: int) -> dict[str, Any]:
-    """vLLM's error shape."""
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+def error_body(message: str, kind: str, code: int, param: str | None = None) -> dict[str, Any]:
+    """vLLM's error shape (``param``: the request field at fault, when known)."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def models_body(model: str, created: int) -> dict[str, Any]:
+def models_body(model: str, created: int, max_model_len: int | None = None) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [
@@ -258,7 +258,7 @@ def models_body(model: str, created: int) -> dict[str, Any]:
                 "owned_by": "vllm",
                 "root": model,
                 "parent": None,
-                "max_model_len": None,
+                "max_model_len": max_model_len,
                 "permission": [],
             }
         ],

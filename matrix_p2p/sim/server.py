@@ -31,7 +31,7 @@ from aiohttp import web
 from matrix_p2p.errors import ConfigError
 from matrix_p2p.httpserve import serve_app
 from matrix_p2p.sim import metrics, protocol
-from matrix_p2p.sim.answer import plan_answer
+from matrix_p2p.sim.answer import ContextTooLong, plan_answer
 from matrix_p2p.sim.config import FAULT_FIELDS, SimConfig
 from matrix_p2p.sim.engine import Engine, QueueFull, Sequence
 from matrix_p2p.sim.faults import FAULT_KINDS, Fault, FaultDice
@@ -52,9 +52,12 @@ def _json_response(
     )
 
 
-def _error(status: int, message: str, kind: str, retry_after: float | None = None) -> web.Response:
+def _error(
+    status: int, message: str, kind: str, retry_after: float | None = None,
+    param: str | None = None,
+) -> web.Response:
     headers = {"Retry-After": str(int(retry_after))} if retry_after is not None else None
-    return _json_response(protocol.error_body(message, kind, status), status, headers)
+    return _json_response(protocol.error_body(message, kind, status, param), status, headers)
 
 
 def _abort_connection(request: web.Request) -> None:
@@ -155,10 +158,11 @@ class SimServer:
         return web.Response(status=200)
 
     async def _models(self, request: web.Request) -> web.Response:
-        return _json_response(protocol.models_body(self.config.model, self._created))
+        body = protocol.models_body(self.config.model, self._created, self.config.max_model_len)
+        return _json_response(body)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        text = metrics.render(self.engine.core, self.config.model)
+        text = metrics.render(self.engine.core, self.config.model, self.config.kv_cache_tokens)
         return web.Response(
             text=text,
             content_type="text/plain",
@@ -191,6 +195,11 @@ class SimServer:
             req = protocol.parse_request(await request.read(), kind, config.model)
         except BadRequest as exc:
             return _error(400, str(exc), "BadRequestError")
+        # validated before any fault, as vLLM validates before scheduling
+        try:
+            answer = plan_answer(config, req)
+        except ContextTooLong as exc:
+            return _error(400, str(exc), "BadRequestError", param=exc.param)
         fault: Fault = self._dice.roll(config)
         if fault != "none":
             self._fault_counts[fault] += 1
@@ -201,7 +210,6 @@ class SimServer:
         if fault == "timeout":
             return await self._hang(request, config.hang_s)
 
-        answer = plan_answer(config, req)
         seq = Sequence(
             answer.prompt_tokens, answer.completion_tokens, answer.finish_reason, stream=req.stream
         )
