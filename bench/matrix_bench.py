@@ -44,6 +44,7 @@ MATRIX_VERSION = "0.2.6"
 EXTRA = "matrix-bench"
 MAX_TURNS = 20  # Matrix's coral_sequential orchestrator
 OPTIONS = [f"option {c}" for c in "ABCDEFGHIJ"]
+STARTUP_TIMEOUT = "The current node timed out during startup"
 RAY_CPUS = {"teacher": 0.25, "student": 0.25, "answer_extractor": 0.25, "answer_matcher": 0.25,
             "_sink": 0.5}
 
@@ -324,8 +325,15 @@ async def run(*, tasks: int, cap: int, work: Path, log: Any, timeout: float = 12
             # the config asks 6.5 CPUs of Ray's resources: on a smaller machine its actors
             # would never be placed. Resource requests only: every actor is a process anyway
             *(f"agents.{a}.ray_resources.num_cpus={c}" for a, c in RAY_CPUS.items())]
-    rc, wall, mon = await run_tree(argv, cwd=work, env=env, log_path=work / "matrix.log",
-                                   timeout=timeout)
+    for attempt in range(3):
+        rc, wall, mon = await run_tree(argv, cwd=work, env=env, log_path=work / "matrix.log",
+                                       timeout=timeout)
+        # Ray waits a fixed 30 s for its raylet: on a loaded machine its start can miss
+        # that; such a start is tried again (and counted as such), a failed run is not
+        if rc == 0 or STARTUP_TIMEOUT not in (work / "matrix.log").read_text(errors="replace"):
+            break
+        log(f"  Matrix: Ray's start-up timed out (try {attempt + 1} of 3)")
+        out["ray_startup_timeouts"] = attempt + 1
     if rc != 0:
         tail = (work / "matrix.log").read_text(errors="replace")[-1500:]
         raise MatrixRunError(f"Matrix exited {rc}:\n{tail}")
