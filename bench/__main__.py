@@ -12,25 +12,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import baselines, fleet, llm_client, nr, report, routing, runtime, tau
+from bench import baselines, fleet, llm_client, matrix_bench, nr, report, routing, runtime, tau
 from bench.simfleet import SimFleet
 
 PARTS = ("overhead", "scaling", "saturation", "baselines", "llm_client", "tau", "tau_calls",
-         "tau_capacity", "nr", "routing")
+         "tau_capacity", "nr", "routing", "matrix")
 
 SIZES = {
     "quick": {"overhead_tasks": 1500, "scaling": [500, 2000, 5000], "scaling_sync": "interval",
               "saturation": [1000, 5000], "sat_warmup": 4.0, "sat_window": 8.0,
               "bl_tasks": 800, "bl_conc": 400, "ray": False,
               "lc_callers": 2000, "lc_warmup": 10.0, "lc_window": 15.0,
-              "lc_all_semaphores": False, "tau_tasks": 65, "tau_conc": 16, "tau_call_rounds": 60,
-              "tau_sessions": 64},
+              "lc_all_semaphores": False, "tau_tasks": 384, "tau_conc": 256, "tau_call_rounds": 60,
+              "tau_sessions": 64, "matrix_tasks": 600},
     "full": {"overhead_tasks": 5000, "scaling": [1000, 10000, 100000], "scaling_sync": "interval",
              "saturation": [1000, 5000, 20000], "sat_warmup": 6.0, "sat_window": 12.0,
              "bl_tasks": 2400, "bl_conc": 800, "ray": True,
              "lc_callers": 2000, "lc_warmup": 10.0, "lc_window": 20.0,
-             "lc_all_semaphores": True, "tau_tasks": 260, "tau_conc": 64, "tau_call_rounds": 200,
-             "tau_sessions": 256},
+             "lc_all_semaphores": True, "tau_tasks": 768, "tau_conc": 256, "tau_call_rounds": 200,
+             "tau_sessions": 256, "matrix_tasks": 3000},
 }
 
 NOTES = Path(__file__).with_name("NOTES.md")
@@ -106,7 +106,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         log(f"[tau] tool use: {z['tau_tasks']} tasks, {z['tau_conc']} alive at once, "
             f"sandbox pool {z['tau_conc']}")
         with tempfile.TemporaryDirectory(prefix="mx-bench-tau-") as tmp:
-            async with SimFleet(2) as sim:
+            async with SimFleet(2, max_num_seqs=tau.fleet_slots(z["tau_conc"])) as sim:
                 r["tau"] = await tau.run(sim, Path(tmp), tasks=z["tau_tasks"],
                                          concurrency=z["tau_conc"], log=log)
     if "tau_calls" in parts:
@@ -132,6 +132,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     if "routing" in parts:
         log("[routing] published load vs least outstanding, replicas of unequal speed")
         r["routing"] = await routing.compare(window_s=8.0 if mode == "quick" else 15.0, log=log)
+    if "matrix" in parts:
+        log(f"[matrix] Meta's Matrix dummy Coral vs the same agents on ours: {z['matrix_tasks']} "
+            f"tasks, at most 100 alive")
+        with tempfile.TemporaryDirectory(prefix="mx-bench-matrix-") as tmp:
+            r["matrix"] = await matrix_bench.run(tasks=z["matrix_tasks"], cap=100, work=Path(tmp),
+                                                 log=log)
     return r
 
 

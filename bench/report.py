@@ -9,7 +9,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 TARGETS = {"overhead_ratio": 0.5, "fleet_utilization": 0.95, "speedup_vs_batch": 2.0,
-           "speedup_vs_central": 2.0, "llm_client_fraction_of_capacity": 0.95}
+           "speedup_vs_central": 2.0, "llm_client_fraction_of_capacity": 0.95,
+           "tau_fleet_busy": 0.85, "tau_alive": 256, "vs_matrix_steps_per_s": 10.0,
+           "vs_matrix_cpu_per_task": 20.0}
 
 
 def figures(r: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +77,20 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
         f["tau_session_write_call_p50_ms"] = tc["session_write"]["p50_ms"]
         f["tau_execute_call_p50_ms"] = tc["execute_read"]["p50_ms"]
         f["tau_execute_true_p50_ms"] = tc["execute_true"]["p50_ms"]
+    ta = r.get("tau", {})
+    if ta:
+        w = ta["ours"].get("steady_window") or {}
+        call = ta["ours"].get("tool_calls", {}).get("call") or {}
+        if call:
+            f["tau_tool_call_p50_ms"] = call["p50_ms"]
+        if w:
+            f["tau_fleet_busy"] = w["fleet_busy"]
+            f["tau_alive"] = w["alive_median"]
+        f["tau_vs_step_barrier"] = ta["ratio_tokens_per_s"]
+    mx = r.get("matrix", {})
+    if mx.get("ratios"):
+        f["vs_matrix_steps_per_s"] = mx["ratios"]["steps_per_s"]
+        f["vs_matrix_cpu_per_task"] = mx["ratios"]["cpu_per_task"]
     cap = r.get("tau_capacity", {})
     if cap:
         f["tau_sessions_alive_at_once"] = cap["live_sessions"]

@@ -12,11 +12,22 @@ call's round trip through a sandbox session against a process per call (``calls`
   baseline of the paper's tool-use comparison (each turn batched, waiting for
   the slowest).
 
-Both run in this process against a sandbox server in this process (pool =
-concurrency, real bwrap) and the simulator fleet in its own process. Reported:
+Both run in this process against a sandbox server in its own process
+(``sandbox-server``, pool = concurrency, real bwrap: 256 sessions' requests are
+not served by the event loop that runs the workers) and the simulator fleet in
+its own process. Reported:
 generated tokens/s (server side), sandbox utilisation: ``busy`` = execution
 seconds / (pool x wall time), ``leased`` = mean fraction of the pool leased
 (sampled every 0.25 s).
+
+At scale (``bench --only tau``: 256 alive on a pool of 256) the fleet has as many
+batch slots as tasks alive (``fleet_slots``): 256 tasks fill it only if almost none
+of them waits on anything but the LLM. Every 0.5 s a sample reads the tasks alive
+(ours: the run's own ``/metrics``, submitted minus finished; the barrier: the live
+trajectories of its batch) and the fleet's generated tokens. ``fleet_busy`` =
+generated tokens / (capacity x seconds) over the *steady window*: from the first
+sample with every slot of the cap alive to the last one at which the source still
+had tasks to submit (the ramp-up and the drain of the last tasks left out).
 """
 
 from __future__ import annotations
@@ -25,16 +36,19 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from matrix_p2p_agents.tau import sandbox_env
 
 from bench.baselines import Steps, _client, make_tasks
+from bench.procs import Child, py
 from bench.simfleet import SimFleet, delta, wait_idle
 from matrix_p2p.envelope import Task
 from matrix_p2p.resources.sandbox import open_sandboxes
@@ -69,22 +83,18 @@ def write_workflow(workdir: Path, name: str, urls: list[str], sandbox_url: str, 
 class Utilisation:
     """Samples the pool's leased fraction; reads execution seconds at the ends."""
 
-    def __init__(self, srv: SandboxServer) -> None:
-        self.srv = srv
+    def __init__(self, status: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self._status = status
         self.samples: list[float] = []
-
-    def _status(self) -> dict[str, Any]:
-        st: dict[str, Any] = self.srv.service.status()
-        return st
 
     @contextlib.asynccontextmanager
     async def measure(self, out: dict[str, Any]) -> AsyncIterator[None]:
-        st0, t0 = self._status(), time.monotonic()
+        st0, t0 = await self._status(), time.monotonic()
         stop = asyncio.Event()
 
         async def sample() -> None:
             while not stop.is_set():
-                st = self._status()
+                st = await self._status()
                 self.samples.append(st["leased"] / st["pool_size"])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.25)
@@ -95,7 +105,7 @@ class Utilisation:
         finally:
             stop.set()
             await sampler
-        st1, wall = self._status(), time.monotonic() - t0
+        st1, wall = await self._status(), time.monotonic() - t0
         out["sandbox_busy"] = round((st1["exec_seconds"] - st0["exec_seconds"])
                                     / (st1["pool_size"] * wall), 4)
         out["sandbox_leased"] = round(sum(self.samples) / max(1, len(self.samples)), 4)
@@ -104,9 +114,118 @@ class Utilisation:
         self.samples = []
 
 
-async def step_barrier(spec: WorkflowSpec, tasks: list[Task], batch: int) -> list[Task]:
-    """Every step of every live trajectory in the batch together; wait for the slowest."""
+@contextlib.asynccontextmanager
+async def sandbox_process(*, pool: int) -> AsyncIterator[tuple[str, SandboxClient]]:
+    """``python -m matrix_p2p sandbox-server`` in its own process (as the simulator is):
+    256 sessions' requests are not served by the event loop that runs the workers."""
+    port = _free_port()
+    child = Child(py("-m", "matrix_p2p", "sandbox-server", "--port", str(port), "--pool",
+                     str(pool), "--timeout", "20", "--ttl", "600"),
+                  f"sandbox-server http://127.0.0.1:{port}", "sandbox-server")
+    await child.start(timeout=120)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with SandboxClient(url) as client:
+            yield url, client
+    finally:
+        await child.stop()
+
+
+def fleet_slots(concurrency: int) -> int:
+    """Batch slots per replica of the 2-replica fleet: as many in all as tasks alive."""
+    return max(1, concurrency // 2)
+
+
+class Samples:
+    """Every 0.5 s: (time, tasks alive, tasks submitted, fleet's generated tokens, running
+    and waiting requests). ``alive`` returns (alive, submitted)."""
+
+    def __init__(self, sim: SimFleet, alive: Callable[[], Awaitable[tuple[int, int]]]) -> None:
+        self.sim = sim
+        self.alive = alive
+        self.rows: list[tuple[float, int, int, int, int, int]] = []
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+
+        async def sample() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    alive, submitted = await self.alive()
+                    st = await self.sim.stats()
+                    self.rows.append((st["t"], alive, submitted, st["generated_tokens"],
+                                      st["running"], st["waiting"]))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            yield
+        finally:
+            stop.set()
+            await sampler
+
+    def window(self, *, cap: int, total: int, capacity: float, slots: int) -> dict[str, Any]:
+        """The steady window (see the module's docstring) and the whole run."""
+        rows = self.rows
+        out: dict[str, Any] = {"samples": len(rows)}
+
+        def busy(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+            return round((b[3] - a[3]) / max(b[0] - a[0], 1e-9) / capacity, 4)
+
+        if len(rows) >= 2:
+            out["fleet_busy_whole_run"] = busy(rows[0], rows[-1])
+            out["alive_mean_whole_run"] = round(statistics.fmean(r[1] for r in rows), 1)
+        first = next((i for i, r in enumerate(rows) if r[1] >= cap), None)
+        last = max((i for i, r in enumerate(rows) if r[2] < total), default=None)
+        if first is None or last is None or last - first < 2:
+            out["steady_window"] = None  # never full, or too short to measure
+            return out
+        w = rows[first:last + 1]
+        out["steady_window"] = {
+            "seconds": round(w[-1][0] - w[0][0], 1), "samples": len(w),
+            "alive_median": int(statistics.median(r[1] for r in w)),
+            "alive_mean": round(statistics.fmean(r[1] for r in w), 1),
+            "alive_min": min(r[1] for r in w),
+            "fleet_busy": busy(w[0], w[-1]),
+            "running_mean": round(statistics.fmean(r[4] for r in w), 1),
+            "batch_slots_used": round(statistics.fmean(r[4] for r in w) / slots, 4),
+            "waiting_mean": round(statistics.fmean(r[5] for r in w), 1),
+        }
+        return out
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _metric_sum(text: str, name: str) -> int:
+    return int(sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                   if ln.startswith(name) and not ln.startswith("#")))
+
+
+def _tool_calls(path: Path) -> dict[str, Any]:
+    """Tool turns' round trip as the assistant saw it (``elapsed_s``): the first of each
+    trajectory (lease, files, session start) apart from the others."""
+    first: list[float] = []
+    rest: list[float] = []
+    for row in map(json.loads, path.read_text().splitlines()):
+        tools = [t["elapsed_s"] for t in row.get("dialogue", []) if t["role"] == "tool"]
+        first += tools[:1]
+        rest += tools[1:]
+    return {"first_call": _dist(first) if first else None, "call": _dist(rest) if rest else None}
+
+
+async def step_barrier(spec: WorkflowSpec, tasks: list[Task], batch: int,
+                       live_now: list[int] | None = None) -> list[Task]:
+    """Every step of every live trajectory in the batch together; wait for the slowest.
+    ``live_now[0]`` is kept at the number of live trajectories (for sampling)."""
     out: list[Task] = []
+    live_now = live_now if live_now is not None else [0]
     async with _client(spec) as llm, open_sandboxes(spec) as resources:
         steps = Steps(spec, llm, resources)
 
@@ -120,8 +239,10 @@ async def step_barrier(spec: WorkflowSpec, tasks: list[Task], batch: int) -> lis
 
         for i in range(0, len(tasks), batch):
             live = tasks[i:i + batch]
-            while any(t.status == "running" for t in live):
+            while (n := sum(1 for t in live if t.status == "running")):
+                live_now[0] = n
                 live = list(await asyncio.gather(*(one(t) for t in live)))
+            live_now[0] = 0
             out += live
     return out
 
@@ -147,40 +268,71 @@ async def run(sim: SimFleet, workdir: Path, *, tasks: int, concurrency: int,
               log: Any) -> dict[str, Any]:
     """Ours, then the step barrier, on one sandbox server (pool = concurrency)."""
     out: dict[str, Any] = {"tasks": tasks, "concurrency": concurrency}
-    cfg = SandboxConfig(pool_size=concurrency, default_timeout_s=20, ttl_s=600)
-    async with SandboxServer(cfg) as srv:
-        util = Utilisation(srv)
-        path = write_workflow(workdir, "taubench", sim.urls, srv.url, rows=tasks,
+    st = await sim.stats()
+    capacity = st["capacity_tokens_per_s"]
+    slots = sim.replicas * (sim.max_num_seqs or 256)
+    out["fleet"] = {"replicas": sim.replicas, "batch_slots": slots,
+                    "capacity_tokens_per_s": round(capacity)}
+    async with sandbox_process(pool=concurrency) as (url, client), \
+            aiohttp.ClientSession() as http:
+        util = Utilisation(client.status)
+        path = write_workflow(workdir, "taubench", sim.urls, url, rows=tasks,
                               concurrency=concurrency)
         spec = load(str(path))
+        port = _free_port()
+
+        async def alive_ours() -> tuple[int, int]:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                text = await r.text()
+            sub = _metric_sum(text, "matrix_p2p_source_tasks_submitted_total")
+            return sub - _metric_sum(text, "matrix_p2p_tasks_finished_total"), sub
 
         u: dict[str, Any] = {}
+        samples = Samples(sim, alive_ours)
         s0 = await sim.stats()
-        async with util.measure(u):
+        async with util.measure(u), samples.run():
             result = await run_workflow(spec, RunOptions(
                 limit=tasks, out=str(workdir / "taubench.jsonl"), store=str(workdir / "nats"),
-                sync="interval", llm_urls=sim.urls, sandbox_urls=[srv.url], progress=False,
-                fleet_state=False), asyncio.Event())
+                sync="interval", llm_urls=sim.urls, sandbox_urls=[url], progress=False,
+                fleet_state=False, metrics_port=port), asyncio.Event())
         d = delta(s0, await sim.stats())
         rows = _read_rows(Path(result.out))
         out["ours"] = _summary("ours", tasks, result.elapsed_s, d, rows, u)
+        out["ours"] |= samples.window(cap=concurrency, total=tasks, capacity=capacity, slots=slots)
+        out["ours"]["tool_calls"] = _tool_calls(Path(result.out))
+        w = out["ours"]["steady_window"] or {}
+        tc = out["ours"]["tool_calls"]["call"] or {}
         log(f"  ours          {out['ours']['tokens_per_s']:>9,.0f} tok/s, "
-            f"{result.elapsed_s:.1f}s, sandbox busy {u['sandbox_busy']:.3f} "
-            f"leased {u['sandbox_leased']:.3f}")
+            f"{result.elapsed_s:.1f}s, {out['ours']['done']}/{tasks} done; steady window "
+            f"{w.get('seconds')} s: alive median {w.get('alive_median')} (min "
+            f"{w.get('alive_min')}), fleet busy {w.get('fleet_busy')}, batch slots used "
+            f"{w.get('batch_slots_used')}; tool call p50 {tc.get('p50_ms')} ms; sandbox busy "
+            f"{u['sandbox_busy']:.3f} leased {u['sandbox_leased']:.3f}")
 
         await wait_idle(sim)
         u = {}
         work = make_tasks(spec, tasks)
+        live_now = [0]
+
+        async def alive_barrier() -> tuple[int, int]:
+            return live_now[0], 0
+
+        samples = Samples(sim, alive_barrier)
         s0 = await sim.stats()
         t0 = time.time()
-        async with util.measure(u):
-            finished = await step_barrier(spec, work, concurrency)
+        async with util.measure(u), samples.run():
+            finished = await step_barrier(spec, work, concurrency, live_now)
         secs = time.time() - t0
         d = delta(s0, await sim.stats())
         rows = [{"status": t.status, **t.state} for t in finished]
         out["step_barrier"] = _summary("step_barrier", tasks, secs, d, rows, u)
+        out["step_barrier"] |= samples.window(cap=concurrency, total=0, capacity=capacity,
+                                              slots=slots)
         log(f"  step_barrier  {out['step_barrier']['tokens_per_s']:>9,.0f} tok/s, "
-            f"{secs:.1f}s, sandbox busy {u['sandbox_busy']:.3f} leased {u['sandbox_leased']:.3f}")
+            f"{secs:.1f}s, {out['step_barrier']['done']}/{tasks} done; alive mean "
+            f"{out['step_barrier'].get('alive_mean_whole_run')}, fleet busy "
+            f"{out['step_barrier'].get('fleet_busy_whole_run')}; sandbox busy "
+            f"{u['sandbox_busy']:.3f} leased {u['sandbox_leased']:.3f}")
     out["ratio_tokens_per_s"] = round(out["ours"]["tokens_per_s"]
                                       / max(out["step_barrier"]["tokens_per_s"], 1e-9), 2)
     log(f"  ours / step_barrier: {out['ratio_tokens_per_s']}x tokens/s (paper, tool use with "
