@@ -554,6 +554,10 @@ MUTANTS = [
         ('*results, *_read_stream(names.tasks_stream),', "*results,"),
     ], ["tests/unit/test_permissions.py::"
         "test_a_role_consumes_its_own_subject_and_sends_only_where_routing_can"]),
+    Mutant("silent broker: nats-py's default pings (a cut-off node noticed after minutes)",
+           "matrix_p2p/bus/connection.py", [
+        ('"ping_interval": PING_INTERVAL_S,', ""),
+    ], ["tests/integration/test_silent_broker.py::test_a_silent_broker_is_noticed_within_seconds"]),
 ]
 
 
