@@ -135,8 +135,8 @@ class Fleet:
         return counts
 
 
-def _fleet(make_net: Callable[[int], Net], tmp: Path, n: int = 40, **kw: object) -> Fleet:
-    f = Fleet(make_net(6), tmp, n, **kw)  # type: ignore[arg-type]
+def _fleet(make: Callable[[int], Net], tmp: Path, n: int = 40, **kw: object) -> Fleet:
+    f = Fleet(make(6), tmp, n, **kw)  # type: ignore[arg-type]
     f.submit(limit=n // 2)
     f.start_workers()
     f.start_sink()
