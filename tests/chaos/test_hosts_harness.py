@@ -69,6 +69,19 @@ def test_fails_midway(make_net, tmp_path):
     assert False, "a test failing with hosts and processes up"
 """
 
+INNER_SIGTERM = """
+import os, signal
+from pathlib import Path
+from tests.hosts.fixture import make_net  # noqa: F401
+
+def test_killed_midway(make_net, tmp_path):
+    net = make_net(2)
+    p = net[1].popen(["sleep", "300"], tmp_path / "s.log")
+    Path(os.environ["MX_REPORT"]).write_text(f"{net.prefix} {p.pid}")
+    os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` does to a run past its limit
+    p.wait()
+"""
+
 INNER_SCRIPT = """
 import os
 from pathlib import Path
@@ -80,13 +93,13 @@ raise SystemExit("an uncaught error, no finally: atexit tears down")
 """
 
 
-@pytest.mark.parametrize("how", ["pytest-failure", "atexit"])
+@pytest.mark.parametrize("how", ["pytest-failure", "sigterm", "atexit"])
 def test_a_run_that_fails_midway_leaves_nothing(tmp_path: Path, how: str) -> None:
     report = tmp_path / "report"
     env = child_env(MX_REPORT=str(report))
-    if how == "pytest-failure":
+    if how in ("pytest-failure", "sigterm"):
         inner = tmp_path / "test_inner.py"
-        inner.write_text(textwrap.dedent(INNER_TEST))
+        inner.write_text(textwrap.dedent(INNER_TEST if how == "pytest-failure" else INNER_SIGTERM))
         argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
                 "addopts=", str(inner)]
     else:

@@ -4,7 +4,9 @@ line saying why. Import it into a test module: ``from tests.hosts.fixture import
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
+from types import FrameType
 
 import pytest
 
@@ -19,6 +21,15 @@ def make_net() -> Iterator[Callable[[int], Net]]:
         pytest.skip(str(e))
     nets: list[Net] = []
 
+    # SIGTERM (``timeout``, a CI runner giving up) would end the process without
+    # ``finally`` or ``atexit``: make it an interrupt, so the teardown below runs
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, interrupt)
+
     def make(n: int) -> Net:
         net = Net(n)
         nets.append(net)
@@ -29,3 +40,5 @@ def make_net() -> Iterator[Callable[[int], Net]]:
     finally:
         for net in nets:
             net.close()
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
