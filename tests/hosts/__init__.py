@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from pathlib import Path
 SUBNET = "10.77.0"
 _ids = itertools.count()
 NOBODY_MAC = "02:00:00:00:00:01"
+ETC_NETNS = Path("/etc/netns")
 
 
 class NetnsUnavailable(RuntimeError):
@@ -97,6 +99,7 @@ class Net:
         self.hosts = [Host(self, i) for i in range(n)]
         self.procs: list[subprocess.Popen[bytes]] = []
         self.made: list[str] = []  # namespaces created, deleted by close()
+        self.etc_dirs: list[Path] = []  # /etc/netns/<ns> made by name_hosts()
         self.closed = False
         atexit.register(self.close)
         try:
@@ -125,6 +128,17 @@ class Net:
 
     def __getitem__(self, i: int) -> Host:
         return self.hosts[i]
+
+    def name_hosts(self, names: dict[str, int]) -> None:
+        """Host names every host resolves (``/etc/netns/<ns>/hosts``, which ``ip netns
+        exec`` mounts over ``/etc/hosts``): ``{"nats-1": 0, ...}``. Removed by ``close``."""
+        text = "127.0.0.1 localhost\n" + "".join(
+            f"{self.hosts[i].addr} {name}\n" for name, i in names.items())
+        for h in self.hosts:
+            d = ETC_NETNS / h.ns
+            d.mkdir(parents=True, exist_ok=True)
+            self.etc_dirs.append(d)
+            (d / "hosts").write_text(text)
 
     # ------------------------------------------------------------ faults
     def cut(self, i: int) -> None:
@@ -186,6 +200,8 @@ class Net:
                 print(f"tests.hosts: could not delete namespace {ns}: {r.stderr.strip()}",
                       file=sys.stderr)
         self.made.clear()
+        for d in self.etc_dirs:
+            shutil.rmtree(d, ignore_errors=True)
         atexit.unregister(self.close)
 
     def __enter__(self) -> Net:
