@@ -679,6 +679,10 @@ MUTANTS = [
         ('return _error(400, str(exc), "BadRequestError", param=exc.param)',
          'return _error(503, str(exc), "X")'),
     ], [CONTRACT + "test_prompt_over_max_model_len_is_a_permanent_failure[sim]"]),
+    Mutant("silent broker: nats-py's default pings (a cut-off node noticed after minutes)",
+           "matrix_p2p/bus/connection.py", [
+        ('"ping_interval": PING_INTERVAL_S,', ""),
+    ], ["tests/integration/test_silent_broker.py::test_a_silent_broker_is_noticed_within_seconds"]),
 ]
 
 

@@ -28,6 +28,10 @@ def _tls_context(opts: ConnectOptions) -> ssl.SSLContext | None:
     return ctx
 
 
+PING_INTERVAL_S = 4.0
+MAX_OUTSTANDING_PINGS = 2
+
+
 def _client_options(opts: ConnectOptions, connect_timeout: float) -> dict[str, Any]:
     """nats-py's connect keywords, callbacks aside. Secrets go only here, never to logs."""
     kwargs: dict[str, Any] = {
@@ -36,6 +40,13 @@ def _client_options(opts: ConnectOptions, connect_timeout: float) -> dict[str, A
         "connect_timeout": connect_timeout,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
+        # a broker that goes silent (its host cut off, powered off) sends no reset: only
+        # the client's own pings find out. nats-py's default (every 120 s, 2 outstanding)
+        # left workers stuck on a dead node for minutes (the hosts tests in
+        # tests/chaos/test_hosts_cluster.py saw it); this notices within ~12 s
+        # and moves to another node of the cluster.
+        "ping_interval": PING_INTERVAL_S,
+        "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
         "pending_size": 64 * 1024 * 1024,
     }
     if opts.user:
