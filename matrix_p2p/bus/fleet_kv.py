@@ -32,8 +32,8 @@ import structlog
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from matrix_p2p.aio import pause
-from matrix_p2p.backoff import Retrying
-from matrix_p2p.bus.errors import AlreadyExists, NotFound, TimedOut, translate
+from matrix_p2p.bus.errors import TimedOut, translate
+from matrix_p2p.bus.watched_kv import open_bucket, watch_until
 from matrix_p2p.errors import BusError
 from matrix_p2p.llm.fleet import EndpointState, Subscribers
 
@@ -145,44 +145,15 @@ class KVFleetState(Subscribers):
 
     # -- internals --------------------------------------------------------------
     async def _bucket(self) -> Any:
-        if self._kv is not None:
-            return self._kv
-        try:
-            with translate(f"open key-value bucket {self.bucket}"):
-                kv = await self._js.key_value(self.bucket)
-        except NotFound:
-            try:
-                with translate(f"create key-value bucket {self.bucket}"):
-                    kv = await self._js.create_key_value(
-                        bucket=self.bucket, history=1, ttl=self.ttl_s, replicas=self.replicas,
-                        description="matrix_p2p: LLM endpoint state shared by workers",
-                    )
-            except AlreadyExists:  # another worker created it between our two calls
-                with translate(f"open key-value bucket {self.bucket}"):
-                    kv = await self._js.key_value(self.bucket)
-        self._kv = kv
-        return kv
+        if self._kv is None:
+            self._kv = await open_bucket(self._js, self.bucket, ttl_s=self.ttl_s,
+                                         replicas=self.replicas,
+                                         description="matrix_p2p: LLM endpoint state shared by workers")
+        return self._kv
 
     async def _watch_loop(self) -> None:
-        backoff = Retrying(0.1, self.backoff_cap_s)
-        while not self._stop.is_set():
-            try:
-                kv = await self._bucket()
-                with translate(f"watch key-value bucket {self.bucket}"):
-                    watcher = await kv.watchall()
-            except BusError as exc:
-                await self._failed(exc, backoff.next())
-                continue
-            try:
-                backoff.reset()
-                await self._consume(watcher)
-            except BusError as exc:
-                await self._failed(exc, backoff.next())
-            finally:
-                # AttributeError: nats-py's stop() on a connection that is gone
-                with contextlib.suppress(BusError, AttributeError), \
-                        translate(f"stop watching {self.bucket}"):
-                    await watcher.stop()
+        await watch_until(self._stop, self.bucket, self._bucket, self._consume, self._failed,
+                          self.backoff_cap_s)
 
     async def _failed(self, exc: BusError, delay: float) -> None:
         self.watch_failures += 1
